@@ -1,0 +1,43 @@
+"""The `audiogw` command: softphone, control client and tools, one module per subcommand.
+
+Subcommands are listed in one dict and imported only when used, so `audiogw
+ctl list` does not pay for numpy or the benchmark's imports.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> (module, attribute, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "call": ("audiogw.client.call", "call_command", "Place a test call like Asterisk's AudioSocket()."),
+    "ctl": ("audiogw.client.ctl", "ctl_group", "Control a running supervisor."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = SUBCOMMANDS.get(name)
+        if entry is None:
+            return None
+        module_name, attribute, _ = entry
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="audiogw")
+def cli() -> None:
+    """audiogw: Asterisk AudioSocket gateway for AI voice agents."""
+
+
+def main() -> None:
+    cli()

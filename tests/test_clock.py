@@ -1,0 +1,81 @@
+"""The deadline clock and the playout buffer, driven by hand (no sockets, no sleeping)."""
+from __future__ import annotations
+
+from audiogw.shared.histogram import Histogram, quantile
+from audiogw.worker.clock import DeadlineClock
+from audiogw.worker.playout import PlayoutBuffer
+
+
+def test_deadlines_are_absolute_so_overshoot_does_not_drift():
+    clock = DeadlineClock(start=100.0, period=0.02)
+    for n in range(1000):
+        assert abs(clock.deadline - (100.0 + n * 0.02)) < 1e-9
+        clock.tick(clock.deadline + 0.003)  # every wake-up 3 ms late
+    assert abs(clock.deadline - (100.0 + 1000 * 0.02)) < 1e-9
+    assert clock.reanchors == 0
+
+
+def test_small_lateness_is_reported_and_kept_on_schedule():
+    clock = DeadlineClock(start=0.0, period=0.02, max_late=0.02)
+    assert clock.tick(0.0) == 0.0
+    assert abs(clock.tick(0.035) - 0.015) < 1e-9  # 15 ms late: still on the old grid
+    assert abs(clock.deadline - 0.04) < 1e-9
+
+
+def test_far_behind_reanchors_instead_of_bursting():
+    clock = DeadlineClock(start=0.0, period=0.02, max_late=0.02)
+    clock.tick(0.0)
+    lateness = clock.tick(0.32)  # the loop stalled 300 ms
+    assert abs(lateness - 0.30) < 1e-9
+    assert clock.reanchors == 1
+    # The next deadline is one period after the stall, not the 15 missed ticks at once.
+    assert abs(clock.deadline - 0.34) < 1e-9
+
+
+def test_early_wakeup_counts_as_zero_lateness():
+    clock = DeadlineClock(start=0.0)
+    assert clock.tick(-0.0004) == 0.0
+
+
+def test_playout_cuts_any_chunk_into_wire_frames():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=10, lead_frames=3)
+    buffer.push(b"\x01\x00" * 100)  # 200 bytes: less than a frame
+    assert len(buffer) == 0
+    buffer.push(b"\x02\x00" * 300)  # 800 bytes total -> 2 frames + 160 bytes
+    assert len(buffer) == 2
+    frame = buffer.pop()
+    assert frame[:3] == b"\x10\x01\x40" and len(frame) == 323
+    assert frame[3:203] == b"\x01\x00" * 100
+    buffer.flush_partial()
+    assert len(buffer) == 2
+    assert buffer.pop() is not None and buffer.pop()[-2:] == b"\x00\x00"
+    assert buffer.pop() is None
+
+
+def test_playout_is_bounded_and_drops_oldest():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=5, lead_frames=2)
+    for value in range(8):
+        buffer.push(bytes([value, 0]) * 160)
+    assert len(buffer) == 5 and buffer.dropped == 3
+    assert buffer.pop()[3] == 3  # frames 0-2 were dropped
+
+
+def test_playout_clear_and_rate_change():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=50, lead_frames=2)
+    buffer.push(bytes(3200))
+    assert buffer.clear() == 10 and buffer.pop() is None
+    buffer.set_rate(16000)
+    assert buffer.silence[:3] == b"\x12\x02\x80" and len(buffer.silence) == 643
+
+
+def test_histogram_buckets_and_quantile():
+    histogram = Histogram()
+    for _ in range(98):
+        histogram.observe(0.0001)
+    histogram.observe(0.004)
+    histogram.observe(2.0)
+    snapshot = histogram.snapshot()
+    assert snapshot["count"] == 100 and snapshot["counts"][0] == 98 and snapshot["counts"][-1] == 1
+    assert quantile(snapshot, 0.5) == 0.0005
+    assert quantile(snapshot, 0.99) == 0.005
+    assert quantile({"counts": [0] * 15}, 0.99) is None

@@ -1,0 +1,5 @@
+import sys
+
+from audiogw.worker.main import main
+
+sys.exit(main())

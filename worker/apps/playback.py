@@ -1,0 +1,65 @@
+"""playback: play a WAV file to each leg, paced by the worker's clock.
+
+The file is read and converted (soxr) in a thread at worker start, and once
+per other leg rate on first use; the loop only slices ready PCM.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+import numpy
+
+from audiogw.shared.wav import read_wav
+from audiogw.worker.apps.base import App, AppOptionError
+
+if TYPE_CHECKING:
+    from audiogw.worker.leg import Leg
+
+CHUNK_FRAMES = 5  # 100 ms per push: few wake-ups, still well inside the lead
+
+
+class PlaybackApp(App):
+    name = "playback"
+    options_schema = {"file": (str, None), "loop": (bool, False)}
+    required_options = frozenset({"file"})
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        path = self.options["file"]
+        self.path = path if os.path.isabs(path) else os.path.join(context.base_dir, path)
+        self._by_rate: dict[int, asyncio.Future[bytes]] = {}
+
+    async def start(self) -> None:
+        try:
+            await self._pcm(8000)
+        except Exception as error:  # a bad file is refused at start, with the reason
+            raise AppOptionError(f"app 'playback': cannot use file {self.path}: {error}") from error
+
+    def _pcm(self, rate: int) -> "asyncio.Future[bytes]":
+        future = self._by_rate.get(rate)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._by_rate[rate] = loop.run_in_executor(None, _load, self.path, rate)
+        return future
+
+    async def run_leg(self, leg: "Leg") -> None:
+        leg.forward_to(None)
+        rate = await leg.wait_rate()
+        pcm = await self._pcm(rate)
+        chunk = CHUNK_FRAMES * leg.outbound.frame_size
+        while not leg.closed.is_set():
+            for offset in range(0, len(pcm), chunk):
+                await leg.play(pcm[offset : offset + chunk])
+                if leg.closed.is_set():
+                    return
+            leg.finish()
+            if not self.options["loop"]:
+                break
+        await leg.wait_closed()
+
+
+def _load(path: str, rate: int) -> bytes:
+    samples = read_wav(path, rate)
+    return numpy.ascontiguousarray(samples, dtype="<i2").tobytes()

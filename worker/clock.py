@@ -1,0 +1,44 @@
+"""The 20 ms deadline clock: pure arithmetic on monotonic readings.
+
+Asterisk plays each frame the moment it arrives, so the gateway owns the clock.
+Deadlines are absolute (``anchor + n * period``) so sleep overshoot never
+accumulates into drift, and a tick that is far behind re-anchors instead of
+sending a catch-up burst.
+"""
+from __future__ import annotations
+
+FRAME_PERIOD = 0.020
+
+
+class DeadlineClock:
+    """Deadlines ``anchor + n * period``; re-anchors when more than ``max_late`` behind."""
+
+    __slots__ = ("period", "max_late", "anchor", "index", "reanchors")
+
+    def __init__(self, start: float, period: float = FRAME_PERIOD, max_late: float = FRAME_PERIOD) -> None:
+        self.period = period
+        self.max_late = max_late
+        self.anchor = start
+        self.index = 0
+        self.reanchors = 0
+
+    @property
+    def deadline(self) -> float:
+        """When the next tick is due."""
+        return self.anchor + self.index * self.period
+
+    def tick(self, now: float) -> float:
+        """Consume the due tick at ``now``; return how late it fired (>= 0).
+
+        If the tick is more than ``max_late`` behind, the missed ticks are
+        dropped (not sent in a burst): the clock restarts at ``now``.
+        """
+        deadline = self.anchor + self.index * self.period
+        lateness = now - deadline
+        if lateness > self.max_late:
+            self.anchor = now
+            self.index = 1
+            self.reanchors += 1
+            return lateness
+        self.index += 1
+        return lateness if lateness > 0.0 else 0.0

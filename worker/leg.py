@@ -1,0 +1,381 @@
+"""One AudioSocket connection (a call leg): protocol handling and the app-facing API.
+
+The protocol object reads and validates frames; after the UUID frame it
+becomes a live :class:`Leg` that the worker's ticker drives every 20 ms and an
+app task feeds. A bad frame ends this leg only, with a logged, counted reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import time
+import uuid as uuid_module
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+import soxr
+import numpy
+
+from audiogw.shared.audiosocket import (
+    AUDIO_RATES,
+    HANGUP_FRAME,
+    AudioSocketError,
+    Frame,
+    FrameDecoder,
+    Kind,
+    decode_uuid,
+    describe_error,
+)
+from audiogw.worker.clock import FRAME_PERIOD
+from audiogw.worker.playout import PlayoutBuffer
+
+if TYPE_CHECKING:
+    from audiogw.worker.server import ExtensionWorker
+
+log = logging.getLogger("audiogw.worker.leg")
+
+
+class Leg:
+    """What an app sees of one call leg. Every method is non-blocking or async."""
+
+    def __init__(self, protocol: "LegProtocol", call_uuid: uuid_module.UUID) -> None:
+        worker = protocol.worker
+        settings = worker.settings
+        self.uuid = call_uuid
+        self.kind = protocol.leg_kind
+        self.extension = worker.extension
+        self.peer = protocol.peer
+        self._protocol = protocol
+        self._stats = worker.stats.legs[self.kind]
+        self._loop = worker.loop
+        capacity = max(1, round(settings.outbound_buffer_seconds / FRAME_PERIOD))
+        self.outbound = PlayoutBuffer(8000, capacity, settings.lead_frames)
+        self._inbound: deque[Frame] = deque(maxlen=settings.inbound_buffer_frames)
+        self._inbound_waiter: asyncio.Future[None] | None = None
+        self._forward: Callable[[bytes], None] | None = None
+        self._forward_target: Leg | None = None
+        self._rate_known = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.frames_received = 0
+        self.frames_sent = 0
+        self.underruns = 0
+        self.late_frames = 0
+        self.max_send_gap = 0.0
+        self.dtmf_received = ""
+        self._last_send = 0.0
+        self._was_playing = False
+        self.end_reason = ""
+
+    # -- audio format ---------------------------------------------------
+    @property
+    def rate(self) -> int:
+        return self.outbound.rate
+
+    async def wait_rate(self, timeout: float = 0.2) -> int:
+        """The leg's sample rate, learned from the first inbound audio frame (8 kHz if none comes)."""
+        try:
+            await asyncio.wait_for(self._rate_known.wait(), timeout)
+        except TimeoutError:
+            pass
+        return self.rate
+
+    # -- outbound -------------------------------------------------------
+    def push(self, pcm: bytes | bytearray | memoryview) -> None:
+        """Queue audio now; when the queue is full the oldest audio is dropped (counted)."""
+        dropped = self.outbound.push(pcm)
+        if dropped:
+            self._stats.frames_dropped["outbound_overflow"] += dropped
+
+    async def play(self, pcm: bytes | bytearray | memoryview) -> None:
+        """Queue audio, waiting while ``lead`` frames are already ahead of the clock."""
+        outbound = self.outbound
+        while not outbound.has_room_for_lead() and not self.closed.is_set():
+            await outbound.wait_for_room(self._loop)
+        if not self.closed.is_set():
+            self.push(pcm)
+
+    def finish(self) -> None:
+        """End of a prompt: pad its last partial frame and do not count the silence after it."""
+        self.outbound.flush_partial()
+        self._was_playing = False if not len(self.outbound) else self._was_playing
+
+    def clear(self) -> int:
+        """Drop all queued audio at once (takes effect on the next tick)."""
+        self._was_playing = False
+        return self.outbound.clear()
+
+    # -- inbound --------------------------------------------------------
+    def forward_to(self, target: "Leg | None") -> None:
+        """Send this leg's inbound audio straight into ``target``'s queue (echo, bridge).
+
+        ``None`` discards inbound audio (an app that only talks). Until an app
+        calls this, inbound audio queues for :meth:`receive`.
+        """
+        self._forward_target = target
+        if target is None:
+            self._forward = _discard
+        elif target.rate == self.rate:
+            self._forward = target.push
+        else:
+            self._forward = _Resampler(self.rate, target.rate, target.push)
+
+    async def receive(self) -> Frame | None:
+        """Next inbound audio or DTMF frame (not forwarded ones); None once the leg is closed."""
+        inbound = self._inbound
+        while not inbound:
+            if self.closed.is_set():
+                return None
+            waiter = self._inbound_waiter = self._loop.create_future()
+            await waiter
+        return inbound.popleft()
+
+    # -- control --------------------------------------------------------
+    def hangup(self, reason: str = "app_hangup") -> None:
+        self._protocol.end(reason, send_hangup=True)
+
+    async def wait_closed(self) -> None:
+        await self.closed.wait()
+
+    async def run_blocking(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run synchronous work off the event loop so it cannot stall the audio clock."""
+        return await self._loop.run_in_executor(None, functools.partial(function, *args, **kwargs))
+
+    # -- called by the protocol and the ticker --------------------------
+    def _deliver(self, frame: Frame) -> None:
+        if frame.kind in AUDIO_RATES:
+            rate = AUDIO_RATES[frame.kind]
+            if not self._rate_known.is_set():
+                if rate != self.outbound.rate:
+                    self.outbound.set_rate(rate)
+                self._rate_known.set()
+                if self._forward_target is not None:
+                    self.forward_to(self._forward_target)
+            forward = self._forward
+            if forward is not None:
+                forward(frame.payload)
+                return
+        else:
+            self.dtmf_received += frame.payload.decode("ascii")
+        inbound = self._inbound
+        if len(inbound) == inbound.maxlen:
+            self._stats.frames_dropped["inbound_overflow"] += 1
+        inbound.append(frame)
+        self._wake_receiver()
+
+    def _wake_receiver(self) -> None:
+        waiter = self._inbound_waiter
+        if waiter is not None:
+            self._inbound_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def on_tick(self, deadline: float) -> None:
+        protocol = self._protocol
+        transport = protocol.transport
+        frame = self.outbound.pop()
+        stats = self._stats
+        if frame is None:
+            frame = self.outbound.silence
+            if self._was_playing:
+                self.underruns += 1
+                stats.underruns += 1
+                self._was_playing = False
+        else:
+            self._was_playing = True
+        now = time.monotonic()
+        transport.write(frame)
+        self.frames_sent += 1
+        stats.frames_sent += 1
+        lateness = now - deadline
+        if lateness < 0.0:
+            lateness = 0.0
+        stats.send_lateness.observe(lateness)
+        if lateness > FRAME_PERIOD:
+            self.late_frames += 1
+            stats.late_frames += 1
+        last = self._last_send
+        if last and now - last > self.max_send_gap:
+            self.max_send_gap = now - last
+        self._last_send = now
+        if transport.get_write_buffer_size() > protocol.max_write_buffer:
+            protocol.fail("slow_reader", "peer stopped reading: write buffer over the limit")
+
+    def _closed(self, reason: str) -> None:
+        self.end_reason = reason
+        self.closed.set()
+        self._wake_receiver()
+        self.outbound._wake_producer()
+
+
+def _discard(pcm: bytes) -> None:
+    return None
+
+
+class _Resampler:
+    """Forwarding between legs at different rates, keeping soxr's state across frames."""
+
+    __slots__ = ("_stream", "_sink")
+
+    def __init__(self, in_rate: int, out_rate: int, sink: Callable[[bytes], None]) -> None:
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
+        self._sink = sink
+
+    def __call__(self, pcm: bytes) -> None:
+        samples = numpy.frombuffer(pcm, dtype="<i2")
+        out = self._stream.resample_chunk(samples)
+        if out.size:
+            self._sink(out.astype("<i2", copy=False).tobytes())
+
+
+class LegProtocol(asyncio.Protocol):
+    """asyncio protocol for one accepted AudioSocket connection."""
+
+    def __init__(self, worker: "ExtensionWorker", leg_kind: str) -> None:
+        self.worker = worker
+        self.leg_kind = leg_kind
+        self.max_write_buffer = worker.settings.max_write_buffer
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.leg: Leg | None = None
+        self._decoder = FrameDecoder()
+        self._uuid_timer: asyncio.TimerHandle | None = None
+        self._ended = False
+        self._app_task: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        if peername and not self.worker.peer_allowed(peername[0]):
+            self.fail("peer_not_allowed", f"peer {peername[0]} is not in audiosocket.allow")
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.worker.connections.add(self)
+        self._uuid_timer = self.worker.loop.call_later(self.worker.settings.uuid_timeout, self._uuid_timeout)
+
+    def _uuid_timeout(self) -> None:
+        self._uuid_timer = None
+        if self.leg is None:
+            self.fail("uuid_timeout", f"no UUID frame within {self.worker.settings.uuid_timeout:g} s")
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except AudioSocketError as error:
+            self.fail(error.reason, str(error))
+            return
+        leg = self.leg
+        for frame in frames:
+            kind = frame.kind
+            if leg is not None and kind in AUDIO_RATES:
+                leg.frames_received += 1
+                leg._stats.frames_received += 1
+                leg._deliver(frame)
+            elif kind == Kind.UUID:
+                if leg is not None:
+                    self.fail("duplicate_uuid", "a second UUID frame on a live leg")
+                    return
+                leg = self._start_leg(frame.payload)
+                if leg is None:
+                    return
+            elif leg is None:
+                self.fail("no_uuid", f"frame kind 0x{kind:02x} before the UUID frame")
+                return
+            elif kind == Kind.DTMF:
+                leg._deliver(frame)
+            elif kind == Kind.HANGUP:
+                self.end("peer_hangup")
+                return
+            elif kind == Kind.ERROR:
+                self.end(f"peer_error: {describe_error(frame.payload)}")
+                return
+
+    def _start_leg(self, payload: bytes) -> Leg | None:
+        try:
+            call_uuid = decode_uuid(payload)
+        except AudioSocketError as error:
+            self.fail(error.reason, str(error))
+            return None
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+            self._uuid_timer = None
+        worker = self.worker
+        leg = self.leg = Leg(self, call_uuid)
+        stats = leg._stats
+        stats.calls_active += 1
+        stats.calls_total += 1
+        log.info(
+            "leg start extension=%s leg=%s uuid=%s peer=%s app=%s",
+            worker.extension, self.leg_kind, call_uuid, self.peer, worker.app.name,
+        )
+        worker.ticker.add(leg)
+        self._app_task = worker.loop.create_task(self._run_app(leg))
+        return leg
+
+    async def _run_app(self, leg: Leg) -> None:
+        try:
+            await self.worker.app.run_leg(leg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("app %s failed on leg %s uuid=%s", self.worker.app.name, leg.kind, leg.uuid)
+            self.worker.stats.app_counters["app_errors"] += 1
+            self.end("app_error", send_hangup=True)
+
+    def fail(self, reason: str, message: str) -> None:
+        """Refuse this leg: log, count, close. Nothing beyond this connection is touched."""
+        stats = self.worker.stats.legs[self.leg_kind]
+        stats.protocol_errors[reason] += 1
+        log.warning(
+            "leg refused extension=%s leg=%s peer=%s uuid=%s reason=%s: %s",
+            self.worker.extension, self.leg_kind, self.peer,
+            self.leg.uuid if self.leg else "-", reason, message,
+        )
+        self.end(reason, send_hangup=self.leg is not None, abort=reason == "slow_reader")
+
+    def end(self, reason: str, *, send_hangup: bool = False, abort: bool = False) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+            self._uuid_timer = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if abort:
+                transport.abort()
+            else:
+                if send_hangup:
+                    transport.write(HANGUP_FRAME)
+                transport.close()
+        worker = self.worker
+        worker.connections.discard(self)
+        leg = self.leg
+        if leg is None:
+            return
+        worker.ticker.discard(leg)
+        leg._stats.calls_active -= 1
+        leg._closed(reason)
+        if self._app_task is not None and not self._app_task.done():
+            # Give the app a moment to see `closed` and tidy up, then stop it.
+            worker.loop.call_later(1.0, self._app_task.cancel)
+        log.info(
+            "leg end extension=%s leg=%s uuid=%s reason=%s duration=%.2fs frames_in=%d frames_out=%d "
+            "underruns=%d late=%d max_send_gap_ms=%.1f dtmf=%r",
+            worker.extension, leg.kind, leg.uuid, reason, time.monotonic() - leg.started_at,
+            leg.frames_received, leg.frames_sent, leg.underruns, leg.late_frames,
+            leg.max_send_gap * 1000, leg.dtmf_received,
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end("peer_closed" if exc is None else f"connection_lost: {exc}")

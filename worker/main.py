@@ -1,0 +1,125 @@
+"""Run one extension's worker: from the supervisor's zygote, or alone from the command line.
+
+The process installs uvloop, serves its two listening sockets and waits for a
+stop: a signal (the handler only enqueues it) or a drain/stop command from the
+supervisor link. It never forks.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvloop
+
+from audiogw.shared.config import AudioSocketSettings
+from audiogw.shared.logs import configure_logging
+from audiogw.worker.apps import AppContext, AppOptionError, create_app
+from audiogw.worker.server import ExtensionWorker
+
+log = logging.getLogger("audiogw.worker")
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable so the supervisor can hand it to a zygote child."""
+
+    extension: str
+    app: str
+    settings: AudioSocketSettings
+    options: dict[str, Any] = field(default_factory=dict)
+    base_dir: str = "."
+    bus_endpoint: str | None = None
+    heartbeat_interval: float = 0.5
+    drain_seconds: float = 10.0
+    log_format: str = "human"
+    log_level: str = "info"
+
+
+def set_parent_death_signal() -> None:
+    """Ask Linux to kill us when our parent dies, so no orphan keeps a port."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("prctl(PR_SET_PDEATHSIG) unavailable; relying on the heartbeat parent check")
+
+
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket (SO_REUSEADDR) for one leg; port 0 picks a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
+    """The worker's whole life on the running loop; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[dict] = asyncio.Queue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, commands.put_nowait, {"type": "drain", "seconds": spec.drain_seconds, "reason": signal.Signals(signum).name})
+    context = AppContext(extension=spec.extension, options=spec.options, base_dir=spec.base_dir)
+    app = create_app(spec.app, context)
+    worker = ExtensionWorker(spec.extension, app, spec.settings)
+    context.counters = worker.stats.app_counters
+    link = None
+    if spec.bus_endpoint:
+        from audiogw.worker.link import SupervisorLink
+
+        link = SupervisorLink(spec.bus_endpoint, worker, spec.heartbeat_interval, commands.put_nowait)
+    await worker.serve(sockets)
+    if link is not None:
+        link.start()
+        link.send("ready")
+    log.info("worker ready extension=%s pid=%d", spec.extension, os.getpid())
+    while True:
+        command = await commands.get()
+        if command["type"] == "drain":
+            seconds = float(command.get("seconds", spec.drain_seconds))
+            log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.get("reason", "drain"), seconds)
+            await worker.drain(seconds)
+            break
+        if command["type"] == "stop":
+            log.info("worker stopping extension=%s reason=%s", spec.extension, command.get("reason", "stop"))
+            break
+    await worker.close()
+    if link is not None:
+        await link.close()
+    return 0
+
+
+def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
+    """Process entry point (the zygote calls this in a fresh child)."""
+    set_parent_death_signal()
+    configure_logging(spec.log_format, spec.log_level)
+    try:
+        return uvloop.run(serve_worker(spec, sockets))
+    except AppOptionError as error:
+        log.error("worker extension=%s cannot start: %s", spec.extension, error)
+        return 78  # EX_CONFIG: the supervisor must not restart it in a loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    from audiogw.worker.cli import worker_command
+
+    return worker_command.main(args=argv, prog_name="python -m audiogw.worker", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""A worker's cumulative counters, shipped whole in every heartbeat.
+
+Counters only grow inside one worker process; the supervisor keeps the totals
+across restarts. Plain attributes and dicts: incrementing must cost nothing on
+the per-frame path.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from audiogw.shared.histogram import Histogram
+
+LEG_KINDS = ("ia", "retorno")
+
+
+class LegKindStats:
+    """Totals for all legs of one kind (ia or retorno) of this extension."""
+
+    __slots__ = (
+        "calls_active", "calls_total", "frames_received", "frames_sent", "underruns",
+        "late_frames", "protocol_errors", "frames_dropped", "send_lateness",
+    )
+
+    def __init__(self) -> None:
+        self.calls_active = 0
+        self.calls_total = 0
+        self.frames_received = 0
+        self.frames_sent = 0
+        self.underruns = 0
+        self.late_frames = 0
+        self.protocol_errors: Counter[str] = Counter()
+        self.frames_dropped: Counter[str] = Counter()
+        self.send_lateness = Histogram()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls_active": self.calls_active,
+            "calls_total": self.calls_total,
+            "frames_received": self.frames_received,
+            "frames_sent": self.frames_sent,
+            "underruns": self.underruns,
+            "late_frames": self.late_frames,
+            "protocol_errors": dict(self.protocol_errors),
+            "frames_dropped": dict(self.frames_dropped),
+            "send_lateness": self.send_lateness.snapshot(),
+        }
+
+
+class WorkerStats:
+    __slots__ = ("legs", "loop_lag", "app_counters")
+
+    def __init__(self) -> None:
+        self.legs = {kind: LegKindStats() for kind in LEG_KINDS}
+        self.loop_lag = Histogram()
+        # Counters an app exposes (e.g. agent connect failures), by name.
+        self.app_counters: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "legs": {kind: stats.snapshot() for kind, stats in self.legs.items()},
+            "loop_lag": self.loop_lag.snapshot(),
+            "app": dict(self.app_counters),
+        }

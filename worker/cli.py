@@ -39,7 +39,8 @@ def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, options: dict,
                    bind: str, allow: tuple[str, ...], log_format: str) -> None:
     """Serve one extension's ia and retorno AudioSocket ports in this process."""
-    from audiogw.worker.main import WorkerSpec, bind_listener, run_worker
+    from audiogw.shared.net import bind_listener
+    from audiogw.worker.main import WorkerSpec, run_worker
 
     if ia_port and ia_port == retorno_port:
         raise click.BadParameter("--ia-port and --retorno-port must differ", param_hint="--retorno-port")

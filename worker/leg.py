@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audiogw.worker.leg")
 
+KERNEL_SEND_BUFFER = 16384  # Linux doubles it: about 1 s of 8 kHz audio in flight
+
 
 class Leg:
     """What an app sees of one call leg. Every method is non-blocking or async."""
@@ -121,6 +123,14 @@ class Leg:
             self._forward = target.push
         else:
             self._forward = _Resampler(self.rate, target.rate, target.push)
+        # Audio that arrived before the app chose a route is not lost.
+        if self._inbound:
+            kept = [frame for frame in self._inbound if frame.kind not in AUDIO_RATES]
+            for frame in self._inbound:
+                if frame.kind in AUDIO_RATES:
+                    self._forward(frame.payload)
+            self._inbound.clear()
+            self._inbound.extend(kept)
 
     async def receive(self) -> Frame | None:
         """Next inbound audio or DTMF frame (not forwarded ones); None once the leg is closed."""
@@ -256,6 +266,9 @@ class LegProtocol(asyncio.Protocol):
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A small kernel send buffer: a peer that stops reading shows up in
+                # our write buffer within seconds instead of hiding megabytes in the kernel.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
             except OSError:
                 pass
         self.worker.connections.add(self)

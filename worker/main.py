@@ -53,21 +53,6 @@ def set_parent_death_signal() -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) unavailable; relying on the heartbeat parent check")
 
 
-def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket (SO_REUSEADDR) for one leg; port 0 picks a free port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
     """The worker's whole life on the running loop; returns the exit status."""
     loop = asyncio.get_running_loop()

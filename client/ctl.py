@@ -1,0 +1,850 @@
+"""`audiogw ctl`: control a running supervisor over ZeroMQ.
+
+One request, one reply: a DEALER socket sends ``{"id", "command", "args"}`` to the
+supervisor's ROUTER and waits (with a deadline) for the reply carrying the same
+id; replies with another id are stale answers to an earlier, timed-out request
+and are skipped. :func:`request` is the whole protocol and is importable on its
+own (tests, the benchmark); the click commands below are thin wrappers that
+validate arguments, call it once and print the result.
+
+Exit statuses (SPEC.md): 0 done, 1 refused by the supervisor (``error: ...`` on
+stderr), 2 usage or configuration error, 3 no reply within the timeout (the
+message names the endpoint tried).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+import orjson
+import zmq
+
+from audiogw.shared.config import (
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_option,
+    validate_extension_id,
+    validate_port,
+)
+from audiogw.shared.messages import MessageError, decode, encode
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "EXIT_UNREACHABLE",
+    "CtlError",
+    "CtlRefused",
+    "CtlUnreachable",
+    "CtlProtocolError",
+    "CtlEndpointError",
+    "request",
+    "load_server_public_key",
+    "format_duration",
+    "format_seconds_ms",
+    "format_bytes",
+    "format_percent",
+    "format_table",
+    "format_list_table",
+    "format_status_table",
+    "format_extension",
+    "format_reload",
+    "ctl_group",
+]
+
+DEFAULT_TIMEOUT = 5.0
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+PROG = "audiogw ctl"
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+# ----------------------------------------------------------------------- errors
+
+
+class CtlError(Exception):
+    """Base of everything :func:`request` raises on purpose."""
+
+
+class CtlRefused(CtlError):
+    """The supervisor answered ``ok: false``; ``message`` is its reason, for a person."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CtlUnreachable(CtlError):
+    """No reply to this request from ``endpoint`` within ``timeout`` seconds."""
+
+    def __init__(self, endpoint: str, timeout: float, hint: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.hint = hint
+        detail = "is audiogw-supervisor running?"
+        if hint:
+            detail = f"{detail} {hint}"
+        super().__init__(f"no reply from {endpoint} within {self.timeout} s ({detail})")
+
+
+class CtlProtocolError(CtlError):
+    """A reply carrying our id but not of the documented shape."""
+
+
+class CtlEndpointError(CtlError, ValueError):
+    """The endpoint or CURVE key cannot be used (a usage problem, not a network one)."""
+
+
+# ---------------------------------------------------------------------- request
+
+
+def load_server_public_key(path: str) -> bytes:
+    """The Z85 public key from a ZeroMQ certificate file (``zmq.auth`` format)."""
+    import zmq.auth  # noqa: PLC0415 - only tcp:// endpoints need it
+
+    try:
+        public, _secret = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise CtlEndpointError(
+            f"cannot read CURVE server public key {path}: {error.strerror or error}"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CtlEndpointError(f"cannot read CURVE server public key {path}: {error}") from None
+    if not public:
+        raise CtlEndpointError(f"cannot read CURVE server public key {path}: no public-key found")
+    return public
+
+
+def _server_key_bytes(server_public_key: str | bytes) -> bytes:
+    """Accept the Z85 key itself (40 characters), raw 32 bytes, or a certificate file path."""
+    if isinstance(server_public_key, bytes):
+        if len(server_public_key) in (32, 40):
+            return server_public_key
+        raise CtlEndpointError(f"CURVE server public key must be 40 Z85 characters, got {len(server_public_key)} bytes")
+    if os.path.isfile(server_public_key):
+        return load_server_public_key(server_public_key)
+    if len(server_public_key) == 40:
+        return server_public_key.encode("ascii", "replace")
+    raise CtlEndpointError(f"CURVE server public key {server_public_key!r} is neither a file nor a 40-character Z85 key")
+
+
+def _check_endpoint(endpoint: str) -> None:
+    for scheme in ("ipc://", "tcp://"):
+        if endpoint.startswith(scheme) and len(endpoint) > len(scheme):
+            return
+    raise CtlEndpointError(f"endpoint {endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
+
+
+def _unreachable_hint(endpoint: str, skipped: int) -> str | None:
+    hints = []
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        if not path.startswith("@") and not os.path.exists(path):
+            hints.append(f"{path} does not exist")
+    elif endpoint.startswith("tcp://"):
+        hints.append("Is the CURVE server key the supervisor's?")
+    if skipped:
+        hints.append(f"{skipped} unreadable or stale replies were ignored")
+    return "; ".join(hints) or None
+
+
+def request(
+    endpoint: str,
+    command: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    server_public_key: str | bytes | None = None,
+    context: zmq.Context | None = None,
+) -> Any:
+    """Send one control command and return the supervisor's ``result``.
+
+    ``server_public_key`` (required for ``tcp://``): the supervisor's CURVE public
+    key, as a certificate file path (``zmq.auth`` format) or the 40-character Z85
+    key. The client uses a fresh ephemeral keypair each call.
+
+    Raises :class:`CtlRefused` on ``ok: false``, :class:`CtlUnreachable` when no
+    reply with this request's id arrives within ``timeout`` seconds,
+    :class:`CtlProtocolError` on a malformed reply to this request, and
+    :class:`CtlEndpointError` for an unusable endpoint or key.
+    """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    _check_endpoint(endpoint)
+    curve_key: bytes | None = None
+    if endpoint.startswith("tcp://"):
+        if server_public_key is None:
+            raise CtlEndpointError(
+                f"{endpoint} is a tcp:// endpoint: the supervisor's CURVE public key is required"
+            )
+        curve_key = _server_key_bytes(server_public_key)
+
+    request_id = uuid.uuid4().hex
+    payload = encode({"id": request_id, "command": command, "args": dict(args or {})})
+    deadline = time.monotonic() + timeout
+
+    own_context = context is None
+    ctx = zmq.Context() if context is None else context
+    socket = ctx.socket(zmq.DEALER)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        if curve_key is not None:
+            public, secret = zmq.curve_keypair()
+            try:
+                socket.curve_serverkey = curve_key
+                socket.curve_publickey = public
+                socket.curve_secretkey = secret
+            except zmq.ZMQError as error:
+                raise CtlEndpointError(f"cannot use CURVE server public key: {error}") from None
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            raise CtlEndpointError(f"cannot connect to {endpoint}: {error}") from None
+
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLOUT)
+        if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            raise CtlUnreachable(endpoint, timeout, _unreachable_hint(endpoint, 0))
+        try:
+            socket.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            raise CtlUnreachable(endpoint, timeout, _unreachable_hint(endpoint, 0)) from None
+
+        poller.modify(socket, zmq.POLLIN)
+        skipped = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
+                raise CtlUnreachable(endpoint, timeout, _unreachable_hint(endpoint, skipped))
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+            # One frame from a ROUTER reply; tolerate a REQ-style empty delimiter before it.
+            try:
+                reply = decode(frames[-1], required=("id",))
+            except MessageError:
+                skipped += 1
+                continue
+            if reply.get("id") != request_id:
+                skipped += 1  # stale: the answer to an earlier request that timed out
+                continue
+            return _result_of(reply)
+    finally:
+        socket.close(linger=0)
+        if own_context:
+            ctx.term()
+
+
+def _result_of(reply: Mapping[str, Any]) -> Any:
+    ok = reply.get("ok")
+    if ok is True:
+        return reply.get("result")
+    if ok is False:
+        error = reply.get("error")
+        if not isinstance(error, str) or not error:
+            error = "refused (the supervisor gave no reason)"
+        raise CtlRefused(error)
+    raise CtlProtocolError(f"malformed reply from the supervisor: 'ok' is {ok!r}, expected true or false")
+
+
+# ------------------------------------------------------------------- formatting
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_duration(seconds: object) -> str:
+    """Uptime for a person: ``42s``, ``3m12s``, ``2h05m``, ``3d04h``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if not _is_number(seconds):
+        return str(seconds)
+    total = int(max(0.0, float(seconds)))  # type: ignore[arg-type]
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def format_seconds_ms(seconds: object) -> str:
+    """A short delay (lateness, loop lag): ``1.2ms``, or ``1.50s`` from one second up."""
+    if seconds is None:
+        return "-"
+    if not _is_number(seconds):
+        return str(seconds)
+    value = float(seconds)  # type: ignore[arg-type]
+    if abs(value) >= 1.0:
+        return f"{value:.2f}s"
+    return f"{value * 1000:.1f}ms"
+
+
+def format_bytes(count: object) -> str:
+    """Memory in 1024 units like top: ``512B``, ``12.3K``, ``12.3M``, ``1.2G``."""
+    if count is None:
+        return "-"
+    if not _is_number(count):
+        return str(count)
+    value = float(count)  # type: ignore[arg-type]
+    if abs(value) < 1024:
+        return f"{int(value)}B"
+    for unit in ("K", "M", "G", "T"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "T":
+            return f"{value:.1f}{unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_percent(value: object) -> str:
+    if value is None:
+        return "-"
+    if not _is_number(value):
+        return str(value)
+    return f"{float(value):.1f}%"  # type: ignore[arg-type]
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()) -> str:
+    """Columns two spaces apart, padded to the widest cell; ``right`` lists right-aligned columns."""
+    right_aligned = set(right)
+    table = [list(headers), *[list(row) for row in rows]]
+    widths = [max(len(row[index]) for row in table) for index in range(len(headers))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(width) if index in right_aligned else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "PID")
+
+
+def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``ctl list`` for people: one line per extension, or ``no extensions``."""
+    if not rows:
+        return "no extensions"
+    cells = [
+        [
+            _plain(row.get("id")),
+            _plain(row.get("ia_port")),
+            _plain(row.get("retorno_port")),
+            _plain(row.get("app")),
+            _plain(row.get("state")),
+            _plain(row.get("pid")),
+        ]
+        for row in rows
+    ]
+    return format_table(LIST_HEADERS, cells, right=(1, 2, 5))
+
+
+STATUS_HEADERS = (
+    "EXT",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "CALLS",
+    "IN",
+    "OUT",
+    "UNDERRUNS",
+    "LATE_P99",
+    "LAG_P99",
+    "MEM",
+    "CPU",
+)
+
+
+def format_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``ctl status`` / ``ctl top`` for people; missing or null values show as ``-``."""
+    if not rows:
+        return "no extensions"
+    cells = [
+        [
+            _plain(row.get("id")),
+            _plain(row.get("state")),
+            _plain(row.get("pid")),
+            format_duration(row.get("uptime")),
+            _plain(row.get("restarts")),
+            _plain(row.get("calls_active")),
+            _plain(row.get("frames_received")),
+            _plain(row.get("frames_sent")),
+            _plain(row.get("underruns")),
+            format_seconds_ms(row.get("send_lateness_p99")),
+            format_seconds_ms(row.get("loop_lag_p99")),
+            format_bytes(row.get("memory_bytes")),
+            format_percent(row.get("cpu_percent")),
+        ]
+        for row in rows
+    ]
+    return format_table(STATUS_HEADERS, cells, right=range(2, len(STATUS_HEADERS)))
+
+
+def _format_option_value(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def format_extension(result: Mapping[str, Any]) -> str:
+    """``add-extension``'s answer: the two ports (what the dialplan needs), app and options."""
+    line = (
+        f"extension {_plain(result.get('id'))}: ia port {_plain(result.get('ia_port'))}, "
+        f"retorno port {_plain(result.get('retorno_port'))} (app {_plain(result.get('app'))})"
+    )
+    options = result.get("options")
+    if isinstance(options, Mapping) and options:
+        line += "\noptions: " + ", ".join(f"{key}={_format_option_value(value)}" for key, value in options.items())
+    return line
+
+
+def format_reload(result: Mapping[str, Any]) -> str:
+    lines = []
+    for key in ("added", "removed", "changed", "unchanged"):
+        items = result.get(key) or []
+        text = ", ".join(str(item) for item in items) if isinstance(items, list) else str(items)
+        lines.append(f"{key}: {text or '-'}")
+    return "\n".join(lines)
+
+
+def _dump_json(result: Any, *, indent: bool = True) -> str:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps(result, option=option).decode()
+
+
+# ------------------------------------------------------------------------ click
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(message, err=True)
+    raise click.exceptions.Exit(code)
+
+
+@dataclass
+class _Settings:
+    config_path: str | None
+    endpoint: str | None
+    json: bool
+    timeout: float
+    server_key: str | None
+
+    def target(self) -> tuple[str, bytes | None]:
+        """The endpoint to use and, for tcp://, the server's CURVE key; exit 2 if unusable."""
+        if self.endpoint is not None:
+            endpoint, key_path = self.endpoint, self.server_key
+        else:
+            path = self.config_path or default_config_path()
+            try:
+                config = load_config(path)
+            except ConfigError as error:
+                hint = ""
+                if self.config_path is None:
+                    hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
+                _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
+            endpoint = config.supervisor.control
+            key_path = self.server_key or config.supervisor.curve_server_public_key
+        key: bytes | None = None
+        if endpoint.startswith("tcp://"):
+            if key_path is None:
+                _fail(
+                    EXIT_USAGE,
+                    f"{PROG}: {endpoint} is a tcp:// endpoint: give the supervisor's CURVE public key "
+                    "with --server-key PATH",
+                )
+            try:
+                key = load_server_public_key(key_path)
+            except CtlEndpointError as error:
+                _fail(EXIT_USAGE, f"{PROG}: {error}")
+        return endpoint, key
+
+
+def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
+    endpoint, key = settings.target()
+    try:
+        return request(endpoint, command, args, timeout=settings.timeout, server_public_key=key)
+    except CtlRefused as error:
+        _fail(EXIT_REFUSED, f"error: {error.message}")
+    except CtlUnreachable as error:
+        _fail(EXIT_UNREACHABLE, f"{PROG}: {error}")
+    except CtlEndpointError as error:
+        _fail(EXIT_USAGE, f"{PROG}: {error}")
+    except CtlProtocolError as error:
+        _fail(EXIT_REFUSED, f"error: {error}")
+
+
+def _settings(ctx: click.Context, json_flag: bool) -> _Settings:
+    settings: _Settings = ctx.find_object(_Settings)  # type: ignore[assignment]
+    if json_flag:
+        settings.json = True
+    return settings
+
+
+def _emit(settings: _Settings, result: Any, human: Callable[[Any], str]) -> None:
+    if settings.json:
+        click.echo(_dump_json(result))
+    else:
+        click.echo(human(result))
+
+
+# ---- parameter callbacks: a bad value is a usage error (exit 2) before anything is sent
+
+
+def _extension_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_extension_id(value)
+    except ConfigError as error:
+        raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
+
+
+def _port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return validate_port(value, param.opts[0] if param.opts else "port")
+    except ConfigError as error:
+        raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
+
+
+def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for text in values:
+        try:
+            key, value = parse_option(text)
+        except ConfigError as error:
+            raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
+        if key in options:
+            raise click.BadParameter(f"option {key!r} given twice", ctx=ctx, param=param)
+        options[key] = value
+    return options
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
+    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise click.BadParameter(f"{value:g} is not a number of seconds {bound}", ctx=ctx, param=param)
+        return float(value)
+
+    return check
+
+
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        _check_endpoint(value)
+    except CtlEndpointError as error:
+        raise click.BadParameter(str(error), ctx=ctx, param=param) from None
+    return value
+
+
+def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` is accepted after the subcommand too (``ctl list --json``)."""
+    return click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")(function)
+
+
+_EXTENSION_ID = click.argument("extension_id", metavar="ID", callback=_extension_id)
+
+
+@click.group(name="ctl")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file naming the control endpoint [default: $AUDIOGW_CONFIG, else etc/audiogw.toml].",
+)
+@click.option("--endpoint", callback=_endpoint, help="Control endpoint (ipc://PATH or tcp://HOST:PORT) instead of --config.")
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False),
+    help="Supervisor's CURVE public key file, for tcp:// [default: supervisor.curve_server_public_key].",
+)
+@click.option("--json", "json_flag", is_flag=True, help="Print results as JSON for scripts.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    callback=_seconds(allow_zero=False),
+    help="Seconds to wait for the supervisor's reply.",
+)
+@click.pass_context
+def ctl_group(
+    ctx: click.Context,
+    config_path: str | None,
+    endpoint: str | None,
+    server_key: str | None,
+    json_flag: bool,
+    timeout: float,
+) -> None:
+    """Control a running audiogw supervisor.
+
+    Exit status: 0 done, 1 refused by the supervisor, 2 usage error,
+    3 supervisor not reachable within the timeout.
+    """
+    if config_path is not None and endpoint is not None:
+        raise click.UsageError("--config and --endpoint are mutually exclusive", ctx=ctx)
+    ctx.obj = _Settings(
+        config_path=config_path,
+        endpoint=endpoint,
+        json=json_flag,
+        timeout=timeout,
+        server_key=server_key,
+    )
+
+
+@ctl_group.command("add-extension", short_help="Add an extension; prints its two ports.")
+@_EXTENSION_ID
+@click.option("--ia-port", type=int, callback=_port, help="Port for the visitor's call [default: from port_range].")
+@click.option(
+    "--retorno-port", type=int, callback=_port, help="Port for the resident's leg [default: from port_range]."
+)
+@click.option("--app", help="App answering the calls [default: defaults.app].")
+@click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_options,
+    help="App option (repeatable); VALUE is read like TOML (true, 3, \"text\"), else kept as text.",
+)
+@_json_option
+@click.pass_context
+def add_extension(
+    ctx: click.Context,
+    extension_id: str,
+    ia_port: int | None,
+    retorno_port: int | None,
+    app: str | None,
+    options: dict[str, Any],
+    json_flag: bool,
+) -> None:
+    """Add extension ID and start its worker; prints its two ports.
+
+    The change is persisted: it survives a supervisor restart.
+    """
+    if ia_port is not None and ia_port == retorno_port:
+        raise click.BadParameter(
+            f"same port as --ia-port ({ia_port}); the two legs need two ports", ctx=ctx, param_hint="'--retorno-port'"
+        )
+    if app is not None and not app.strip():
+        raise click.BadParameter("empty app name", ctx=ctx, param_hint="'--app'")
+    args: dict[str, Any] = {"id": extension_id}
+    if ia_port is not None:
+        args["ia_port"] = ia_port
+    if retorno_port is not None:
+        args["retorno_port"] = retorno_port
+    if app is not None:
+        args["app"] = app
+    if options:
+        args["options"] = options
+    settings = _settings(ctx, json_flag)
+    _emit(settings, _call(settings, "add-extension", args), format_extension)
+
+
+@ctl_group.command("remove-extension")
+@_EXTENSION_ID
+@click.option(
+    "--drain",
+    type=float,
+    callback=_seconds(allow_zero=True),
+    help="Seconds to let calls in progress finish [default: supervisor.drain_seconds].",
+)
+@_json_option
+@click.pass_context
+def remove_extension(ctx: click.Context, extension_id: str, drain: float | None, json_flag: bool) -> None:
+    """Stop extension ID's worker and forget it. Persisted."""
+    args: dict[str, Any] = {"id": extension_id}
+    if drain is not None:
+        args["drain"] = drain
+    settings = _settings(ctx, json_flag)
+    result = _call(settings, "remove-extension", args)
+    _emit(settings, result, lambda r: f"extension {_result_id(r, extension_id)} removed")
+
+
+@ctl_group.command("restart-extension")
+@_EXTENSION_ID
+@_json_option
+@click.pass_context
+def restart_extension(ctx: click.Context, extension_id: str, json_flag: bool) -> None:
+    """Restart extension ID's worker (its calls are dropped)."""
+    settings = _settings(ctx, json_flag)
+    result = _call(settings, "restart-extension", {"id": extension_id})
+
+    def human(r: Any) -> str:
+        text = f"extension {_result_id(r, extension_id)} restarted"
+        if isinstance(r, Mapping) and r.get("pid") is not None:
+            text += f" (pid {r['pid']})"
+        return text
+
+    _emit(settings, result, human)
+
+
+def _result_id(result: Any, fallback: str) -> str:
+    if isinstance(result, Mapping) and result.get("id") is not None:
+        return str(result["id"])
+    return fallback
+
+
+def _rows(result: Any) -> list[Mapping[str, Any]]:
+    if isinstance(result, list):
+        return [row for row in result if isinstance(row, Mapping)]
+    if isinstance(result, Mapping):
+        return [result]
+    return []
+
+
+@ctl_group.command("list")
+@_json_option
+@click.pass_context
+def list_command(ctx: click.Context, json_flag: bool) -> None:
+    """List the extensions: ports, app, worker state and pid."""
+    settings = _settings(ctx, json_flag)
+    _emit(settings, _call(settings, "list", {}), lambda r: format_list_table(_rows(r)))
+
+
+@ctl_group.command("status")
+@click.argument("extension_id", metavar="[ID]", required=False, callback=_extension_id)
+@_json_option
+@click.pass_context
+def status_command(ctx: click.Context, extension_id: str | None, json_flag: bool) -> None:
+    """Health and audio timing of all extensions, or of ID."""
+    settings = _settings(ctx, json_flag)
+    args = {"id": extension_id} if extension_id is not None else {}
+    _emit(settings, _call(settings, "status", args), lambda r: format_status_table(_rows(r)))
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+_sleep = time.sleep  # tests replace it
+
+
+@ctl_group.command("top", short_help="Status, refreshed in place until Ctrl-C.")
+@click.argument("extension_id", metavar="[ID]", required=False, callback=_extension_id)
+@click.option(
+    "--interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    callback=_seconds(allow_zero=False),
+    help="Seconds between refreshes.",
+)
+@click.option("--iterations", type=click.IntRange(min=1), help="Stop after N refreshes [default: until Ctrl-C].")
+@_json_option
+@click.pass_context
+def top_command(
+    ctx: click.Context, extension_id: str | None, interval: float, iterations: int | None, json_flag: bool
+) -> None:
+    """Status, refreshed in place every --interval seconds until Ctrl-C.
+
+    On a terminal the screen is redrawn; otherwise one table per refresh is
+    printed, separated by a blank line. With --json, one JSON line per refresh.
+    """
+    settings = _settings(ctx, json_flag)
+    args = {"id": extension_id} if extension_id is not None else {}
+    endpoint, _key = settings.target()  # config problems surface before the loop
+    tty = _stdout_is_tty()
+    count = 0
+    try:
+        while True:
+            started = time.monotonic()
+            result = _call(settings, "status", args)
+            count += 1
+            if settings.json:
+                click.echo(_dump_json(result, indent=False))
+            elif tty:
+                title = (
+                    f"audiogw top - {endpoint} - {time.strftime('%H:%M:%S')} - every {interval:g} s, Ctrl-C to quit"
+                )
+                # color=True: click would strip the escape codes from a stream it thinks is no terminal.
+                click.echo(f"{CLEAR_SCREEN}{title}\n\n{format_status_table(_rows(result))}", color=True)
+            else:
+                if count > 1:
+                    click.echo("")
+                click.echo(format_status_table(_rows(result)))
+            if iterations is not None and count >= iterations:
+                break
+            _sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        if tty and not settings.json:
+            click.echo("")
+
+
+@ctl_group.command("reload", short_help="Re-read the config file (like SIGHUP).")
+@_json_option
+@click.pass_context
+def reload_command(ctx: click.Context, json_flag: bool) -> None:
+    """Re-read the config file and apply the changes (like SIGHUP)."""
+    settings = _settings(ctx, json_flag)
+    result = _call(settings, "reload", {})
+    _emit(settings, result, lambda r: format_reload(r if isinstance(r, Mapping) else {}))
+
+
+@ctl_group.command("stop")
+@click.option(
+    "--drain",
+    type=float,
+    callback=_seconds(allow_zero=True),
+    help="Seconds to let calls in progress finish [default: supervisor.drain_seconds].",
+)
+@_json_option
+@click.pass_context
+def stop_command(ctx: click.Context, drain: float | None, json_flag: bool) -> None:
+    """Stop the supervisor and every worker, gracefully."""
+    settings = _settings(ctx, json_flag)
+    args = {"drain": drain} if drain is not None else {}
+    result = _call(settings, "stop", args)
+    suffix = f" (drain {drain:g} s)" if drain is not None else ""
+    _emit(settings, result, lambda r: f"supervisor stopping{suffix}")
+
+
+@ctl_group.command("dialplan")
+@_EXTENSION_ID
+@_json_option
+@click.pass_context
+def dialplan_command(ctx: click.Context, extension_id: str, json_flag: bool) -> None:
+    """Print the Asterisk dialplan lines for extension ID."""
+    settings = _settings(ctx, json_flag)
+    result = _call(settings, "dialplan", {"id": extension_id})
+    if settings.json:
+        click.echo(_dump_json(result))
+        return
+    text = result.get("text") if isinstance(result, Mapping) else result
+    text = "" if text is None else str(text)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(ctl_group())

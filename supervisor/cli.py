@@ -1,0 +1,71 @@
+"""`audiogw-supervisor start`: run the supervisor in the foreground."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from audiogw.shared.config import ConfigError, default_config_path, load_config
+from audiogw.shared.logs import configure_logging
+
+log = logging.getLogger("audiogw.supervisor")
+
+
+@click.group()
+def cli() -> None:
+    """audiogw supervisor: one AudioSocket worker process per extension."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: $AUDIOGW_CONFIG, else etc/audiogw.toml).")
+def start(config_path: str | None) -> None:
+    """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
+    from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
+    from audiogw.worker.apps import APPS
+
+    path = config_path or default_config_path()
+    known_apps = tuple(APPS)
+    try:
+        config = load_config(path, known_apps=known_apps)
+    except ConfigError as error:
+        click.echo(f"audiogw-supervisor: {error}", err=True)
+        sys.exit(2)
+    configure_logging(config.supervisor.log_format, config.supervisor.log_level)
+    lock = StateLock(config.supervisor.state_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as error:
+        click.echo(f"audiogw-supervisor: {error}", err=True)
+        sys.exit(1)
+    try:
+        WorkerRecords(config.supervisor.state_dir).kill_stale()
+        # The zygote must be forked before any event loop, thread or ZeroMQ context exists.
+        from audiogw.supervisor.zygote import Zygote
+
+        zygote = Zygote()
+        zygote.start()
+        sys.exit(_run(config, zygote, known_apps))
+    finally:
+        lock.release()
+
+
+def _run(config, zygote, known_apps) -> int:
+    import uvloop
+
+    from audiogw.supervisor.daemon import Supervisor
+
+    async def main() -> int:
+        try:
+            supervisor = Supervisor(config, zygote, known_apps)
+        except ConfigError as error:
+            log.error("cannot start: %s", error)
+            return 2
+        return await supervisor.run()
+
+    return uvloop.run(main())
+
+
+def main() -> None:
+    cli()

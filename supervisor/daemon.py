@@ -1,0 +1,362 @@
+"""The supervisor: one worker process per extension, kept alive, controlled over ZeroMQ.
+
+One asyncio loop drives everything: worker exits (process sentinels), worker
+heartbeats (the bus ROUTER), control requests (the control ROUTER, one task
+per request), signals (the handler only enqueues), and the lifecycle timers
+(it sleeps until the earliest deadline; it never polls).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
+from audiogw.shared.messages import MessageError, decode, encode
+from audiogw.supervisor import systemd
+from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
+from audiogw.supervisor.lifecycle import Action, RestartPolicy, WorkerState
+from audiogw.supervisor.state import ExtensionStore, WorkerRecords
+from audiogw.supervisor.zygote import Zygote
+from audiogw.worker.main import WorkerSpec
+
+log = logging.getLogger("audiogw.supervisor")
+
+EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
+
+
+def restart_policy(config: Config) -> RestartPolicy:
+    settings = config.supervisor
+    return RestartPolicy(
+        backoff_initial=settings.backoff_initial,
+        backoff_max=settings.backoff_max,
+        flap_window=settings.flap_window,
+        flap_max_restarts=settings.flap_max_restarts,
+        heartbeat_timeout=settings.heartbeat_timeout,
+    )
+
+
+class Supervisor:
+    def __init__(self, config: Config, zygote: Zygote, known_apps: tuple[str, ...]) -> None:
+        self.config = config
+        self.zygote = zygote
+        self.known_apps = known_apps
+        self.extensions: dict[str, ExtensionRuntime] = {}
+        self.store = ExtensionStore(config.supervisor.state_dir)
+        self.records = WorkerRecords(config.supervisor.state_dir)
+        self.started_at = time.time()
+        self.signals: asyncio.Queue[int] = asyncio.Queue()
+        self.stop_requested = asyncio.Event()
+        self.stop_drain = config.supervisor.drain_seconds
+        self._wake = asyncio.Event()
+        self._zmq = zmq.asyncio.Context()
+        run_dir = os.path.join(config.supervisor.state_dir, "run")
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        os.chmod(run_dir, 0o700)
+        self.bus_endpoint = f"ipc://{run_dir}/bus.sock"
+        self._bus = self._zmq.socket(zmq.ROUTER)
+        self._bus.setsockopt(zmq.LINGER, 0)
+        self._bus.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._bus.bind(self.bus_endpoint)
+        self.control_requests = 0
+        self.control_errors = 0
+        self.metrics_server = None
+
+    # -- lifecycle of one extension -------------------------------------
+    def worker_spec(self, extension: ExtensionConfig) -> WorkerSpec:
+        settings = self.config.supervisor
+        return WorkerSpec(
+            extension=extension.id,
+            app=extension.app,
+            settings=self.config.audiosocket,
+            options=dict(extension.options),
+            base_dir=self.config.base_dir,
+            bus_endpoint=self.bus_endpoint,
+            heartbeat_interval=settings.heartbeat_interval,
+            drain_seconds=settings.drain_seconds,
+            log_format=settings.log_format,
+            log_level=settings.log_level,
+        )
+
+    def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:
+        """Bind the sockets (PortInUse on a conflict), persist if asked, then start the worker.
+
+        The state file is written before the worker starts (and before the
+        reply), and nothing is left behind when binding or writing fails.
+        """
+        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension)
+        if persist:
+            try:
+                self.store.added[extension.id] = extension
+                self.store.removed.discard(extension.id)
+                self.store.save()
+            except OSError:
+                self.store.added.pop(extension.id, None)
+                for sock in sockets.values():
+                    sock.close()
+                raise
+        runtime = ExtensionRuntime(extension, sockets, restart_policy(self.config))
+        self.extensions[extension.id] = runtime
+        self._act(runtime, runtime.lifecycle.start(time.monotonic()))
+        return runtime
+
+    def _spawn(self, runtime: ExtensionRuntime) -> None:
+        process = self.zygote.spawn(self.worker_spec(runtime.config), runtime.sockets, name=f"audiogw-worker-{runtime.id}")
+        runtime.attach(process)
+        runtime.lifecycle.spawned(time.monotonic())
+        self.records.set(runtime.id, process.pid)
+        asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, runtime, process)
+        log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
+                 runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
+
+    def _on_exit(self, runtime: ExtensionRuntime, process) -> None:
+        asyncio.get_running_loop().remove_reader(process.sentinel)
+        process.join(0)
+        code = process.exitcode
+        if runtime.process is not process:
+            return
+        signal_number = -code if code is not None and code < 0 else None
+        exit_code = code if code is not None and code >= 0 else None
+        how = f"signal {signal.Signals(signal_number).name}" if signal_number else f"code {exit_code}"
+        runtime.detach()
+        self.records.set(runtime.id, None)
+        if runtime.id not in self.extensions:
+            log.info("worker exit extension=%s pid=%d %s (removed)", runtime.id, process.pid, how)
+            return
+        now = time.monotonic()
+        state_before = runtime.lifecycle.state
+        action = runtime.lifecycle.exited(now, code=exit_code, signal=signal_number)
+        if exit_code == EX_CONFIG and runtime.lifecycle.state != WorkerState.STOPPED:
+            runtime.lifecycle.mark_fatal(now, "cannot start with this config")
+            action = Action.NONE
+        state = runtime.lifecycle.state
+        if state_before == WorkerState.STOPPING:
+            log.info("worker exit extension=%s pid=%d %s", runtime.id, process.pid, how)
+        elif state == WorkerState.FATAL:
+            log.error("worker exit extension=%s pid=%d %s: marked failed (%s)", runtime.id, process.pid, how,
+                      runtime.lifecycle.transitions[-1].reason)
+        else:
+            delay = max(0.0, (runtime.lifecycle.retry_at or now) - now)
+            log.warning("worker exit extension=%s pid=%d %s: restart in %.2fs", runtime.id, process.pid, how, delay)
+        self._act(runtime, action)
+        self._wake.set()
+
+    def _act(self, runtime: ExtensionRuntime, action: Action) -> None:
+        if action == Action.SPAWN:
+            try:
+                self._spawn(runtime)
+            except Exception:
+                log.exception("cannot start worker for extension %s", runtime.id)
+                self._act(runtime, runtime.lifecycle.exited(time.monotonic(), code=None, signal=None))
+        elif action == Action.KILL and runtime.pid is not None:
+            log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid,
+                        runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else "")
+            try:
+                os.kill(runtime.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def _timers(self) -> None:
+        """Run lifecycle deadlines (backoff ends, start timeouts, missed heartbeats)."""
+        while True:
+            now = time.monotonic()
+            for runtime in list(self.extensions.values()):
+                self._act(runtime, runtime.lifecycle.tick(now))
+            deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
+            timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.001, timeout))
+            except TimeoutError:
+                pass
+
+    # -- the worker bus ---------------------------------------------------
+    async def _bus_reader(self) -> None:
+        while True:
+            identity, raw = await self._bus.recv_multipart()
+            try:
+                message = decode(raw, required=("type", "extension", "pid"))
+            except MessageError as error:
+                log.warning("refused worker bus message: %s", error)
+                continue
+            runtime = self.extensions.get(str(message["extension"]))
+            if runtime is None or runtime.pid != message["pid"]:
+                continue  # from a worker that is gone or being replaced
+            now = time.monotonic()
+            kind = message["type"]
+            stats = message.get("stats")
+            if isinstance(stats, dict):
+                runtime.stats = stats
+            runtime.active_legs = int(message.get("active_legs") or 0)
+            runtime.last_heartbeat_wall = time.time()
+            runtime.lifecycle.heartbeat(now)
+            if kind == "ready" and runtime.lifecycle.state == WorkerState.STARTING:
+                runtime.lifecycle.ready(now)
+                runtime.ready_event.set()
+                log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
+                         (now - (runtime.started_at or now)) * 1000)
+                self._notify_ready_if_all_serving()
+            self._wake.set()
+
+    def send_to_worker(self, runtime: ExtensionRuntime, message: dict[str, Any]) -> bool:
+        if runtime.identity is None:
+            return False
+        try:
+            self._bus.send_multipart([runtime.identity, encode(message)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def forget_extension(self, extension_id: str) -> None:
+        """Persist a removal: it must not come back at the next start."""
+        self.store.added.pop(extension_id, None)
+        if self.config.extension(extension_id) is not None:
+            self.store.removed.add(extension_id)
+        self.store.save()
+
+    # -- stopping ---------------------------------------------------------
+    async def stop_extension(self, runtime: ExtensionRuntime, drain: float, *, remove: bool) -> None:
+        """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit."""
+        if remove:
+            self.extensions.pop(runtime.id, None)
+        process = runtime.process
+        runtime.lifecycle.request_stop(time.monotonic())
+        if process is not None and process.exitcode is None:
+            if not self.send_to_worker(runtime, {"type": "drain", "seconds": drain}):
+                process.terminate()
+            try:
+                await asyncio.wait_for(runtime.exited_event.wait(), drain + 5.0)
+            except TimeoutError:
+                log.warning("worker extension=%s did not stop within %.1fs: killing", runtime.id, drain + 5.0)
+                process.kill()
+                await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
+        if remove:
+            runtime.close_sockets()
+        self._wake.set()
+
+    async def shutdown(self, drain: float) -> None:
+        log.info("supervisor stopping: draining %d extension(s) for up to %.1fs", len(self.extensions), drain)
+        systemd.notify("STOPPING=1")
+        await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
+                             return_exceptions=True)
+
+    # -- reload -------------------------------------------------------------
+    async def reload(self) -> dict[str, list[str]]:
+        """Apply the config file's differences; unchanged extensions are not touched."""
+        if self.config.path is None:
+            raise ConfigError(None, "", "no config file to reload")
+        new_config = load_config(self.config.path, known_apps=self.known_apps)
+        old_wanted = self.store.effective(self.config.extensions)
+        wanted = self.store.effective(new_config.extensions)
+        for field in ("control", "metrics_host", "metrics_port", "state_dir"):
+            if getattr(new_config.supervisor, field) != getattr(self.config.supervisor, field):
+                log.warning("reload: supervisor.%s changed; it takes effect at the next start", field)
+        self.config = new_config
+        result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        for extension_id, runtime in list(self.extensions.items()):
+            if extension_id not in wanted and extension_id in old_wanted:
+                async with runtime.lock:
+                    await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=True)
+                result["removed"].append(extension_id)
+        for extension_id, extension in wanted.items():
+            runtime = self.extensions.get(extension_id)
+            if runtime is None:
+                self.add_runtime(extension)
+                result["added"].append(extension_id)
+            elif runtime.config != extension:
+                async with runtime.lock:
+                    await self.replace_extension(runtime, extension)
+                result["changed"].append(extension_id)
+            else:
+                result["unchanged"].append(extension_id)
+        log.info("reload done: %s", {key: value for key, value in result.items() if value and key != "unchanged"})
+        return result
+
+    async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig) -> ExtensionRuntime:
+        ports_changed = (runtime.config.ia_port, runtime.config.retorno_port) != (extension.ia_port, extension.retorno_port)
+        new_sockets = bind_extension_sockets(self.config.audiosocket.bind, extension) if ports_changed else None
+        await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=False)
+        if new_sockets is not None:
+            runtime.close_sockets()
+            runtime.sockets = new_sockets
+        runtime.config = extension
+        self._act(runtime, runtime.lifecycle.start(time.monotonic()))
+        return runtime
+
+    # -- readiness ------------------------------------------------------------
+    def all_serving(self) -> bool:
+        return all(r.lifecycle.state == WorkerState.RUNNING for r in self.extensions.values())
+
+    def _notify_ready_if_all_serving(self) -> None:
+        if not self._ready_sent and self.all_serving():
+            self._ready_sent = True
+            systemd.notify("READY=1")
+            log.info("supervisor ready: %d extension(s) serving", len(self.extensions))
+
+    _ready_sent = False
+
+    # -- main ------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+        from audiogw.supervisor.control import ControlServer
+
+        control = ControlServer(self, self._zmq)
+        self.store.load(self.known_apps)
+        for extension in self.store.effective(self.config.extensions).values():
+            try:
+                self.add_runtime(extension)
+            except OSError as error:
+                log.error("extension %s not started: %s", extension.id, error)
+        tasks = [
+            loop.create_task(self._timers(), name="timers"),
+            loop.create_task(self._bus_reader(), name="bus"),
+            loop.create_task(control.serve(), name="control"),
+            loop.create_task(self._signals(), name="signals"),
+        ]
+        watchdog = systemd.watchdog_interval()
+        if watchdog:
+            tasks.append(loop.create_task(self._watchdog(watchdog), name="watchdog"))
+        if not self.extensions:
+            self._notify_ready_if_all_serving()
+        log.info("supervisor started pid=%d control=%s extensions=%d", os.getpid(),
+                 self.config.supervisor.control, len(self.extensions))
+        await self.stop_requested.wait()
+        await self.shutdown(self.stop_drain)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        control.close()
+        self._bus.close(linger=0)
+        self._zmq.term()
+        log.info("supervisor stopped")
+        return 0
+
+    async def _signals(self) -> None:
+        while True:
+            signum = await self.signals.get()
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading %s", self.config.path)
+                try:
+                    await self.reload()
+                except ConfigError as error:
+                    log.error("reload refused: %s", error)
+            else:
+                log.info("%s: graceful stop", signal.Signals(signum).name)
+                self.request_stop(self.config.supervisor.drain_seconds)
+
+    def request_stop(self, drain: float) -> None:
+        self.stop_drain = drain
+        self.stop_requested.set()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)

@@ -1,0 +1,129 @@
+"""Shared fixtures: real worker and supervisor processes on free 127.0.0.1 ports."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SERVING = re.compile(r"serving extension=(\S+) leg=(ia|retorno) address=[^:\s]+:(\d+)")
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+    ia_port: int
+    retorno_port: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(app: str = "echo", *options: str, extension: str = "1201", allow: str | None = None) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{extension}-{len(started)}.log"
+        command = [sys.executable, "-m", "audiogw.worker", "--extension", extension,
+                   "--ia-port", "0", "--retorno-port", "0", "--app", app]
+        for option in options:
+            command += ["--option", option]
+        if allow:
+            command += ["--allow", allow]
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=log_file, cwd=tmp_path)
+
+        def ports():
+            found = {leg: int(port) for _, leg, port in SERVING.findall(log_path.read_text(errors="replace"))}
+            if process.poll() is not None:
+                raise AssertionError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
+            return found if len(found) == 2 else None
+
+        found = wait_for(ports, 15, what="worker to serve both legs")
+        worker = WorkerProcess(process, log_path, found["ia"], found["retorno"])
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def raw_connect(port: int, *, send_uuid: bool = True, call_uuid: uuid.UUID | None = None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if send_uuid:
+        sock.sendall(b"\x01\x00\x10" + (call_uuid or uuid.uuid4()).bytes)
+    return sock
+
+
+def read_frames(sock: socket.socket, seconds: float) -> list[tuple[int, bytes]]:
+    """Read whole frames for ``seconds`` (or until the peer closes)."""
+    from audiogw.shared.audiosocket import Kind
+
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + seconds
+    buffer = bytearray()
+    frames = []
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        buffer += data
+        while len(buffer) >= 3:
+            length = int.from_bytes(buffer[1:3], "big")
+            if len(buffer) < 3 + length:
+                break
+            frames.append((buffer[0], bytes(buffer[3 : 3 + length])))
+            del buffer[: 3 + length]
+        if frames and frames[-1][0] == Kind.HANGUP:
+            break
+    return frames
+
+
+def peer_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True once the peer has closed (EOF or reset), draining whatever it still sends."""
+    sock.settimeout(0.1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False

@@ -308,7 +308,11 @@ class Supervisor:
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
         from audiogw.supervisor.control import ControlServer
 
+        from audiogw.supervisor.metrics import MetricsServer
+
         control = ControlServer(self, self._zmq)
+        self.metrics_server = MetricsServer(self)
+        self.metrics_server.start()
         self.store.load(self.known_apps)
         for extension in self.store.effective(self.config.extensions).values():
             try:
@@ -334,6 +338,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         control.close()
+        self.metrics_server.close()
         self._bus.close(linger=0)
         self._zmq.term()
         log.info("supervisor stopped")

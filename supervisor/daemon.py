@@ -164,7 +164,7 @@ class Supervisor:
 
     async def _timers(self) -> None:
         """Run lifecycle deadlines (backoff ends, start timeouts, missed heartbeats)."""
-        while True:
+        while not self._closing:
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
@@ -172,7 +172,8 @@ class Supervisor:
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), max(0.001, timeout))
+                async with asyncio.timeout(max(0.001, timeout)):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -300,6 +301,7 @@ class Supervisor:
             log.info("supervisor ready: %d extension(s) serving", len(self.extensions))
 
     _ready_sent = False
+    _closing = False
 
     # -- main ------------------------------------------------------------------
     async def run(self) -> int:
@@ -334,6 +336,8 @@ class Supervisor:
                  self.config.supervisor.control, len(self.extensions))
         await self.stop_requested.wait()
         await self.shutdown(self.stop_drain)
+        self._closing = True  # wait_for() in 3.11 can swallow a cancel that races a wake-up
+        self._wake.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

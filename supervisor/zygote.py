@@ -10,6 +10,7 @@ travel to the child over the forkserver's Unix socket (SCM_RIGHTS).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import multiprocessing.forkserver
 import socket
 from multiprocessing.context import ForkServerContext
@@ -36,4 +37,22 @@ class Zygote:
 
 
 def _worker_entry(run_worker, spec, sockets) -> None:  # runs in the child
+    _release_forkserver_alive_fd()
     raise SystemExit(run_worker(spec, sockets))
+
+
+def _release_forkserver_alive_fd() -> None:
+    """Close the child's copy of the forkserver's "supervisor alive" pipe.
+
+    multiprocessing hands every forkserver child the pipe's write end; while
+    any worker holds it the forkserver never sees the supervisor die, and so
+    never exits to fire the workers' parent-death signal.
+    """
+    server = multiprocessing.forkserver._forkserver
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None

@@ -1,0 +1,112 @@
+"""A real supervisor process on free ports, for the supervisor's fault tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from audiogw.client.ctl import request
+from conftest import wait_for
+
+
+def free_port_block(size: int = 20) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base = sock.getsockname()[1]
+        if base + size <= 65535:
+            return base
+
+
+@dataclass
+class SupervisorProcess:
+    folder: Path
+    config_path: Path
+    base_port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"ipc://{self.folder}/run/control.sock"
+
+    def start(self) -> "SupervisorProcess":
+        log = open(self.folder / "supervisor.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config", str(self.config_path)],
+            stdout=log, stderr=log, cwd=self.folder,
+        )
+        wait_for(lambda: self.running_states(), 15, what="supervisor to serve every extension")
+        return self
+
+    def log(self) -> str:
+        return (self.folder / "supervisor.log").read_text(errors="replace")
+
+    def ctl(self, command: str, args: dict | None = None, timeout: float = 10.0):
+        return request(self.endpoint, command, args or {}, timeout=timeout)
+
+    def running_states(self):
+        if self.process.poll() is not None:
+            raise AssertionError(f"supervisor exited {self.process.returncode}:\n{self.log()}")
+        try:
+            rows = self.ctl("list", timeout=1.0)
+        except Exception:
+            return None
+        return rows if rows and all(row["state"] == "running" for row in rows) else None
+
+    def pids(self) -> dict[str, int]:
+        return {row["id"]: row["pid"] for row in self.ctl("list")}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_config(folder: Path, base_port: int, extensions: int = 2) -> Path:
+    lines = [
+        "[supervisor]",
+        'control = "ipc://run/control.sock"',
+        'metrics = "127.0.0.1:0"',
+        'state_dir = "state"',
+        "heartbeat_interval = 0.2",
+        "heartbeat_timeout = 1.0",
+        "drain_seconds = 1.0",
+        "[audiosocket]",
+        'bind = "127.0.0.1"',
+        f"port_range = [{base_port}, {base_port + 19}]",
+    ]
+    for index in range(extensions):
+        lines += ["[[extension]]", f'id = "{1201 + index}"',
+                  f"ia_port = {base_port + 2 * index}", f"retorno_port = {base_port + 2 * index + 1}"]
+    path = folder / "audiogw.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pid: int) -> None:
+    for child in children_of(pid):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -396,7 +396,7 @@ class SupervisorSettings:
     metrics_host: str
     metrics_port: int
     state_dir: str
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 3.0
     backoff_initial: float = 0.0
     backoff_max: float = 30.0
@@ -603,7 +603,7 @@ def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None)
     state_dir = _expect_str(table.get("state_dir", DEFAULT_STATE_DIR), file, "supervisor.state_dir")
     if not state_dir:
         raise ConfigError(file, "supervisor.state_dir", "empty path")
-    heartbeat_interval = _number(table, "heartbeat_interval", 0.5, file, prefix, positive=True)
+    heartbeat_interval = _number(table, "heartbeat_interval", 1.0, file, prefix, positive=True)
     heartbeat_timeout = _number(table, "heartbeat_timeout", 3.0, file, prefix, positive=True)
     if heartbeat_timeout <= heartbeat_interval:
         raise ConfigError(

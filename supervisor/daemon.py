@@ -21,7 +21,7 @@ from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_con
 from audiogw.shared.messages import MessageError, decode, encode
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
-from audiogw.supervisor.lifecycle import Action, RestartPolicy, WorkerState
+from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
 from audiogw.worker.main import WorkerSpec
@@ -180,30 +180,46 @@ class Supervisor:
     # -- the worker bus ---------------------------------------------------
     async def _bus_reader(self) -> None:
         while True:
-            identity, raw = await self._bus.recv_multipart()
+            for identity, raw in await self._receive_batch():
+                self._on_bus_message(raw)
+
+    async def _receive_batch(self) -> list[list[bytes]]:
+        """Wait for one bus message, then take whatever else is queued without waiting again."""
+        batch = [await self._bus.recv_multipart()]
+        while len(batch) < 1000:
             try:
-                message = decode(raw, required=("type", "extension", "pid"))
-            except MessageError as error:
-                log.warning("refused worker bus message: %s", error)
-                continue
-            runtime = self.extensions.get(str(message["extension"]))
-            if runtime is None or runtime.pid != message["pid"]:
-                continue  # from a worker that is gone or being replaced
-            now = time.monotonic()
-            kind = message["type"]
-            stats = message.get("stats")
-            if isinstance(stats, dict):
-                runtime.stats = stats
-            runtime.active_legs = int(message.get("active_legs") or 0)
-            runtime.last_heartbeat_wall = time.time()
+                batch.append(await self._bus.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return batch
+
+    def _on_bus_message(self, raw: bytes) -> None:
+        try:
+            message = decode(raw, required=("type", "extension", "pid"))
+        except MessageError as error:
+            log.warning("refused worker bus message: %s", error)
+            return
+        runtime = self.extensions.get(str(message["extension"]))
+        if runtime is None or runtime.pid != message["pid"]:
+            return  # from a worker that is gone or being replaced
+        now = time.monotonic()
+        kind = message["type"]
+        stats = message.get("stats")
+        if isinstance(stats, dict):
+            runtime.stats = stats
+        runtime.active_legs = int(message.get("active_legs") or 0)
+        runtime.last_heartbeat_wall = time.time()
+        try:
             runtime.lifecycle.heartbeat(now)
-            if kind == "ready" and runtime.lifecycle.state == WorkerState.STARTING:
-                runtime.lifecycle.ready(now)
-                runtime.ready_event.set()
-                log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
-                         (now - (runtime.started_at or now)) * 1000)
-                self._notify_ready_if_all_serving()
-            self._wake.set()
+        except IllegalTransition:
+            return  # a late message from a worker already counted as gone
+        if kind == "ready" and runtime.lifecycle.state == WorkerState.STARTING:
+            runtime.lifecycle.ready(now)
+            runtime.ready_event.set()
+            log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
+                     (now - (runtime.started_at or now)) * 1000)
+            self._notify_ready_if_all_serving()
+            self._wake.set()  # its deadlines changed; a heartbeat only pushes them later
 
     def send_to_worker(self, runtime: ExtensionRuntime, message: dict[str, Any]) -> bool:
         if runtime.identity is None:

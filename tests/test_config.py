@@ -176,7 +176,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert supervisor.control == f"ipc://{tmp_path}/var/run/control.sock"
     assert (supervisor.metrics_host, supervisor.metrics_port) == ("127.0.0.1", 9464)
     assert supervisor.state_dir == str(tmp_path / "var")
-    assert supervisor.heartbeat_interval == 0.5
+    assert supervisor.heartbeat_interval == 1.0
     assert supervisor.heartbeat_timeout == 3.0
     assert supervisor.backoff_initial == 0.0
     assert supervisor.backoff_max == 30.0

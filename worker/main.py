@@ -38,7 +38,7 @@ class WorkerSpec:
     options: dict[str, Any] = field(default_factory=dict)
     base_dir: str = "."
     bus_endpoint: str | None = None
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 1.0
     drain_seconds: float = 10.0
     log_format: str = "human"
     log_level: str = "info"

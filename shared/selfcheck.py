@@ -1,0 +1,35 @@
+"""`python -m audiogw.shared.selfcheck`: import every audiogw module (checks a built wheel is whole)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+
+PACKAGES = ("audiogw.shared", "audiogw.worker", "audiogw.worker.apps", "audiogw.supervisor", "audiogw.client")
+FORBIDDEN_TOP_LEVEL = ("supervisor", "worker", "shared", "client")
+
+
+def main() -> int:
+    imported = []
+    for package_name in PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__, package_name + "."):
+            if module.name.endswith("__main__"):
+                continue
+            importlib.import_module(module.name)
+            imported.append(module.name)
+    for name in FORBIDDEN_TOP_LEVEL:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and "audiogw" in str(spec.origin or spec.submodule_search_locations):
+            print(f"audiogw installed a top-level module {name!r}", file=sys.stderr)
+            return 1
+    print(f"imported {len(imported)} audiogw modules")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -124,7 +124,8 @@ def cumulative_buckets(snapshot: Mapping[str, Any] | None,
     padded with zeros, or its extra slots are folded into +Inf, so the result
     always has ``len(bounds) + 1`` monotonic buckets ending in "+Inf".
     """
-    counts = [_number(count) for count in (_mapping(snapshot).get("counts") or [])]
+    raw = _mapping(snapshot).get("counts")
+    counts = [_number(count) for count in raw] if isinstance(raw, (list, tuple)) else []
     slots = len(bounds) + 1
     if len(counts) > slots:
         counts = counts[: slots - 1] + [sum(counts[slots - 1:])]

@@ -50,6 +50,23 @@ def _first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
     return None, refused
 
 
+def _scrape_times(log_path: Path, scrapes: int = 20) -> dict:
+    """Time full /metrics scrapes (what Prometheus pays) against the running supervisor."""
+    import re
+    import urllib.request
+
+    match = re.search(r"metrics listening on (http://\S+/metrics)", log_path.read_text(errors="replace"))
+    if match is None:
+        return {"error": "no metrics line in the supervisor log"}
+    times, size = [], 0
+    for _ in range(scrapes):
+        start = time.monotonic()
+        with urllib.request.urlopen(match.group(1), timeout=10) as response:
+            size = len(response.read())
+        times.append(time.monotonic() - start)
+    return {"p50": statistics.median(times) * 1000, "max": max(times) * 1000, "bytes": size}
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -99,6 +116,7 @@ def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> Non
         rss = [psutil.Process(pid).memory_info().rss for pid in pids]
         report["worker_uss_mb"] = {"median": statistics.median(uss) / 2**20, "max": max(uss) / 2**20}
         report["worker_rss_mb"] = {"median": statistics.median(rss) / 2**20}
+        report["scrape_ms"] = _scrape_times(folder / "supervisor.log")
         process = psutil.Process(supervisor.pid)
         time.sleep(1.0)
         before = process.cpu_times()
@@ -137,6 +155,9 @@ def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> Non
                f"{kill['refused_connections']} refused connections (target <= 500 ms, 0 refused)")
     click.echo(f"worker USS: median {report['worker_uss_mb']['median']:.1f} MB, max {report['worker_uss_mb']['max']:.1f} MB "
                f"(RSS median {report['worker_rss_mb']['median']:.1f} MB) (target USS <= 10 MB)")
+    scrape = report["scrape_ms"]
+    if "p50" in scrape:
+        click.echo(f"/metrics scrape: p50 {scrape['p50']:.1f} ms, max {scrape['max']:.1f} ms, {scrape['bytes']} bytes (target <= 50 ms)")
     click.echo(f"supervisor CPU while idle: {report['supervisor_idle_cpu_percent']:.2f} % of a core over {idle_seconds:g} s (target <= 1 %)")
 
 

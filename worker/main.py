@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -69,6 +70,9 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
 
         link = SupervisorLink(spec.bus_endpoint, worker, spec.heartbeat_interval, commands.put_nowait)
     await worker.serve(sockets)
+    # Everything loaded so far lives for the whole process: keep it out of the
+    # collector's scans so a collection pause on the audio loop stays short.
+    gc.freeze()
     if link is not None:
         link.start()
         link.send("ready")

@@ -11,6 +11,7 @@ import time
 from typing import Protocol
 
 from audiogw.worker.clock import FRAME_PERIOD, DeadlineClock
+from audiogw.worker.timer import DeadlineTimer
 
 
 class Ticking(Protocol):
@@ -37,16 +38,20 @@ class FrameTicker:
 
     async def run(self) -> None:
         monotonic = time.monotonic
-        sleep = asyncio.sleep
+        timer = DeadlineTimer()
+        try:
+            await self._run(timer, monotonic)
+        finally:
+            timer.close()
+
+    async def _run(self, timer: DeadlineTimer, monotonic) -> None:
         while True:
             if not self._legs:
                 self._wake.clear()
                 await self._wake.wait()
-                clock = self.clock = DeadlineClock(monotonic(), self.period)
+                self.clock = DeadlineClock(monotonic(), self.period)
             clock = self.clock
-            delay = clock.deadline - monotonic()
-            if delay > 0:
-                await sleep(delay)
+            await timer.wait_until(clock.deadline)
             deadline = clock.deadline
             before = clock.reanchors
             clock.tick(monotonic())

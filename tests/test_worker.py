@@ -135,3 +135,31 @@ def test_flood_faster_than_real_time_is_bounded_and_counted(start_worker):
     wait_for(lambda: "reason=peer_hangup" in worker.log(), what="leg end")
     assert "frames_in=2000" in worker.log()
     assert worker.process.poll() is None
+
+
+def test_playback_plays_a_16k_stereo_wav_resampled_and_paced(start_worker, tmp_path):
+    from audiogw.shared.wav import read_wav, tone
+
+    # A 16 kHz stereo file: the worker converts it (soxr) to the leg's 8 kHz.
+    mono = tone(500, 0.4, rate=16000)
+    stereo = numpy.repeat(mono[:, None], 2, axis=1)
+    path = tmp_path / "prompt.wav"
+    import wave
+
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(2)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(stereo.astype("<i2").tobytes())
+    worker = start_worker("playback", f"file={path}")
+    sock = raw_connect(worker.ia_port)
+    frames = read_frames(sock, 1.0)
+    assert {kind for kind, _ in frames} == {Kind.SLIN_8K}
+    heard = b"".join(p for _, p in frames)
+    expected = read_wav(str(path), 8000).astype("<i2").tobytes()
+    start = heard.find(expected[:320])
+    assert start >= 0, "the converted prompt is played"
+    assert heard[start : start + len(expected)] == expected
+    sock.close()
+    wait_for(lambda: "leg end extension=1201 leg=ia" in worker.log(), what="leg end")
+    assert "underruns=0" in worker.log(), "the silence after a finished prompt is not an underrun"

@@ -69,6 +69,7 @@ class Leg:
         self.dtmf_received = ""
         self._last_send = 0.0
         self._was_playing = False
+        self._finished = False  # the app ended a prompt: the silence after it is no underrun
         self.end_reason = ""
 
     # -- audio format ---------------------------------------------------
@@ -102,7 +103,7 @@ class Leg:
     def finish(self) -> None:
         """End of a prompt: pad its last partial frame and do not count the silence after it."""
         self.outbound.flush_partial()
-        self._was_playing = False if not len(self.outbound) else self._was_playing
+        self._finished = True
 
     def clear(self) -> int:
         """Drop all queued audio at once (takes effect on the next tick)."""
@@ -189,10 +190,11 @@ class Leg:
         stats = self._stats
         if frame is None:
             frame = self.outbound.silence
-            if self._was_playing:
+            if self._was_playing and not self._finished:
                 self.underruns += 1
                 stats.underruns += 1
-                self._was_playing = False
+            self._was_playing = False
+            self._finished = False
         else:
             self._was_playing = True
         now = time.monotonic()

@@ -36,6 +36,8 @@ from audiogw.supervisor.metrics import (
     sample_runtime,
 )
 from audiogw.worker.stats import WorkerStats
+from conftest import wait_for
+from supervisor_fixture import free_port_block
 
 LE = ["0.0005", "0.001", "0.002", "0.003", "0.005", "0.0075", "0.01", "0.02", "0.04", "0.08", "0.16",
       "0.32", "0.64", "1.0", "+Inf"]
@@ -291,26 +293,6 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
 LISTENING = re.compile(r"metrics listening on http://(\S+?):(\d+)/metrics")
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def port_block(size: int = 20) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + size <= 65535:
-            return base
-
-
 @dataclass
 class Gateway:
     folder: Path
@@ -410,7 +392,7 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("metrics")
-    base = port_block()
+    base = free_port_block()
     config = write_config(folder, base)
     with open(folder / "supervisor.log", "wb") as log_file:
         process = subprocess.Popen(
@@ -424,10 +406,10 @@ def gateway(tmp_path_factory):
                 raise AssertionError(f"supervisor exited with {process.returncode}:\n{gw.log()}")
             return LISTENING.search(gw.log())
 
-        match = wait_for(listening, 15, "the 'metrics listening on' line")
+        match = wait_for(listening, 15, what="the 'metrics listening on' line")
         assert match.group(1) == "127.0.0.1" and int(match.group(2)) > 0
         gw.url = f"http://{match.group(1)}:{match.group(2)}"
-        wait_for(lambda: gw.healthz()[0] == 200, 15, "every extension to be up")
+        wait_for(lambda: gw.healthz()[0] == 200, 15, what="every extension to be up")
         yield gw
     finally:
         _stop(process)
@@ -445,7 +427,7 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
             and value(families, "audiogw_calls_active", extension="1201", leg="ia") == 0
         return families if done else None
 
-    families = wait_for(counted, 5, "the call's counters in /metrics")
+    families = wait_for(counted, 5, what="the call's counters in /metrics")
     for name, (kind, labels) in EXPECTED.items():
         if name in ("audiogw_protocol_errors", "audiogw_frames_dropped", "audiogw_app_events") \
                 and name not in families:
@@ -500,7 +482,7 @@ def test_totals_do_not_drop_when_a_worker_is_killed(gateway):
             and (value(families, "audiogw_frames_received_total", extension="1201", leg="ia") or 0) > 0
         return families if ok else None
 
-    before = wait_for(settled, 5, "the call to be counted")
+    before = wait_for(settled, 5, what="the call to be counted")
     names = [("audiogw_calls_total", "ia"), ("audiogw_frames_received_total", "ia"),
              ("audiogw_frames_sent_total", "ia"), ("audiogw_frames_sent_total", "retorno"),
              ("audiogw_event_loop_lag_seconds_count", None), ("audiogw_send_lateness_seconds_count", "ia"),
@@ -522,7 +504,7 @@ def test_totals_do_not_drop_when_a_worker_is_killed(gateway):
         families = gateway.scrape()
         return families if value(families, "audiogw_extension_up", extension="1201") == 1 else None
 
-    after = read(wait_for(restarted, 10, "extension 1201 to be restarted"))
+    after = read(wait_for(restarted, 10, what="extension 1201 to be restarted"))
     for key, was in counted.items():
         assert after[key] >= was, (key, was, after[key])
     assert after[("audiogw_worker_restarts_total", None)] >= counted[("audiogw_worker_restarts_total", None)] + 1
@@ -530,11 +512,11 @@ def test_totals_do_not_drop_when_a_worker_is_killed(gateway):
     # A call on the new incarnation adds on top of the carried totals.
     gateway.call(gateway.base_port, seconds=0.5)
     frames = ("audiogw_frames_received_total", "ia")
-    wait_for(lambda: read(gateway.scrape())[frames] > after[frames], 5, "new frames on top of the carried ones")
+    wait_for(lambda: read(gateway.scrape())[frames] > after[frames], 5, what="new frames on top of the carried ones")
 
 
 def test_healthz_reports_a_stopped_worker(gateway):
-    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(gateway.healthz()), 10, "healthz 200")
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(gateway.healthz()), 10, what="healthz 200")
     assert body == {"status": "ok", "extensions": 2}
     pid = gateway.pid("1202")
     assert pid
@@ -544,14 +526,14 @@ def test_healthz_reports_a_stopped_worker(gateway):
             status, body = gateway.healthz()
             return body if status == 503 else None
 
-        body = wait_for(degraded, 5, "healthz 503 after SIGSTOP", interval=0.02)
+        body = wait_for(degraded, 5, what="healthz 503 after SIGSTOP", interval=0.02)
         assert body["status"] == "degraded" and body["down"] == ["1202"]
     finally:
         try:
             os.kill(pid, signal.SIGCONT)  # if the supervisor has not killed it
         except ProcessLookupError:
             pass
-    wait_for(lambda: gateway.healthz()[0] == 200, 10, "healthz 200 again after the restart")
+    wait_for(lambda: gateway.healthz()[0] == 200, 10, what="healthz 200 again after the restart")
     assert gateway.pid("1202") != pid
 
 
@@ -563,7 +545,7 @@ def test_removed_extension_series_vanish(gateway):
         families = gateway.scrape()
         return families if value(families, "audiogw_extension_up", extension="1299") == 1 else None
 
-    wait_for(present, 10, "extension 1299 in /metrics")
+    wait_for(present, 10, what="extension 1299 in /metrics")
     gateway.call(added["ia_port"], seconds=0.5)
     gateway.ctl("remove-extension", {"id": "1299"})
     status, headers, body = gateway.get("/metrics")

@@ -16,7 +16,6 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports, 
 from audiogw.shared.histogram import quantile
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
-from audiogw.supervisor.lifecycle import WorkerState
 from audiogw.worker.apps import APPS, AppOptionError
 
 if TYPE_CHECKING:

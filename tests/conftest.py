@@ -1,7 +1,6 @@
 """Shared fixtures: real worker and supervisor processes on free 127.0.0.1 ports."""
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket

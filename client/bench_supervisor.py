@@ -21,15 +21,9 @@ import orjson
 import psutil
 
 from audiogw.client.ctl import request
+from audiogw.shared.net import free_port_block
 
 
-def _free_base(size: int) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + size <= 65000:
-            return base
 
 
 def _first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
@@ -79,7 +73,7 @@ def _percentile(values: list[float], q: float) -> float:
 @click.option("--json", "as_json", is_flag=True)
 def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="audiogw-bench-"))
-    base = _free_base(2 * extensions + 10)
+    base = free_port_block(2 * extensions + 10)
     (folder / "audiogw.toml").write_text(
         "[supervisor]\ncontrol = \"ipc://run/control.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"state\"\n"
         f"[audiosocket]\nbind = \"127.0.0.1\"\nport_range = [{base}, {base + 2 * extensions + 9}]\n"

@@ -6,6 +6,16 @@ import socket
 LISTEN_BACKLOG = 512
 
 
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """A base port whose next ``size`` ports were free a moment ago (for tests and benchmarks)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            base = sock.getsockname()[1]
+        if base + size <= 65000:
+            return base
+
+
 def bind_listener(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A non-blocking listening TCP socket; port 0 picks a free port.
 

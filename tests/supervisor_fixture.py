@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,15 +12,6 @@ import psutil
 
 from audiogw.client.ctl import request
 from conftest import wait_for
-
-
-def free_port_block(size: int = 20) -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = sock.getsockname()[1]
-        if base + size <= 65535:
-            return base
 
 
 @dataclass

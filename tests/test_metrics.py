@@ -36,7 +36,7 @@ from audiogw.supervisor.metrics import (
 )
 from audiogw.worker.stats import WorkerStats
 from conftest import wait_for
-from supervisor_fixture import free_port_block
+from audiogw.shared.net import free_port_block
 
 LE = ["0.0005", "0.001", "0.002", "0.003", "0.005", "0.0075", "0.01", "0.02", "0.04", "0.08", "0.16",
       "0.32", "0.64", "1.0", "+Inf"]
@@ -391,7 +391,7 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("metrics")
-    base = free_port_block()
+    base = free_port_block(20)
     config = write_config(folder, base)
     with open(folder / "supervisor.log", "wb") as log_file:
         process = subprocess.Popen(

@@ -15,12 +15,13 @@ from audiogw.client.ctl import CtlRefused
 from audiogw.client.softphone import place_call
 from audiogw.shared.messages import encode
 from conftest import wait_for
-from supervisor_fixture import SupervisorProcess, free_port_block, kill_tree, write_config
+from audiogw.shared.net import free_port_block
+from supervisor_fixture import SupervisorProcess, kill_tree, write_config
 
 
 @pytest.fixture
 def supervisor(tmp_path):
-    base = free_port_block()
+    base = free_port_block(20)
     process = SupervisorProcess(tmp_path, write_config(tmp_path, base), base)
     process.start()
     yield process

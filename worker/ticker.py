@@ -24,7 +24,6 @@ class FrameTicker:
         self._legs: dict[Ticking, None] = {}  # insertion-ordered set
         self._wake = asyncio.Event()
         self.clock: DeadlineClock | None = None
-        self.reanchors = 0
 
     def add(self, leg: Ticking) -> None:
         self._legs[leg] = None
@@ -53,10 +52,7 @@ class FrameTicker:
             clock = self.clock
             await timer.wait_until(clock.deadline)
             deadline = clock.deadline
-            before = clock.reanchors
             clock.tick(monotonic())
-            if clock.reanchors != before:
-                self.reanchors += 1
             # A leg may end (and leave the dict) while we send: iterate a copy.
             for leg in tuple(self._legs):
                 leg.on_tick(deadline)

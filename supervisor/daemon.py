@@ -26,6 +26,9 @@ from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
 from audiogw.worker.main import WorkerSpec
 
+# Plain ints: pyzmq's enum flags cost an enum construction per ``&`` on the heartbeat path.
+_EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE), int(zmq.NOBLOCK)
+
 log = logging.getLogger("audiogw.supervisor")
 
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
@@ -60,10 +63,14 @@ class Supervisor:
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)
         self.bus_endpoint = f"ipc://{run_dir}/bus.sock"
-        self._bus = self._zmq.socket(zmq.ROUTER)
+        # A plain (not asyncio) socket read from the loop's own reader callback:
+        # heartbeats from every worker cost no futures and no Again exceptions.
+        self._bus = zmq.Socket(self._zmq, zmq.ROUTER)
         self._bus.setsockopt(zmq.LINGER, 0)
         self._bus.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._bus.bind(self.bus_endpoint)
+        self._bus_watched = False
+        self._bus_timer: asyncio.TimerHandle | None = None
         self.control_requests = 0
         self.control_errors = 0
         self.metrics_server = None
@@ -112,6 +119,7 @@ class Supervisor:
         runtime.lifecycle.spawned(time.monotonic())
         self.records.set(runtime.id, process.pid)
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, runtime, process)
+        self._read_bus()  # watch the bus until this worker reports ready
         log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
                  runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
 
@@ -178,20 +186,37 @@ class Supervisor:
                 pass
 
     # -- the worker bus ---------------------------------------------------
-    async def _bus_reader(self) -> None:
-        while True:
-            for identity, raw in await self._receive_batch():
-                self._on_bus_message(raw)
-
-    async def _receive_batch(self) -> list[list[bytes]]:
-        """Wait for one bus message, then take whatever else is queued without waiting again."""
-        batch = [await self._bus.recv_multipart()]
-        while len(batch) < 1000:
-            try:
-                batch.append(await self._bus.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        return batch
+    def _read_bus(self) -> None:
+        """Take every queued worker message, then decide when to look again."""
+        if self._bus_timer is not None:
+            self._bus_timer.cancel()
+            self._bus_timer = None
+        bus = self._bus
+        # ZeroMQ's FD is edge-triggered: read until ZMQ_EVENTS says the queue is
+        # empty, or a message could wait for the next edge.
+        while bus.getsockopt(_EVENTS) & _POLLIN:
+            parts = [bus.recv(_NOBLOCK)]
+            while bus.getsockopt(_RCVMORE):
+                parts.append(bus.recv(_NOBLOCK))
+            if len(parts) != 2:
+                log.warning("refused worker bus message: %d frames, expected identity and body", len(parts))
+                continue
+            self._on_bus_message(parts[1])
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if any(runtime.lifecycle.state is WorkerState.STARTING for runtime in self.extensions.values()):
+            # A starting worker's `ready` is seen the moment it arrives.
+            if not self._bus_watched:
+                loop.add_reader(bus.FD, self._read_bus)
+                self._bus_watched = True
+        else:
+            # Only heartbeats are expected: read them in batches, a few wake-ups
+            # per heartbeat interval instead of one per worker per interval.
+            if self._bus_watched:
+                loop.remove_reader(bus.FD)
+                self._bus_watched = False
+            self._bus_timer = loop.call_later(self.config.supervisor.heartbeat_interval / 4, self._read_bus)
 
     def _on_bus_message(self, raw: bytes) -> None:
         try:
@@ -226,9 +251,11 @@ class Supervisor:
             return False
         try:
             self._bus.send_multipart([runtime.identity, encode(message)], zmq.NOBLOCK)
-            return True
         except zmq.ZMQError:
             return False
+        # A send can consume the FD's edge for messages already queued: look again.
+        asyncio.get_running_loop().call_soon(self._read_bus)
+        return True
 
     def forget_extension(self, extension_id: str) -> None:
         """Persist a removal: it must not come back at the next start."""
@@ -337,9 +364,9 @@ class Supervisor:
                 self.add_runtime(extension)
             except OSError as error:
                 log.error("extension %s not started: %s", extension.id, error)
+        self._read_bus()
         tasks = [
             loop.create_task(self._timers(), name="timers"),
-            loop.create_task(self._bus_reader(), name="bus"),
             loop.create_task(control.serve(), name="control"),
             loop.create_task(self._signals(), name="signals"),
         ]
@@ -359,6 +386,10 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
         control.close()
         self.metrics_server.close()
+        if self._bus_watched:
+            loop.remove_reader(self._bus.FD)
+        if self._bus_timer is not None:
+            self._bus_timer.cancel()
         self._bus.close(linger=0)
         self._zmq.term()
         log.info("supervisor stopped")

@@ -57,6 +57,9 @@ class ExtensionRuntime:
         self.sockets = sockets
         self.lifecycle = WorkerLifecycle(policy)
         self.process: BaseProcess | None = None
+        # Set on attach, cleared when the exit is handled. Not derived from
+        # process.exitcode: that polls with a fresh selector on every heartbeat.
+        self.pid: int | None = None
         self.identity: bytes | None = None  # the worker's ZeroMQ identity, for commands
         self.started_at: float | None = None  # monotonic, current incarnation
         self.stats: dict[str, Any] = {}  # latest heartbeat's cumulative counters (this incarnation)
@@ -74,12 +77,9 @@ class ExtensionRuntime:
     def id(self) -> str:
         return self.config.id
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None and self.process.exitcode is None else None
-
     def attach(self, process: BaseProcess) -> None:
         self.process = process
+        self.pid = process.pid
         self.identity = f"{self.id}:{process.pid}".encode()
         self.started_at = time.monotonic()
         self.stats = {}
@@ -99,6 +99,7 @@ class ExtensionRuntime:
         self.cpu_carried += self._last_cpu
         self._last_cpu = 0.0
         self.process = None
+        self.pid = None
         self.identity = None
         self._psutil = None
         self.exited_event.set()

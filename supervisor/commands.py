@@ -190,13 +190,7 @@ def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
     totals = runtime.totals()
     legs = (totals.get("legs") or {}).values()
     rss, cpu_seconds = runtime.resources()
-    lateness: dict[str, Any] = {"counts": []}
-    for leg in legs:
-        counts = (leg.get("send_lateness") or {}).get("counts") or []
-        if len(lateness["counts"]) < len(counts):
-            lateness["counts"] += [0] * (len(counts) - len(lateness["counts"]))
-        for index, count in enumerate(counts):
-            lateness["counts"][index] += count
+    lateness = totals.get("send_lateness") or {}
     live_stats = runtime.stats.get("loop_lag") or {}
     uptime = time.monotonic() - runtime.started_at if runtime.started_at and runtime.pid else None
     return {
@@ -207,7 +201,7 @@ def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
         "frames_received": sum(leg.get("frames_received", 0) for leg in legs),
         "frames_sent": sum(leg.get("frames_sent", 0) for leg in legs),
         "underruns": sum(leg.get("underruns", 0) for leg in legs),
-        "send_lateness_p99": quantile(lateness, 0.99),
+        "send_lateness_p99": quantile(lateness, 0.99) if lateness else None,
         "loop_lag_p99": quantile(live_stats, 0.99) if live_stats else None,
         "memory_bytes": rss,
         "cpu_seconds": cpu_seconds,

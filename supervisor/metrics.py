@@ -70,8 +70,8 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("audiogw_calls_active", "gauge", ("extension", "leg"), "Calls in progress."),
     *((name, "counter", ("extension", "leg"), doc) for _key, name, doc in LEG_COUNTERS),
     *((name, "counter", ("extension", "leg", "reason"), doc) for _key, name, doc in LEG_REASON_COUNTERS),
-    ("audiogw_send_lateness_seconds", "histogram", ("extension", "leg"),
-     "How late each outbound frame left versus its 20 ms deadline."),
+    ("audiogw_send_lateness_seconds", "histogram", ("extension",),
+     "How late each outbound frame left versus its 20 ms deadline (all legs share the worker's clock)."),
     ("audiogw_event_loop_lag_seconds", "histogram", ("extension",),
      "How late a short timer fired in the worker's event loop."),
     ("audiogw_worker_resident_memory_bytes", "gauge", ("extension",), "Resident memory of the worker process."),
@@ -174,9 +174,8 @@ def extension_rows(sample: ExtensionSample, now: float, heartbeat_timeout: float
         for key, name, _doc in LEG_REASON_COUNTERS:
             for reason, count in sorted(_mapping(stats.get(key)).items()):
                 rows.append((name, (ext, leg, str(reason)), _number(count)))
-        lateness = _mapping(stats.get("send_lateness"))
-        rows.append(("audiogw_send_lateness_seconds", (ext, leg),
-                     (cumulative_buckets(lateness), histogram_sum(lateness))))
+    lateness = _mapping(totals.get("send_lateness"))
+    rows.append(("audiogw_send_lateness_seconds", (ext,), (cumulative_buckets(lateness), histogram_sum(lateness))))
     loop_lag = _mapping(totals.get("loop_lag"))
     rows.append(("audiogw_event_loop_lag_seconds", (ext,), (cumulative_buckets(loop_lag), histogram_sum(loop_lag))))
     if sample.rss is not None:

@@ -38,8 +38,7 @@ from audiogw.worker.stats import WorkerStats
 from conftest import wait_for
 from audiogw.shared.net import free_port_block
 
-LE = ["0.0005", "0.001", "0.002", "0.003", "0.005", "0.0075", "0.01", "0.02", "0.04", "0.08", "0.16",
-      "0.32", "0.64", "1.0", "+Inf"]
+LE = ["0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.04", "0.1", "0.25", "1.0", "+Inf"]
 
 # Family name (as the text parser reports it: counters without _total) -> type and label names.
 EXPECTED = {
@@ -53,7 +52,7 @@ EXPECTED = {
     "audiogw_late_frames": ("counter", {"extension", "leg"}),
     "audiogw_protocol_errors": ("counter", {"extension", "leg", "reason"}),
     "audiogw_frames_dropped": ("counter", {"extension", "leg", "reason"}),
-    "audiogw_send_lateness_seconds": ("histogram", {"extension", "leg"}),
+    "audiogw_send_lateness_seconds": ("histogram", {"extension"}),
     "audiogw_event_loop_lag_seconds": ("histogram", {"extension"}),
     "audiogw_worker_resident_memory_bytes": ("gauge", {"extension"}),
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
@@ -73,7 +72,7 @@ def worker_totals() -> dict:
     ia.protocol_errors["bad_kind"] += 4
     ia.frames_dropped["inbound_full"] += 5
     for value in (0.0, 0.0004, 0.0005, 0.0009, 0.004, 0.03, 2.5):
-        ia.send_lateness.observe(value)
+        stats.send_lateness.observe(value)
     stats.legs["retorno"].frames_sent = 7
     stats.loop_lag.observe(0.0001)
     stats.loop_lag.observe(0.015)
@@ -107,7 +106,7 @@ def test_cumulative_buckets_from_non_cumulative_counts():
         histogram.observe(observed)
     buckets = cumulative_buckets(histogram.snapshot())
     assert [le for le, _ in buckets] == LE
-    assert [count for _, count in buckets] == [2, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 7]
+    assert [count for _, count in buckets] == [2, 3, 3, 5, 5, 5, 5, 5, 5, 6, 7]
     assert len(LE) == len(LATENCY_BUCKETS) + 1
 
 
@@ -115,9 +114,9 @@ def test_cumulative_buckets_tolerate_bad_snapshots():
     assert cumulative_buckets({}) == [(le, 0.0) for le in LE]
     assert cumulative_buckets(None)[-1] == ("+Inf", 0.0)
     short = cumulative_buckets({"counts": [1, 2]})
-    assert [count for _, count in short] == [1, 3] + [3] * 13
+    assert [count for _, count in short] == [1, 3] + [3] * 9
     long = cumulative_buckets({"counts": [1] * 20})
-    assert len(long) == 15 and long[-1] == ("+Inf", 20.0) and long[-2] == ("1.0", 14.0)
+    assert len(long) == 11 and long[-1] == ("+Inf", 20.0) and long[-2] == ("1.0", 10.0)
     assert cumulative_buckets({"counts": ["x", None, 2]})[-1] == ("+Inf", 2.0)
 
 
@@ -154,12 +153,11 @@ def test_build_families_names_types_labels_and_values():
     assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension="1201") == now - 0.3
 
     lateness = {s.labels["le"]: s.value for s in families["audiogw_send_lateness_seconds"].samples
-                if s.name.endswith("_bucket") and s.labels["leg"] == "ia"}
+                if s.name.endswith("_bucket")}
     assert list(lateness) == LE
-    assert [lateness[le] for le in LE] == [3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7]
-    assert value(families, "audiogw_send_lateness_seconds_count", leg="ia") == 7
-    assert value(families, "audiogw_send_lateness_seconds_sum", leg="ia") == pytest.approx(2.5358)
-    assert value(families, "audiogw_send_lateness_seconds_count", leg="retorno") == 0
+    assert [lateness[le] for le in LE] == [3, 4, 4, 5, 5, 5, 6, 6, 6, 6, 7]
+    assert value(families, "audiogw_send_lateness_seconds_count", extension="1201") == 7
+    assert value(families, "audiogw_send_lateness_seconds_sum", extension="1201") == pytest.approx(2.5358)
     assert value(families, "audiogw_event_loop_lag_seconds_count", extension="1201") == 2
     assert value(families, "audiogw_event_loop_lag_seconds_bucket", le="0.02") == 2
     assert value(families, "audiogw_event_loop_lag_seconds_bucket", le="0.01") == 1
@@ -193,8 +191,8 @@ def test_malformed_counters_never_break_a_scrape():
         ExtensionSample(id="1", running=True, last_heartbeat=now, totals={"legs": "garbage", "loop_lag": 5}),
         ExtensionSample(id="2", running=True, last_heartbeat=now,
                         totals={"legs": {"ia": {"frames_sent": "many", "calls_total": float("nan"),
-                                                "protocol_errors": {"x": True}, "send_lateness": {"counts": 3}}},
-                                "app": {"ok": 1}}),
+                                                "protocol_errors": {"x": True}}},
+                                "send_lateness": {"counts": 3}, "app": {"ok": 1}}),
         ExtensionSample(id="3", running=True, last_heartbeat=now, totals=worker_totals()),
     ]
     families = by_name(build_families(samples, now=now, heartbeat_timeout=3.0))
@@ -241,8 +239,8 @@ def test_collector_reads_runtime_totals_across_incarnations():
     families = by_name(text_string_to_metric_families(generate_latest(registry).decode()))
     assert value(families, "audiogw_frames_sent_total", extension="1201", leg="ia") == 320
     assert value(families, "audiogw_calls_active", extension="1201", leg="ia") == 1  # a gauge: not summed
-    assert value(families, "audiogw_send_lateness_seconds_count", extension="1201", leg="ia") == 14
-    assert value(families, "audiogw_send_lateness_seconds_bucket", extension="1201", leg="ia", le="0.0005") == 6
+    assert value(families, "audiogw_send_lateness_seconds_count", extension="1201") == 14
+    assert value(families, "audiogw_send_lateness_seconds_bucket", extension="1201", le="0.0005") == 6
     assert value(families, "audiogw_app_events_total", event="agent_connect_failures") == 4
     assert value(families, "audiogw_extension_up", extension="1201") == 0
 
@@ -450,11 +448,11 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
             assert value(families, "audiogw_frames_sent_total", extension=extension, leg=leg) is not None
 
     buckets = [s for s in families["audiogw_send_lateness_seconds"].samples
-               if s.name.endswith("_bucket") and s.labels["extension"] == "1201" and s.labels["leg"] == "ia"]
+               if s.name.endswith("_bucket") and s.labels["extension"] == "1201"]
     assert [s.labels["le"] for s in buckets] == LE
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] > 0
-    assert counts[-1] == value(families, "audiogw_send_lateness_seconds_count", extension="1201", leg="ia")
+    assert counts[-1] == value(families, "audiogw_send_lateness_seconds_count", extension="1201")
     assert value(families, "audiogw_frames_received_total", extension="1202", leg="ia") == 0
 
     assert gateway.get("/nope")[0] == 404
@@ -484,7 +482,7 @@ def test_totals_do_not_drop_when_a_worker_is_killed(gateway):
     before = wait_for(settled, 5, what="the call to be counted")
     names = [("audiogw_calls_total", "ia"), ("audiogw_frames_received_total", "ia"),
              ("audiogw_frames_sent_total", "ia"), ("audiogw_frames_sent_total", "retorno"),
-             ("audiogw_event_loop_lag_seconds_count", None), ("audiogw_send_lateness_seconds_count", "ia"),
+             ("audiogw_event_loop_lag_seconds_count", None), ("audiogw_send_lateness_seconds_count", None),
              ("audiogw_worker_restarts_total", None)]
 
     def read(families):

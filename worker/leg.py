@@ -51,6 +51,7 @@ class Leg:
         self.peer = protocol.peer
         self._protocol = protocol
         self._stats = worker.stats.legs[self.kind]
+        self._lateness = worker.stats.send_lateness
         self._loop = worker.loop
         capacity = max(1, round(settings.outbound_buffer_seconds / FRAME_PERIOD))
         self.outbound = PlayoutBuffer(8000, capacity, settings.lead_frames)
@@ -204,7 +205,7 @@ class Leg:
         lateness = now - deadline
         if lateness < 0.0:
             lateness = 0.0
-        stats.send_lateness.observe(lateness)
+        self._lateness.observe(lateness)
         if lateness > FRAME_PERIOD:
             self.late_frames += 1
             stats.late_frames += 1

@@ -19,7 +19,7 @@ class LegKindStats:
 
     __slots__ = (
         "calls_active", "calls_total", "frames_received", "frames_sent", "underruns",
-        "late_frames", "protocol_errors", "frames_dropped", "send_lateness",
+        "late_frames", "protocol_errors", "frames_dropped",
     )
 
     def __init__(self) -> None:
@@ -31,7 +31,6 @@ class LegKindStats:
         self.late_frames = 0
         self.protocol_errors: Counter[str] = Counter()
         self.frames_dropped: Counter[str] = Counter()
-        self.send_lateness = Histogram()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -43,15 +42,16 @@ class LegKindStats:
             "late_frames": self.late_frames,
             "protocol_errors": dict(self.protocol_errors),
             "frames_dropped": dict(self.frames_dropped),
-            "send_lateness": self.send_lateness.snapshot(),
         }
 
 
 class WorkerStats:
-    __slots__ = ("legs", "loop_lag", "app_counters")
+    __slots__ = ("legs", "send_lateness", "loop_lag", "app_counters")
 
     def __init__(self) -> None:
         self.legs = {kind: LegKindStats() for kind in LEG_KINDS}
+        # One per worker, not per leg: every leg's frames leave on the same ticker's deadlines.
+        self.send_lateness = Histogram()
         self.loop_lag = Histogram()
         # Counters an app exposes (e.g. agent connect failures), by name.
         self.app_counters: Counter[str] = Counter()
@@ -59,6 +59,7 @@ class WorkerStats:
     def snapshot(self) -> dict[str, Any]:
         return {
             "legs": {kind: stats.snapshot() for kind, stats in self.legs.items()},
+            "send_lateness": self.send_lateness.snapshot(),
             "loop_lag": self.loop_lag.snapshot(),
             "app": dict(self.app_counters),
         }

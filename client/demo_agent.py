@@ -15,6 +15,7 @@ on the loop blocks. Bad messages from the gateway are logged and ignored.
 from __future__ import annotations
 
 import asyncio
+import os
 import collections
 import logging
 import signal
@@ -254,16 +255,27 @@ def bound_port(server: Server) -> int:
     return server.sockets[0].getsockname()[1]
 
 
-async def _serve_until_signalled(host: str, port: int, prompts_dir: Path | None) -> None:
+async def _serve_until_signalled(host: str, port: int, prompts_dir: Path | None, parent_pid: int | None) -> None:
     server = await serve_demo_agent(host, port, prompts_dir)
     log.info("demo agent listening on ws://%s:%d/", host, bound_port(server))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stopping.set)
+    watch = loop.create_task(_watch_parent(parent_pid, stopping)) if parent_pid else None
     await stopping.wait()
+    if watch is not None:
+        watch.cancel()
     server.close()
     await server.wait_closed()
+
+
+async def _watch_parent(parent_pid: int, stopping: asyncio.Event) -> None:
+    """Run by a supervisor: end when it is gone (re-parented), so no orphan keeps the port."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    log.info("demo agent: parent %d is gone, stopping", parent_pid)
+    stopping.set()
 
 
 @click.command("demo-agent")
@@ -272,11 +284,13 @@ async def _serve_until_signalled(host: str, port: int, prompts_dir: Path | None)
               help="TCP port (0: any free port, logged).")
 @click.option("--prompts", "prompts_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Folder with greeting.wav and confirm.wav (default: the built-in chimes).")
-def demo_agent_command(host: str, port: int, prompts_dir: Path | None) -> None:
+@click.option("--parent-pid", type=click.IntRange(1), default=None, hidden=True,
+              help="Exit when this process (the supervisor) is no longer the parent.")
+def demo_agent_command(host: str, port: int, prompts_dir: Path | None, parent_pid: int | None) -> None:
     """Run a reference voice agent speaking Twilio Media Streams over WebSocket."""
     configure_logging()
     try:
-        uvloop.run(_serve_until_signalled(host, port, prompts_dir))
+        uvloop.run(_serve_until_signalled(host, port, prompts_dir, parent_pid))
     except WavError as exc:
         raise click.ClickException(f"cannot load prompts: {exc}") from None
     except OSError as exc:
@@ -287,3 +301,7 @@ __all__ = [
     "demo_agent_command", "serve_demo_agent", "bound_port", "load_prompts", "burst_messages",
     "Prompts", "TurnRecorder", "DemoSession",
 ]
+
+
+if __name__ == "__main__":
+    demo_agent_command()

@@ -407,6 +407,9 @@ class SupervisorSettings:
     log_level: str = "info"
     curve_server_secret_key: str | None = None
     curve_server_public_key: str | None = None
+    # HOST:PORT of the reference voice agent the supervisor runs beside the
+    # workers (``audiogw demo-agent``); None: not run.
+    demo_agent: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +471,7 @@ _SUPERVISOR_KEYS = (
     "log_level",
     "curve_server_secret_key",
     "curve_server_public_key",
+    "demo_agent",
 )
 _AUDIOSOCKET_KEYS = (
     "bind",
@@ -647,6 +651,10 @@ def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None)
             raise ConfigError(
                 file, key, "only used with a tcp:// control endpoint; remove it (ipc:// is guarded by file permissions)"
             )
+    demo_agent = None
+    if "demo_agent" in table:
+        demo_text = _expect_str(table["demo_agent"], file, "supervisor.demo_agent")
+        demo_agent = _parse_host_port(demo_text, file, "supervisor.demo_agent", allow_port_zero=False)
     return SupervisorSettings(
         control=control,
         metrics_host=metrics_host,
@@ -663,6 +671,7 @@ def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None)
         log_level=log_level,
         curve_server_secret_key=keys["curve_server_secret_key"],
         curve_server_public_key=keys["curve_server_public_key"],
+        demo_agent=demo_agent,
     )
 
 
@@ -810,6 +819,8 @@ def parse_config(
         )
         if _addresses_overlap(audiosocket.bind, control_host):
             reserved.setdefault(control_port, "supervisor.control")
+    if supervisor.demo_agent is not None and _addresses_overlap(audiosocket.bind, supervisor.demo_agent[0]):
+        reserved.setdefault(supervisor.demo_agent[1], "supervisor.demo_agent")
 
     extensions = _parse_extensions(table.get("extension", []), defaults, known_apps, file, reserved)
     return Config(

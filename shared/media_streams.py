@@ -257,6 +257,12 @@ class StreamSession:
     def stop(self) -> bytes:
         return stop_message(self._next(), self.stream_sid, self.call_sid, self.account_sid)
 
+    def custom(self, event: str, body: Mapping[str, Any]) -> bytes:
+        """A gateway extension event (e.g. ``barge_in``), numbered like the standard ones;
+        Twilio-built agents ignore events they do not know."""
+        return _dumps({"event": event, "sequenceNumber": str(self._next()), "streamSid": self.stream_sid,
+                       event: dict(body)})
+
 
 # ---- agent -> gateway -------------------------------------------------------
 

@@ -46,7 +46,18 @@ def start(config_path: str | None) -> None:
 
         zygote = Zygote()
         zygote.start()
-        sys.exit(_run(config, zygote, known_apps))
+        demo_agent = None
+        if config.supervisor.demo_agent is not None:
+            from audiogw.supervisor.demo_agent import DemoAgentProcess
+
+            demo_agent = DemoAgentProcess(*config.supervisor.demo_agent)
+            demo_agent.start()
+        try:
+            status = _run(config, zygote, known_apps)
+        finally:
+            if demo_agent is not None:
+                demo_agent.stop()
+        sys.exit(status)
     finally:
         lock.release()
 

@@ -112,6 +112,10 @@ class ExtensionRuntime:
         # calls_active is a gauge: only the live worker's value counts.
         for leg_kind, leg_stats in (self.stats.get("legs") or {}).items():
             total.setdefault("legs", {}).setdefault(leg_kind, {})["calls_active"] = leg_stats.get("calls_active", 0)
+        # So is the agent's playback buffer depth.
+        if "agent" in total:
+            live = (self.stats.get("agent") or {}).get("playback_buffer_seconds") or {}
+            total["agent"]["playback_buffer_seconds"] = dict(live) if isinstance(live, dict) else {}
         return total
 
     def resources(self) -> tuple[int | None, float | None]:

@@ -80,9 +80,22 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("audiogw_last_heartbeat_timestamp_seconds", "gauge", ("extension",),
      "Unix time the supervisor last heard from the extension's worker."),
     ("audiogw_app_events", "counter", ("extension", "event"), "Events counted by the extension's app, by name."),
+    # The agent connector (only extensions running the `agent` app have these series).
+    ("audiogw_agent_connect_failures", "counter", ("extension", "leg"),
+     "Failed attempts to open the WebSocket to the voice agent."),
+    ("audiogw_agent_audio_received_seconds", "counter", ("extension", "leg"), "Audio received from the agent."),
+    ("audiogw_agent_audio_dropped_seconds", "counter", ("extension", "reason"),
+     "Audio dropped by the connector, by reason (buffer_full, barge_in, agent_not_reading)."),
+    ("audiogw_agent_bad_messages", "counter", ("extension", "reason"), "Agent messages refused, by reason."),
+    ("audiogw_agent_playback_buffer_seconds", "gauge", ("extension", "leg"),
+     "Agent audio queued for playout on live legs."),
+    ("audiogw_agent_barge_in_reaction_seconds", "histogram", ("extension",),
+     "From the caller's speech onset to the stop of agent playback (gateway barge-in)."),
 )
 
 _UNITS = {"audiogw_send_lateness_seconds": "seconds", "audiogw_event_loop_lag_seconds": "seconds",
+          "audiogw_agent_audio_received_seconds": "seconds", "audiogw_agent_audio_dropped_seconds": "seconds",
+          "audiogw_agent_playback_buffer_seconds": "seconds", "audiogw_agent_barge_in_reaction_seconds": "seconds",
           "audiogw_worker_resident_memory_bytes": "bytes", "audiogw_worker_cpu_seconds": "seconds"}
 
 
@@ -186,6 +199,27 @@ def extension_rows(sample: ExtensionSample, now: float, heartbeat_timeout: float
         rows.append(("audiogw_last_heartbeat_timestamp_seconds", (ext,), _number(sample.last_heartbeat)))
     for event, count in sorted(_mapping(totals.get("app")).items()):
         rows.append(("audiogw_app_events", (ext, str(event)), _number(count)))
+    if "agent" in totals:
+        rows.extend(agent_rows(ext, _mapping(totals.get("agent"))))
+    return rows
+
+
+def agent_rows(ext: str, agent: Mapping[str, Any]) -> list[Row]:
+    """The agent connector's series of one extension."""
+    rows: list[Row] = []
+    for key, name in (("connect_failures", "audiogw_agent_connect_failures"),
+                      ("audio_received_seconds", "audiogw_agent_audio_received_seconds"),
+                      ("playback_buffer_seconds", "audiogw_agent_playback_buffer_seconds")):
+        values = _mapping(agent.get(key))
+        for leg in (*LEG_KINDS, *sorted(str(kind) for kind in values if kind not in LEG_KINDS)):
+            rows.append((name, (ext, leg), _number(values.get(leg))))
+    for key, name in (("audio_dropped_seconds", "audiogw_agent_audio_dropped_seconds"),
+                      ("bad_messages", "audiogw_agent_bad_messages")):
+        for reason, count in sorted(_mapping(agent.get(key)).items()):
+            rows.append((name, (ext, str(reason)), _number(count)))
+    reaction = _mapping(agent.get("barge_in_reaction"))
+    rows.append(("audiogw_agent_barge_in_reaction_seconds", (ext,),
+                 (cumulative_buckets(reaction), histogram_sum(reaction))))
     return rows
 
 

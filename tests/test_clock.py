@@ -79,3 +79,42 @@ def test_histogram_buckets_and_quantile():
     assert quantile(snapshot, 0.5) == 0.0005
     assert quantile(snapshot, 0.99) == 0.005
     assert quantile({"counts": [0] * 15}, 0.99) is None
+
+
+def test_playout_marks_fire_when_the_audio_before_them_has_left():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=50, lead_frames=2)
+    fired: list[str] = []
+    buffer.mark(lambda: fired.append("empty"))
+    assert fired == ["empty"]  # nothing queued: at once
+    buffer.push(bytes(320 * 2 + 100))  # two frames and a partial
+    buffer.mark(lambda: fired.append("a"))
+    assert len(buffer) == 3  # the partial was padded so the mark falls on a frame boundary
+    buffer.push(bytes(320))
+    buffer.mark(lambda: fired.append("b"))
+    for expected in ([], [], ["a"], ["a", "b"]):
+        assert buffer.pop() is not None
+        assert fired[1:] == expected
+    assert buffer.pop() is None
+
+
+def test_playout_clear_and_overflow_release_pending_marks():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=3, lead_frames=2)
+    fired: list[str] = []
+    buffer.push(bytes(320 * 2))
+    buffer.mark(lambda: fired.append("first"))
+    buffer.push(bytes(320 * 2))
+    buffer.mark(lambda: fired.append("second"))
+    assert fired == []
+    buffer.push(bytes(320))  # overflow drops the two oldest frames: the audio before "first" is gone
+    assert buffer.dropped == 2 and fired == ["first"]
+    assert buffer.clear() == 3 and fired == ["first", "second"]  # barge-in: every pending mark is echoed
+    assert buffer.pending_marks == 0
+
+
+def test_a_failing_mark_callback_does_not_break_the_clock():
+    buffer = PlayoutBuffer(rate=8000, capacity_frames=5, lead_frames=2)
+    fired: list[str] = []
+    buffer.push(bytes(320))
+    buffer.mark(lambda: 1 / 0)
+    buffer.mark(lambda: fired.append("after"))
+    assert buffer.pop() is not None and fired == ["after"]

@@ -282,12 +282,14 @@ def test_shipped_config_loads() -> None:
     assert config.supervisor.control == f"ipc://{REPO}/var/run/control.sock"
     assert config.supervisor.state_dir == str(REPO / "var")
     assert (config.supervisor.metrics_host, config.supervisor.metrics_port) == ("127.0.0.1", 9464)
+    assert config.supervisor.demo_agent == ("127.0.0.1", 8765)
     assert config.audiosocket.bind == "127.0.0.1"
     assert config.audiosocket.port_range == (40000, 40999)
     assert config.audiosocket.allow == ("127.0.0.0/8",)
     assert config.defaults.app == "echo"
     assert [ext.to_dict() for ext in config.extensions] == [
-        {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "echo", "options": {}},
+        {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "agent",
+         "options": {"url": "ws://127.0.0.1:8765/media", "barge_in": True}},
         {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "options": {}},
     ]
 
@@ -916,3 +918,19 @@ def test_every_character_class_checked() -> None:
     # the id alphabet is exactly digits, '*' and '#'
     allowed = {char for char in string.printable if EXTENSION_ID_PATTERN.match(char)}
     assert allowed == set("0123456789*#")
+
+
+def test_demo_agent_address_is_validated(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).supervisor.demo_agent is None
+    config = load_config(write(tmp_path, '[supervisor]\ndemo_agent = "127.0.0.1:8765"\n'))
+    assert config.supervisor.demo_agent == ("127.0.0.1", 8765)
+    for text, reason in (('demo_agent = "127.0.0.1"', "HOST:PORT"), ('demo_agent = "127.0.0.1:0"', "1-65535"),
+                         ("demo_agent = 8765", "expected a string")):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, f"[supervisor]\n{text}\n"))
+        assert info.value.key == "supervisor.demo_agent" and reason in info.value.reason, info.value
+    clash = '[supervisor]\ndemo_agent = "127.0.0.1:40000"\n[audiosocket]\nbind = "127.0.0.1"\n' \
+            '[[extension]]\nid = "1"\nia_port = 40000\nretorno_port = 40001\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, clash))
+    assert "supervisor.demo_agent" in info.value.reason

@@ -53,6 +53,12 @@ EXPECTED = {
     "audiogw_protocol_errors": ("counter", {"extension", "leg", "reason"}),
     "audiogw_frames_dropped": ("counter", {"extension", "leg", "reason"}),
     "audiogw_send_lateness_seconds": ("histogram", {"extension"}),
+    "audiogw_agent_connect_failures": ("counter", {"extension", "leg"}),
+    "audiogw_agent_audio_received_seconds": ("counter", {"extension", "leg"}),
+    "audiogw_agent_audio_dropped_seconds": ("counter", {"extension", "reason"}),
+    "audiogw_agent_bad_messages": ("counter", {"extension", "reason"}),
+    "audiogw_agent_playback_buffer_seconds": ("gauge", {"extension", "leg"}),
+    "audiogw_agent_barge_in_reaction_seconds": ("histogram", {"extension"}),
     "audiogw_event_loop_lag_seconds": ("histogram", {"extension"}),
     "audiogw_worker_resident_memory_bytes": ("gauge", {"extension"}),
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
@@ -161,6 +167,39 @@ def test_build_families_names_types_labels_and_values():
     assert value(families, "audiogw_event_loop_lag_seconds_count", extension="1201") == 2
     assert value(families, "audiogw_event_loop_lag_seconds_bucket", le="0.02") == 2
     assert value(families, "audiogw_event_loop_lag_seconds_bucket", le="0.01") == 1
+
+
+def test_agent_connector_series_only_for_agent_extensions():
+    from audiogw.worker.playout import PlayoutBuffer
+    from audiogw.worker.stats import AgentStats
+
+    now = 1000.0
+    agent = AgentStats()
+    agent.connect_failures["ia"] += 3
+    agent.audio_received_seconds["ia"] += 2.5
+    agent.audio_dropped_seconds["buffer_full"] += 0.4
+    agent.bad_messages["bad_json"] += 2
+    agent.barge_in_reaction.observe(0.035)
+    playing = PlayoutBuffer(8000, 100, 3)
+    playing.push(bytes(320 * 25))  # half a second queued on a live retorno leg
+    agent.buffers[playing] = "retorno"
+    stats = WorkerStats()
+    stats.agent = agent
+    samples = [ExtensionSample(id="1201", running=True, last_heartbeat=now, totals=stats.snapshot()),
+               ExtensionSample(id="1202", running=True, last_heartbeat=now, totals=worker_totals())]
+    families = by_name(build_families(samples, now=now, heartbeat_timeout=3.0))
+    assert value(families, "audiogw_agent_connect_failures_total", extension="1201", leg="ia") == 3
+    assert value(families, "audiogw_agent_connect_failures_total", extension="1201", leg="retorno") == 0
+    assert value(families, "audiogw_agent_audio_received_seconds_total", extension="1201", leg="ia") == 2.5
+    assert value(families, "audiogw_agent_audio_dropped_seconds_total", reason="buffer_full") == pytest.approx(0.4)
+    assert value(families, "audiogw_agent_bad_messages_total", reason="bad_json") == 2
+    assert value(families, "audiogw_agent_playback_buffer_seconds", extension="1201", leg="retorno") == 0.5
+    assert value(families, "audiogw_agent_barge_in_reaction_seconds_count", extension="1201") == 1
+    assert value(families, "audiogw_agent_barge_in_reaction_seconds_bucket", extension="1201", le="0.04") == 1
+    assert value(families, "audiogw_agent_barge_in_reaction_seconds_bucket", extension="1201", le="0.02") == 0
+    # An echo extension has no agent series at all: they would be noise in every scrape.
+    assert all(s.labels["extension"] == "1201" for name, family in families.items()
+               if name.startswith("audiogw_agent_") for s in family.samples)
 
 
 def test_up_needs_running_and_a_recent_heartbeat():
@@ -426,8 +465,8 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
 
     families = wait_for(counted, 5, what="the call's counters in /metrics")
     for name, (kind, labels) in EXPECTED.items():
-        if name in ("audiogw_protocol_errors", "audiogw_frames_dropped", "audiogw_app_events") \
-                and name not in families:
+        if (name in ("audiogw_protocol_errors", "audiogw_frames_dropped", "audiogw_app_events")
+                or name.startswith("audiogw_agent_")) and name not in families:
             continue  # no series until something is counted: the text format may leave the family out
         assert name in families, f"{name} missing from /metrics"
         assert families[name].type == kind, name
@@ -457,6 +496,29 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
 
     assert gateway.get("/nope")[0] == 404
     assert gateway.get("/")[0] == 404
+
+
+def test_agent_extension_counts_connect_failures(gateway):
+    import socket as socket_module
+
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    row = gateway.ctl("add-extension", {"id": "1209", "app": "agent",
+                                        "options": {"url": f"ws://127.0.0.1:{dead_port}/media"}})
+    try:
+        wait_for(lambda: gateway.pid("1209"), 10, what="the agent extension to run")
+        result = gateway.call(row["ia_port"], seconds=1.5)
+        assert result.frames_received > 50 and result.hung_up_by == "client"  # silence, paced, no hang-up
+
+        def failures():
+            families = gateway.scrape()
+            return value(families, "audiogw_agent_connect_failures_total", extension="1209", leg="ia")
+
+        assert wait_for(failures, 5, what="connect failures in /metrics") >= 2
+    finally:
+        gateway.ctl("remove-extension", {"id": "1209"})
+    assert value(gateway.scrape(), "audiogw_agent_connect_failures_total", extension="1209", leg="ia") is None
 
 
 def test_openmetrics_is_negotiated(gateway):

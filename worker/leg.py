@@ -15,7 +15,6 @@ import uuid as uuid_module
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-import soxr
 import numpy
 
 from audiogw.shared.audiosocket import (
@@ -28,6 +27,7 @@ from audiogw.shared.audiosocket import (
     decode_uuid,
     describe_error,
 )
+from audiogw.shared.resample import StreamResampler
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.playout import PlayoutBuffer
 
@@ -52,6 +52,7 @@ class Leg:
         self._protocol = protocol
         self._stats = worker.stats.legs[self.kind]
         self._lateness = worker.stats.send_lateness
+        self._ticker = worker.ticker
         self._loop = worker.loop
         capacity = max(1, round(settings.outbound_buffer_seconds / FRAME_PERIOD))
         self.outbound = PlayoutBuffer(8000, capacity, settings.lead_frames)
@@ -87,11 +88,12 @@ class Leg:
         return self.rate
 
     # -- outbound -------------------------------------------------------
-    def push(self, pcm: bytes | bytearray | memoryview) -> None:
-        """Queue audio now; when the queue is full the oldest audio is dropped (counted)."""
+    def push(self, pcm: bytes | bytearray | memoryview) -> int:
+        """Queue audio now; when the queue is full the oldest audio is dropped (counted, returned)."""
         dropped = self.outbound.push(pcm)
         if dropped:
             self._stats.frames_dropped["outbound_overflow"] += dropped
+        return dropped
 
     async def play(self, pcm: bytes | bytearray | memoryview) -> None:
         """Queue audio, waiting while ``lead`` frames are already ahead of the clock."""
@@ -111,6 +113,16 @@ class Leg:
         self._was_playing = False
         return self.outbound.clear()
 
+    def mark(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (cheap, non-blocking) once the audio queued so far has played or been dropped."""
+        self.outbound.mark(callback)
+
+    def next_send_time(self) -> float:
+        """Monotonic time at which this leg's next frame leaves: the clock's next deadline."""
+        clock = self._ticker.clock
+        now = time.monotonic()
+        return clock.deadline if clock is not None and clock.deadline >= now else now
+
     # -- inbound --------------------------------------------------------
     def forward_to(self, target: "Leg | None") -> None:
         """Send this leg's inbound audio straight into ``target``'s queue (echo, bridge).
@@ -124,7 +136,7 @@ class Leg:
         elif target.rate == self.rate:
             self._forward = target.push
         else:
-            self._forward = _Resampler(self.rate, target.rate, target.push)
+            self._forward = _ForwardResampler(self.rate, target.rate, target.push)
         # Audio that arrived before the app chose a route is not lost.
         if self._inbound:
             kept = [frame for frame in self._inbound if frame.kind not in AUDIO_RATES]
@@ -227,18 +239,17 @@ def _discard(pcm: bytes) -> None:
     return None
 
 
-class _Resampler:
-    """Forwarding between legs at different rates, keeping soxr's state across frames."""
+class _ForwardResampler:
+    """Forwarding between legs at different rates."""
 
-    __slots__ = ("_stream", "_sink")
+    __slots__ = ("_resample", "_sink")
 
     def __init__(self, in_rate: int, out_rate: int, sink: Callable[[bytes], None]) -> None:
-        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
+        self._resample = StreamResampler(in_rate, out_rate)
         self._sink = sink
 
     def __call__(self, pcm: bytes) -> None:
-        samples = numpy.frombuffer(pcm, dtype="<i2")
-        out = self._stream.resample_chunk(samples)
+        out = self._resample(numpy.frombuffer(pcm, dtype="<i2"))
         if out.size:
             self._sink(out.astype("<i2", copy=False).tobytes())
 

@@ -64,6 +64,7 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
     app = create_app(spec.app, context)
     worker = ExtensionWorker(spec.extension, app, spec.settings)
     context.counters = worker.stats.app_counters
+    context.stats = worker.stats
     link = None
     if spec.bus_endpoint:
         from audiogw.worker.link import SupervisorLink

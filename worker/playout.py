@@ -4,19 +4,27 @@ Producers push PCM of any length; it is cut into 20 ms frames and encoded
 (header + payload in one bytes object) at push time, so the clock's tick only
 pops a prebuilt frame and writes it. A full queue drops its oldest audio: the
 clock never waits and memory never grows.
+
+Marks (``mark(callback)``) are positions in the frame stream: the callback
+runs once every frame queued before it has left the queue, whether played,
+dropped for room or cleared, which is what an agent's ``mark`` echo means.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from typing import Callable
 
 from audiogw.shared.audiosocket import KIND_FOR_RATE, encode_header, frame_bytes
+
+log = logging.getLogger("audiogw.worker.playout")
 
 
 class PlayoutBuffer:
     __slots__ = (
         "rate", "frame_size", "capacity", "lead", "_frames", "_partial", "_header",
-        "_silence", "dropped", "_space_waiter",
+        "_silence", "dropped", "_space_waiter", "appended", "removed", "_marks",
     )
 
     def __init__(self, rate: int = 8000, capacity_frames: int = 100, lead_frames: int = 3) -> None:
@@ -26,6 +34,9 @@ class PlayoutBuffer:
         self._partial = bytearray()
         self.dropped = 0
         self._space_waiter = None
+        self.appended = 0  # frames ever queued
+        self.removed = 0  # frames ever taken off the head (played, dropped or cleared)
+        self._marks: deque[tuple[int, Callable[[], None]]] = deque()
         self.set_rate(rate)
 
     def set_rate(self, rate: int) -> None:
@@ -34,8 +45,10 @@ class PlayoutBuffer:
         self.frame_size = frame_bytes(rate)
         self._header = encode_header(KIND_FOR_RATE[rate], self.frame_size)
         self._silence = self._header + bytes(self.frame_size)
+        self.removed += len(self._frames)
         self._frames.clear()
         self._partial.clear()
+        self._fire_marks()
 
     @property
     def silence(self) -> bytes:
@@ -51,21 +64,27 @@ class PlayoutBuffer:
     def push(self, pcm: bytes | bytearray | memoryview) -> int:
         """Queue PCM (16-bit LE at ``rate``); returns frames dropped to stay bounded."""
         frame_size = self.frame_size
+        frames = self._frames
+        before = len(frames)
         if not self._partial and len(pcm) == frame_size:
-            self._frames.append(self._header + pcm)
+            frames.append(self._header + pcm)
         else:
             partial = self._partial
             partial += pcm
             whole = len(partial) - len(partial) % frame_size
             header = self._header
             for offset in range(0, whole, frame_size):
-                self._frames.append(header + partial[offset : offset + frame_size])
+                frames.append(header + partial[offset : offset + frame_size])
             del partial[:whole]
-        overflow = len(self._frames) - self.capacity
+        self.appended += len(frames) - before
+        overflow = len(frames) - self.capacity
         if overflow > 0:
             for _ in range(overflow):
-                self._frames.popleft()
+                frames.popleft()
             self.dropped += overflow
+            self.removed += overflow
+            if self._marks:
+                self._fire_marks()
             return overflow
         return 0
 
@@ -78,16 +97,45 @@ class PlayoutBuffer:
     def clear(self) -> int:
         """Drop everything not yet played (barge-in); returns frames dropped."""
         dropped = len(self._frames)
+        self.removed += dropped
         self._frames.clear()
         self._partial.clear()
+        self._fire_marks()
         self._wake_producer()
         return dropped
+
+    def mark(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything queued so far has left the queue.
+
+        A trailing partial frame is padded first so the mark falls on a frame
+        boundary. With nothing queued the callback runs at once. It runs on the
+        clock's path: it must only record or enqueue, never wait.
+        """
+        self.flush_partial()
+        self._marks.append((self.appended, callback))
+        self._fire_marks()
+
+    @property
+    def pending_marks(self) -> int:
+        return len(self._marks)
+
+    def _fire_marks(self) -> None:
+        marks = self._marks
+        while marks and marks[0][0] <= self.removed:
+            _position, callback = marks.popleft()
+            try:
+                callback()
+            except Exception:
+                log.exception("playout mark callback failed")
 
     def pop(self) -> bytes | None:
         """The next wire frame, or None when nothing is ready (the caller sends silence)."""
         frames = self._frames
         if frames:
             frame = frames.popleft()
+            self.removed += 1
+            if self._marks and self._marks[0][0] <= self.removed:
+                self._fire_marks()
             if self._space_waiter is not None and len(frames) < self.lead:
                 self._wake_producer()
             return frame

@@ -45,8 +45,39 @@ class LegKindStats:
         }
 
 
+class AgentStats:
+    """The agent connector's figures (only a worker running the `agent` app has them)."""
+
+    __slots__ = ("connect_failures", "audio_received_seconds", "audio_dropped_seconds", "bad_messages",
+                 "barge_ins", "barge_in_reaction", "buffers")
+
+    def __init__(self) -> None:
+        self.connect_failures: Counter[str] = Counter()  # by leg kind
+        self.audio_received_seconds: Counter[str] = Counter()  # by leg kind
+        self.audio_dropped_seconds: Counter[str] = Counter()  # by reason
+        self.bad_messages: Counter[str] = Counter()  # by reason
+        self.barge_ins = 0
+        self.barge_in_reaction = Histogram()
+        # Live legs' playout buffers (leg kind, buffer): read at snapshot time for the depth gauge.
+        self.buffers: dict[object, str] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        depth = dict.fromkeys(LEG_KINDS, 0.0)
+        for buffer, leg_kind in self.buffers.items():
+            depth[leg_kind] = depth.get(leg_kind, 0.0) + buffer.buffered_seconds
+        return {
+            "connect_failures": dict(self.connect_failures),
+            "audio_received_seconds": dict(self.audio_received_seconds),
+            "audio_dropped_seconds": dict(self.audio_dropped_seconds),
+            "bad_messages": dict(self.bad_messages),
+            "barge_ins": self.barge_ins,
+            "barge_in_reaction": self.barge_in_reaction.snapshot(),
+            "playback_buffer_seconds": depth,
+        }
+
+
 class WorkerStats:
-    __slots__ = ("legs", "send_lateness", "loop_lag", "app_counters")
+    __slots__ = ("legs", "send_lateness", "loop_lag", "app_counters", "agent")
 
     def __init__(self) -> None:
         self.legs = {kind: LegKindStats() for kind in LEG_KINDS}
@@ -55,6 +86,7 @@ class WorkerStats:
         self.loop_lag = Histogram()
         # Counters an app exposes (e.g. agent connect failures), by name.
         self.app_counters: Counter[str] = Counter()
+        self.agent: AgentStats | None = None
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -62,4 +94,5 @@ class WorkerStats:
             "send_lateness": self.send_lateness.snapshot(),
             "loop_lag": self.loop_lag.snapshot(),
             "app": dict(self.app_counters),
+            **({"agent": self.agent.snapshot()} if self.agent is not None else {}),
         }

@@ -1,15 +1,19 @@
 """The app registry: name -> class, explicit (no import-time discovery)."""
 from __future__ import annotations
 
+from audiogw.worker.apps.agent import AgentApp
 from audiogw.worker.apps.base import App, AppContext, AppOptionError
 from audiogw.worker.apps.bridge import BridgeApp
 from audiogw.worker.apps.echo import EchoApp
 from audiogw.worker.apps.playback import PlaybackApp
+from audiogw.worker.apps.stall import StallApp
 
 APPS: dict[str, type[App]] = {
     EchoApp.name: EchoApp,
     PlaybackApp.name: PlaybackApp,
     BridgeApp.name: BridgeApp,
+    AgentApp.name: AgentApp,
+    StallApp.name: StallApp,  # fault injection for `audiogw bench`; never in production
 }
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
+    from audiogw.worker.stats import WorkerStats
 
 
 class AppOptionError(ValueError):
@@ -28,6 +29,7 @@ class AppContext:
     options: Mapping[str, Any]
     base_dir: str = "."
     counters: Counter = field(default_factory=Counter)
+    stats: "WorkerStats | None" = None  # the worker's counters, set before App.start()
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,424 @@
+"""agent: each leg talks to a voice agent over WebSocket, in Twilio Media Streams' format.
+
+Options: ``url`` (ws:// or wss://), ``encoding`` (``mulaw`` at 8 kHz, or ``l16``
+with ``rate`` 8000/16000/24000), ``connect_timeout``, ``headers``, ``barge_in``
+(and ``barge_in_threshold_dbfs``), ``fallback`` (a WAV played while the agent is
+unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``.
+
+The audio clock never waits for the agent: its audio is pushed into the leg's
+playout buffer as it arrives, in any chunk or burst size, and the worker's
+ticker plays it out at exactly 20 ms per frame. When the buffer is empty the
+line carries silence. The buffer holds ``max_buffer_seconds``; an agent that
+sends more loses its *oldest* queued audio first (counted as
+``audio_dropped_seconds{reason="buffer_full"}``), so what plays is always the
+most recent thing it said.
+
+Per leg (:class:`AgentLeg`): connect (``connect_timeout`` covers TCP, TLS and
+the handshake), send ``connected`` and ``start``, then stream the caller's
+audio as ``media`` and DTMF as ``dtmf``; play the agent's ``media``; echo each
+``mark`` when playback reaches it; ``clear`` drops everything not yet played
+(and echoes pending marks, as Twilio does). The agent closing the socket
+cleanly hangs up the leg. An unreachable agent, or a connection that drops,
+means silence (or the fallback prompt) and reconnection with backoff
+(0.5 s doubling to ``reconnect_max_delay``) while the leg lives.
+
+Barge-in (``barge_in = true``): an energy VAD over the caller's frames; when the
+caller starts speaking while agent audio is queued, the worker clears the
+queue itself (effective on the next tick), echoes pending marks and sends a
+custom event ``{"event": "barge_in", "streamSid", "sequenceNumber",
+"barge_in": {"timestamp": ms}}``. Agent audio that arrives while that caller
+keeps speaking is discarded (counted as ``reason="barge_in"``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidURI
+
+from audiogw.shared.audiosocket import Kind
+from audiogw.shared.media_streams import (
+    MAX_MESSAGE_BYTES,
+    AgentClear,
+    AgentMark,
+    AgentMedia,
+    MediaStreamsError,
+    StreamFormat,
+    StreamSession,
+    parse_agent_message,
+)
+from audiogw.shared.resample import StreamResampler
+from audiogw.shared.vad import EnergyVad, VadEvent
+from audiogw.shared.wav import read_wav
+from audiogw.worker.apps.base import App, AppOptionError
+from audiogw.worker.clock import FRAME_PERIOD
+from audiogw.worker.stats import AgentStats
+
+if TYPE_CHECKING:
+    from audiogw.worker.leg import Leg
+
+log = logging.getLogger("audiogw.worker.agent")
+
+OUTBOX_MESSAGES = 250  # 5 s of caller audio waiting for a slow agent, then media is dropped
+FIRST_RETRY_DELAY = 0.5
+TAIL_FLUSH_SECONDS = 0.06  # no agent audio for this long: the reply ended, flush the resampler
+BAD_MESSAGES_LOGGED = 5  # per leg; the rest are only counted
+
+
+class AgentApp(App):
+    name = "agent"
+    options_schema = {
+        "url": (str, None),
+        "encoding": (str, "mulaw"),
+        "rate": (int, 8000),
+        "connect_timeout": ((int, float), 5.0),
+        "headers": (dict, {}),
+        "barge_in": (bool, False),
+        "barge_in_threshold_dbfs": ((int, float), -30.0),
+        "fallback": (str, ""),
+        "reconnect_max_delay": ((int, float), 5.0),
+        "max_buffer_seconds": ((int, float), 120.0),
+    }
+    required_options = frozenset({"url"})
+
+    def __init__(self, context) -> None:
+        super().__init__(context)
+        options = self.options
+        url = options["url"]
+        if not url.startswith(("ws://", "wss://")):
+            raise AppOptionError(f"app 'agent': url {url!r} must start with ws:// or wss://")
+        try:
+            self.stream_format = StreamFormat(options["encoding"], options["rate"])
+        except MediaStreamsError as error:
+            raise AppOptionError(f"app 'agent': {error}") from None
+        for key in ("connect_timeout", "reconnect_max_delay", "max_buffer_seconds"):
+            if not options[key] > 0:
+                raise AppOptionError(f"app 'agent': option {key} must be greater than 0, not {options[key]}")
+        if not -90.0 <= options["barge_in_threshold_dbfs"] <= 0.0:
+            raise AppOptionError("app 'agent': barge_in_threshold_dbfs must be between -90 and 0")
+        headers = options["headers"]
+        if not all(isinstance(key, str) and isinstance(value, str) for key, value in headers.items()):
+            raise AppOptionError("app 'agent': headers must map header names to text values")
+        self.headers = dict(headers)
+        fallback = options["fallback"]
+        self.fallback_path = (fallback if os.path.isabs(fallback) else os.path.join(context.base_dir, fallback)) if fallback else ""
+        self._fallback_by_rate: dict[int, asyncio.Future[bytes]] = {}
+        self.stats = AgentStats()
+
+    async def start(self) -> None:
+        if self.context.stats is not None:
+            self.context.stats.agent = self.stats
+        if self.fallback_path:
+            try:
+                await self.fallback_pcm(8000)
+            except Exception as error:
+                raise AppOptionError(f"app 'agent': cannot use fallback {self.fallback_path}: {error}") from error
+
+    def fallback_pcm(self, rate: int) -> "asyncio.Future[bytes]":
+        """The fallback prompt at ``rate``, converted once in a thread."""
+        future = self._fallback_by_rate.get(rate)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._fallback_by_rate[rate] = loop.run_in_executor(None, _load_pcm, self.fallback_path, rate)
+        return future
+
+    async def run_leg(self, leg: "Leg") -> None:
+        await AgentLeg(self, leg).run()
+
+
+def _load_pcm(path: str, rate: int) -> bytes:
+    return numpy.ascontiguousarray(read_wav(path, rate), dtype="<i2").tobytes()
+
+
+class AgentLeg:
+    """One call leg's conversation with the agent, across reconnections."""
+
+    def __init__(self, app: AgentApp, leg: "Leg") -> None:
+        self.app = app
+        self.leg = leg
+        self.stats = app.stats
+        self.options = app.options
+        self.stream_format = app.stream_format
+        self.log_prefix = f"extension={leg.extension} leg={leg.kind} uuid={leg.uuid}"
+        self.session: StreamSession | None = None
+        self.websocket: ClientConnection | None = None
+        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_MESSAGES)
+        self.to_agent: StreamResampler | None = None
+        self.from_agent: StreamResampler | None = None
+        self.vad: EnergyVad | None = None
+        self.onset_at: float | None = None
+        self.suppressing = False  # barge-in: the caller is still talking over the agent
+        self.bad_messages = 0
+        self.fallback_played = False
+        self._tail_timer: asyncio.TimerHandle | None = None
+
+    # -- the leg's life -------------------------------------------------------
+    async def run(self) -> None:
+        leg = self.leg
+        rate = await leg.wait_rate()
+        leg.outbound.capacity = max(1, round(self.options["max_buffer_seconds"] / FRAME_PERIOD))
+        self.to_agent = StreamResampler(rate, self.stream_format.rate)
+        self.from_agent = StreamResampler(self.stream_format.rate, rate)
+        if self.options["barge_in"]:
+            self.vad = EnergyVad(rate, self.options["barge_in_threshold_dbfs"], onset_frames=2, hangover_ms=400)
+        self.stats.buffers[leg.outbound] = leg.kind
+        pump = asyncio.create_task(self._pump_caller_audio(), name=f"agent-in-{leg.kind}")
+        try:
+            await self._converse_until_done()
+        finally:
+            self.stats.buffers.pop(leg.outbound, None)
+            if self._tail_timer is not None:
+                self._tail_timer.cancel()
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+
+    async def _converse_until_done(self) -> None:
+        leg = self.leg
+        delay = 0.0
+        while not leg.closed.is_set():
+            if delay and await _closed_within(leg, delay):
+                return
+            try:
+                websocket = await connect(
+                    self.options["url"],
+                    additional_headers=self.app.headers or None,
+                    open_timeout=self.options["connect_timeout"],
+                    max_size=MAX_MESSAGE_BYTES,
+                    compression=None,
+                    ping_interval=20,
+                    ping_timeout=20,
+                )
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
+                self.stats.connect_failures[leg.kind] += 1
+                delay = min(max(delay * 2, FIRST_RETRY_DELAY), self.options["reconnect_max_delay"])
+                log.warning("agent unreachable %s url=%s: %s; retry in %.1fs",
+                            self.log_prefix, self.options["url"], _describe(error), delay)
+                await self._play_fallback()
+                continue
+            delay = 0.0
+            ended_by = await self._converse(websocket)
+            if ended_by == "agent":
+                leg.hangup("agent_hangup")
+                return
+            if ended_by == "leg":
+                return
+            delay = FIRST_RETRY_DELAY  # the connection dropped: reconnect
+
+    async def _converse(self, websocket: ClientConnection) -> str:
+        """One WebSocket session; returns who ended it: "leg", "agent" or "lost"."""
+        leg = self.leg
+        if self.fallback_played:
+            leg.clear()
+            self.fallback_played = False
+        session = StreamSession(
+            self.stream_format, call_sid=str(leg.uuid),
+            custom_parameters={"extension": leg.extension, "leg": leg.kind},
+        )
+        while not self.outbox.empty():  # caller audio from a previous session is stale
+            self.outbox.get_nowait()
+        self.session = session
+        self.websocket = websocket
+        log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options["url"],
+                 session.stream_sid, self.stream_format.encoding, self.stream_format.rate)
+        sender = asyncio.create_task(self._send_outbox(websocket, [session.connected(), session.start()]))
+        receiver = asyncio.create_task(self._receive(websocket))
+        closed = asyncio.create_task(leg.closed.wait())
+        try:
+            await asyncio.wait((sender, receiver, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.session = None
+            self.websocket = None
+            for task in (sender, receiver, closed):
+                task.cancel()
+            await asyncio.gather(sender, receiver, closed, return_exceptions=True)
+        if leg.closed.is_set():
+            try:
+                await asyncio.wait_for(websocket.send(session.stop(), text=True), 1.0)
+                await asyncio.wait_for(websocket.close(), 2.0)
+            except (ConnectionClosed, OSError, TimeoutError):
+                pass
+            log.info("agent stream ended %s stream=%s by=leg", self.log_prefix, session.stream_sid)
+            return "leg"
+        errors = [task.exception() for task in (receiver, sender) if task.done() and not task.cancelled()]
+        error = next((error for error in errors if error is not None), None)
+        agent_closed = (receiver.done() and not receiver.cancelled() and receiver.exception() is None) \
+            or isinstance(error, ConnectionClosedOK)
+        if agent_closed:
+            log.info("agent closed the stream %s stream=%s: hanging up the leg", self.log_prefix, session.stream_sid)
+            return "agent"
+        log.warning("agent connection lost %s stream=%s: %s", self.log_prefix, session.stream_sid, _describe(error))
+        try:
+            await asyncio.wait_for(websocket.close(), 2.0)
+        except (ConnectionClosed, OSError, TimeoutError):
+            pass
+        return "lost"
+
+    # -- caller -> agent --------------------------------------------------------
+    async def _pump_caller_audio(self) -> None:
+        """Caller audio and DTMF into the outbox; barge-in detection on the way."""
+        leg = self.leg
+        vad = self.vad
+        to_agent = self.to_agent
+        while True:
+            frame = await leg.receive()
+            if frame is None:
+                return
+            session = self.session
+            if frame.kind == Kind.DTMF:
+                if session is not None:
+                    self._enqueue(session.dtmf(frame.payload.decode("ascii")))
+                continue
+            samples = numpy.frombuffer(frame.payload, dtype="<i2")
+            if vad is not None:
+                self._detect_barge_in(vad, samples)
+            if session is None:
+                continue  # no agent connected: the caller's audio has nowhere to go
+            converted = to_agent(samples)
+            if converted.size:
+                self._enqueue(session.media(converted.astype("<i2", copy=False).tobytes()), media=True)
+
+    def _enqueue(self, message: bytes, *, media: bool = False) -> None:
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            if media:
+                self.stats.audio_dropped_seconds["agent_not_reading"] += FRAME_PERIOD
+            else:
+                log.warning("agent not reading %s: control message dropped", self.log_prefix)
+
+    async def _send_outbox(self, websocket: ClientConnection, first: list[bytes]) -> None:
+        for message in first:
+            await websocket.send(message, text=True)
+        outbox = self.outbox
+        while True:
+            await websocket.send(await outbox.get(), text=True)
+
+    def _detect_barge_in(self, vad: EnergyVad, samples: numpy.ndarray) -> None:
+        was_loud = vad.last_loud
+        event = vad.feed(samples)
+        if vad.last_loud and not was_loud:
+            self.onset_at = time.monotonic()
+        if event is VadEvent.SPEECH_END:
+            self.suppressing = False
+            return
+        if event is not VadEvent.SPEECH_START or len(self.leg.outbound) == 0:
+            return
+        leg = self.leg
+        leg.clear()  # the next tick sends silence
+        stopped_at = leg.next_send_time()
+        onset = self.onset_at if self.onset_at is not None else time.monotonic()
+        self.stats.barge_ins += 1
+        self.stats.barge_in_reaction.observe(max(0.0, stopped_at - onset))
+        self.suppressing = True
+        session = self.session
+        if session is not None:
+            self._enqueue(session.custom("barge_in", {"timestamp": str(session.timestamp_ms)}))
+        log.info("barge-in %s: playback stopped %.0f ms after speech onset", self.log_prefix,
+                 (stopped_at - onset) * 1000)
+
+    # -- agent -> caller --------------------------------------------------------
+    async def _receive(self, websocket: ClientConnection) -> None:
+        async for raw in websocket:
+            if isinstance(raw, bytes):
+                self._bad_message("binary_frame", "a binary WebSocket frame (the protocol is JSON text)")
+                continue
+            try:
+                message = parse_agent_message(raw, self.stream_format)
+            except MediaStreamsError as error:
+                self._bad_message(error.reason, str(error))
+                continue
+            if isinstance(message, AgentMedia):
+                self._play(message.payload)
+            elif isinstance(message, AgentMark):
+                self._mark(message.name)
+            elif isinstance(message, AgentClear):
+                self._restart_resampler()
+                self.leg.clear()
+
+    def _play(self, payload: bytes) -> None:
+        samples = self.stream_format.from_wire(payload)
+        seconds = samples.size / self.stream_format.rate
+        self.stats.audio_received_seconds[self.leg.kind] += seconds
+        if self.suppressing:
+            self.stats.audio_dropped_seconds["barge_in"] += seconds
+            return
+        self._push(self.from_agent(samples))
+        if self.from_agent.resampling:
+            # The filter holds the last few ms back until more input comes; if none
+            # comes soon, the reply has ended and its tail must still be heard.
+            if self._tail_timer is not None:
+                self._tail_timer.cancel()
+            self._tail_timer = asyncio.get_running_loop().call_later(TAIL_FLUSH_SECONDS, self._flush_tail)
+
+    def _push(self, samples: numpy.ndarray) -> None:
+        if samples.size:
+            dropped = self.leg.push(samples.astype("<i2", copy=False).tobytes())
+            if dropped:
+                self.stats.audio_dropped_seconds["buffer_full"] += dropped * FRAME_PERIOD
+
+    def _flush_tail(self) -> None:
+        self._tail_timer = None
+        if not self.suppressing and not self.leg.closed.is_set():
+            self._push(self.from_agent.flush())
+        self._restart_resampler()
+
+    def _restart_resampler(self) -> None:
+        """Forget audio held in the resampler's filter (after a clear: it must not play)."""
+        if self._tail_timer is not None:
+            self._tail_timer.cancel()
+            self._tail_timer = None
+        self.from_agent = StreamResampler(self.stream_format.rate, self.leg.rate)
+
+    def _mark(self, name: str) -> None:
+        session = self.session
+        if session is None:
+            return
+        if self._tail_timer is not None:
+            self._tail_timer.cancel()
+        self._flush_tail()
+        self.leg.finish()  # a mark ends an utterance: the silence after it is no underrun
+        # The echo belongs to this session: after a reconnection it is not sent.
+        self.leg.mark(lambda: self._echo_mark(session, name))
+
+    def _echo_mark(self, session: StreamSession, name: str) -> None:
+        if self.session is session:
+            self._enqueue(session.mark(name))
+
+    def _bad_message(self, reason: str, message: str) -> None:
+        self.stats.bad_messages[reason] += 1
+        self.bad_messages += 1
+        if self.bad_messages <= BAD_MESSAGES_LOGGED:
+            log.warning("agent message refused %s reason=%s: %s%s", self.log_prefix, reason, message,
+                        " (further ones are only counted)" if self.bad_messages == BAD_MESSAGES_LOGGED else "")
+
+    async def _play_fallback(self) -> None:
+        if not self.app.fallback_path or self.fallback_played:
+            return
+        self.fallback_played = True
+        try:
+            pcm = await self.app.fallback_pcm(self.leg.rate)
+        except Exception as error:
+            log.warning("fallback prompt unavailable %s: %s", self.log_prefix, error)
+            return
+        self.leg.push(pcm)
+        self.leg.finish()
+
+
+async def _closed_within(leg: "Leg", seconds: float) -> bool:
+    """Wait up to ``seconds``; True if the leg closed meanwhile."""
+    try:
+        await asyncio.wait_for(leg.closed.wait(), seconds)
+        return True
+    except TimeoutError:
+        return False
+
+
+def _describe(error: Any) -> str:
+    if error is None:
+        return "closed without a close frame"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

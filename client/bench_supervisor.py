@@ -1,4 +1,5 @@
-"""Supervisor benchmark: add-extension latency, restart after kill -9, worker memory, idle CPU.
+"""Supervisor benchmark: add-extension latency, restart after kill -9, worker memory, idle CPU,
+/metrics scrape time and whether scraping disturbs the audio.
 
 `python -m audiogw.client.bench_supervisor [--extensions 50] [--kills 10] [--idle-seconds 10] [--json]`
 starts a real supervisor in a temporary folder and prints what it measured.
@@ -22,6 +23,9 @@ import psutil
 
 from audiogw.client.ctl import request
 from audiogw.shared.net import free_port_block
+from audiogw.shared.pacing import pacing_stats_many
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 
@@ -44,21 +48,67 @@ def _first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
     return None, refused
 
 
-def _scrape_times(log_path: Path, scrapes: int = 20) -> dict:
-    """Time full /metrics scrapes (what Prometheus pays) against the running supervisor."""
+def _metrics_url(log_path: Path) -> str | None:
     import re
-    import urllib.request
 
     match = re.search(r"metrics listening on (http://\S+/metrics)", log_path.read_text(errors="replace"))
-    if match is None:
-        return {"error": "no metrics line in the supervisor log"}
+    return match.group(1) if match else None
+
+
+def _scrape(url: str, accept: str | None = None) -> int:
+    import urllib.request
+
+    request_ = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request_, timeout=10) as response:
+        return len(response.read())
+
+
+def _scrape_times(url: str, accept: str | None = None, scrapes: int = 20) -> dict:
+    """Time full /metrics scrapes (what Prometheus pays) against the running supervisor."""
     times, size = [], 0
     for _ in range(scrapes):
         start = time.monotonic()
-        with urllib.request.urlopen(match.group(1), timeout=10) as response:
-            size = len(response.read())
+        size = _scrape(url, accept)
         times.append(time.monotonic() - start)
     return {"p50": statistics.median(times) * 1000, "max": max(times) * 1000, "bytes": size}
+
+
+def _pacing_while_scraping(url: str, ports: list[int], seconds: float, interval: float) -> dict:
+    """The same calls twice: once alone, once while /metrics is scraped every ``interval`` s
+    (0: back to back, which on a 2-core machine takes a core for the supervisor and
+    most of another for this client's own HTTP parsing)."""
+    import asyncio
+    import threading
+
+    from audiogw.client.softphone import place_call
+    from audiogw.shared.wav import tone
+
+    source = tone(440, seconds, 8000)
+
+    async def calls():
+        return await asyncio.gather(*(place_call("127.0.0.1", port, source=source, seconds=seconds, record=False)
+                                      for port in ports))
+
+    report = {}
+    for label, scraping in (("quiet", False), ("scraping", True)):
+        stop, scrapes = threading.Event(), [0]
+
+        def scrape_forever() -> None:
+            while not stop.is_set():
+                _scrape(url, OPENMETRICS)
+                scrapes[0] += 1
+                stop.wait(interval)
+
+        scraper = threading.Thread(target=scrape_forever, daemon=True) if scraping else None
+        if scraper is not None:
+            scraper.start()
+        results = asyncio.run(calls())
+        stop.set()
+        if scraper is not None:
+            scraper.join(15)
+        stats = pacing_stats_many([result.arrivals for result in results])
+        report[label] = {**stats.to_dict(), "calls": len(results), "scrapes": scrapes[0]}
+    return report
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -70,8 +120,14 @@ def _percentile(values: list[float], q: float) -> float:
 @click.option("--extensions", default=50, show_default=True)
 @click.option("--kills", default=10, show_default=True)
 @click.option("--idle-seconds", default=10.0, show_default=True)
+@click.option("--pacing-calls", default=20, show_default=True,
+              help="Calls (one per extension) placed with and without back-to-back scrapes; 0 skips.")
+@click.option("--pacing-seconds", default=10.0, show_default=True)
+@click.option("--scrape-interval", default=1.0, show_default=True,
+              help="Seconds between scrapes during the pacing run (Prometheus' default is 15-60 s; 0: back to back).")
 @click.option("--json", "as_json", is_flag=True)
-def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> None:
+def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pacing_seconds: float,
+         scrape_interval: float, as_json: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="audiogw-bench-"))
     base = free_port_block(2 * extensions + 10)
     (folder / "audiogw.toml").write_text(
@@ -110,7 +166,13 @@ def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> Non
         rss = [psutil.Process(pid).memory_info().rss for pid in pids]
         report["worker_uss_mb"] = {"median": statistics.median(uss) / 2**20, "max": max(uss) / 2**20}
         report["worker_rss_mb"] = {"median": statistics.median(rss) / 2**20}
-        report["scrape_ms"] = _scrape_times(folder / "supervisor.log")
+        url = _metrics_url(folder / "supervisor.log")
+        if url is None:
+            raise SystemExit("no 'metrics listening on' line in the supervisor log")
+        report["scrape_ms"] = _scrape_times(url)
+        report["scrape_openmetrics_ms"] = _scrape_times(url, OPENMETRICS)
+        if pacing_calls:
+            report["pacing"] = _pacing_while_scraping(url, ports[:pacing_calls], pacing_seconds, scrape_interval)
         process = psutil.Process(supervisor.pid)
         time.sleep(1.0)
         before = process.cpu_times()
@@ -149,9 +211,15 @@ def main(extensions: int, kills: int, idle_seconds: float, as_json: bool) -> Non
                f"{kill['refused_connections']} refused connections (target <= 500 ms, 0 refused)")
     click.echo(f"worker USS: median {report['worker_uss_mb']['median']:.1f} MB, max {report['worker_uss_mb']['max']:.1f} MB "
                f"(RSS median {report['worker_rss_mb']['median']:.1f} MB) (target USS <= 10 MB)")
-    scrape = report["scrape_ms"]
-    if "p50" in scrape:
-        click.echo(f"/metrics scrape: p50 {scrape['p50']:.1f} ms, max {scrape['max']:.1f} ms, {scrape['bytes']} bytes (target <= 50 ms)")
+    for key, name in (("scrape_ms", "text"), ("scrape_openmetrics_ms", "OpenMetrics")):
+        scrape = report[key]
+        click.echo(f"/metrics scrape ({name}): p50 {scrape['p50']:.1f} ms, max {scrape['max']:.1f} ms, "
+                   f"{scrape['bytes']} bytes (target <= 50 ms)")
+    for label, pacing in (report.get("pacing") or {}).items():
+        click.echo(f"pacing of {pacing['calls']} calls, {label:8s}: p50 {pacing['p50_deviation_ms']:.3f} ms, "
+                   f"p99 {pacing['p99_deviation_ms']:.3f} ms, largest gap {pacing['max_gap_ms']:.1f} ms, "
+                   f"gaps over 40 ms: {pacing['gaps_over_40ms']} ({pacing['scrapes']} scrapes meanwhile, "
+                   f"one every {scrape_interval:g} s)")
     click.echo(f"supervisor CPU while idle: {report['supervisor_idle_cpu_percent']:.2f} % of a core over {idle_seconds:g} s (target <= 1 %)")
 
 

@@ -30,7 +30,7 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 
-def _first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
+def first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
     """Seconds until a fresh call on ``port`` gets its first frame; and connections refused meanwhile."""
     refused = 0
     start = time.monotonic()
@@ -155,7 +155,7 @@ def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pa
             start = time.monotonic()
             row = request(endpoint, "add-extension", {"id": str(2000 + index)}, timeout=10)
             for port in (row["ia_port"], row["retorno_port"]):
-                _first_frame_after(port, 5)
+                first_frame_after(port, 5)
             add_times.append(time.monotonic() - start)
             ports.append(row["ia_port"])
         report["add_extension_ms"] = {"p50": statistics.median(add_times) * 1000, "p95": _percentile(add_times, 0.95) * 1000,
@@ -185,7 +185,7 @@ def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pa
         for index in range(kills):
             row = rows[index % len(rows)]
             os.kill(row["pid"], signal.SIGKILL)
-            seconds, refused = _first_frame_after(row["ia_port"], 5)
+            seconds, refused = first_frame_after(row["ia_port"], 5)
             refused_total += refused
             if seconds is not None:
                 recover.append(seconds)

@@ -32,7 +32,6 @@ the run itself broke (worker did not start or died, no call completed, crash).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -43,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +50,9 @@ import numpy
 import psutil
 import uvloop
 
-from audiogw.client import softphone
-from audiogw.client.softphone import CallConnectError, CallResult, kernel_timestamps_supported, place_call
-from audiogw.shared.audiosocket import HANGUP_FRAME, Kind
-from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, PacingStats, pacing_stats_many
-from audiogw.shared.wav import tone
+from audiogw.client.bench_load import CallRecord, PlannedCall, run_calls
+from audiogw.client.softphone import kernel_timestamps_supported
+from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, PacingStats, pacing_stats_many, window_arrivals
 
 SERVING = re.compile(r"serving extension=(\S+) leg=(ia|retorno) address=[^\s]+:(\d+)")
 LEG_END = re.compile(
@@ -67,105 +63,20 @@ STARTUP_EXCLUDED = 0.2  # seconds at the start of each call left out of the seco
 TARGET_P99_MS = 2.0
 TARGET_GAPS = 0
 TARGET_FRAME_TOLERANCE = 1
-TONE_HZ = 440.0
 EXTENSION = "1201"
 
 
 # --------------------------------------------------------------------------
-# Calls with the moments the UUID and the hangup went out (CLOCK_REALTIME)
+# Calls (the shared load client, client/bench_load.py)
 # --------------------------------------------------------------------------
-@dataclass
-class CallRecord:
-    index: int
-    leg: str
-    result: CallResult | None = None
-    uuid_sent: float | None = None  # time.time() right after the UUID frame was written
-    hangup_sent: float | None = None  # time.time() when the hangup frame was written
-    window_exact: bool = True  # False: uuid_sent estimated from connect_time (fallback path)
-    failure: str | None = None
-
-
-if hasattr(softphone, "_Call"):
-
-    class _TimedCall(softphone._Call):  # type: ignore[misc,name-defined]
-        """The softphone's call, noting when the UUID and the hangup were written."""
-
-        __slots__ = ("uuid_sent_at", "hangup_sent_at")
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.uuid_sent_at: float | None = None
-            self.hangup_sent_at: float | None = None
-
-        async def _write(self, data: bytes) -> None:
-            await super()._write(data)
-            if self.uuid_sent_at is None and data[:1] == bytes((Kind.UUID,)):
-                self.uuid_sent_at = time.time()
-
-        def _write_now(self, data: bytes) -> bytes:
-            if self.hangup_sent_at is None and data == HANGUP_FRAME:
-                self.hangup_sent_at = time.time()
-            return super()._write_now(data)
-
-else:  # pragma: no cover - the softphone's internals changed
-    _TimedCall = None  # type: ignore[assignment,misc]
-
-
-async def _timed_call(host: str, port: int, source: numpy.ndarray, source_bytes: bytes,
-                      seconds: float, record: CallRecord) -> None:
-    """Place one call; fill ``record`` (never raises for call-level failures)."""
-    begun = time.time()
-    try:
-        timed = None
-        if _TimedCall is not None:
-            try:
-                timed = _TimedCall(host, port, uuid.uuid4(), source_bytes, 8000, seconds,
-                                   "", [], 1.0, False, True)
-            except TypeError:  # signature changed: fall back to the public API
-                timed = None
-        if timed is not None:
-            result = await timed.run(5.0)
-            record.uuid_sent = timed.uuid_sent_at
-            record.hangup_sent = timed.hangup_sent_at
-        else:
-            result = await place_call(host, port, source=source, seconds=seconds, record=False)
-            record.uuid_sent = begun + result.connect_time
-            record.window_exact = False
-    except CallConnectError as exc:
-        record.failure = f"connect: {exc}"
-        return
-    except Exception as exc:  # noqa: BLE001 - a broken call is a measured failure, not a crash
-        record.failure = f"{type(exc).__name__}: {exc}"
-        return
-    record.result = result
-    if result.hung_up_by != "client":
-        record.failure = f"call ended by {result.hung_up_by}: {result.error or 'no error given'}"
-    elif result.error:
-        record.failure = result.error
-    elif record.uuid_sent is None:
-        record.failure = "UUID frame was never written"
-
-
 async def _run_calls(host: str, ports: dict[str, int], calls: int, seconds: float, spread: float,
                      legs: str) -> list[CallRecord]:
-    source = tone(TONE_HZ, seconds)
-    source_bytes = source.astype("<i2", copy=False).tobytes()
-    records = []
+    plan = []
     for index in range(calls):
         leg = "ia" if legs == "ia" or index % 2 == 0 else "retorno"
-        records.append(CallRecord(index, leg))
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
-
-    async def one(record: CallRecord) -> None:
-        offset = spread * record.index / calls if calls > 1 else 0.0
-        delay = start + offset - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await _timed_call(host, ports[record.leg], source, source_bytes, seconds, record)
-
-    await asyncio.gather(*(one(record) for record in records))
-    return records
+        offset = spread * index / calls if calls > 1 else 0.0
+        plan.append(PlannedCall(index, EXTENSION, leg, ports[leg], offset))
+    return await run_calls(host, plan, seconds)
 
 
 # --------------------------------------------------------------------------
@@ -306,14 +217,13 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
     late_read_calls: list[int] = []  # indices into completed
     for position, record in enumerate(completed):
         result = record.result
-        arrivals = numpy.sort(result.arrivals) if result.arrivals.size else result.arrivals
         start = record.uuid_sent
         end = start + seconds
-        inside = arrivals[(arrivals >= start) & (arrivals <= end)]
+        inside = window_arrivals(result.arrivals, start, seconds)
         in_window.append(inside)
         after_startup.append(inside[inside >= start + STARTUP_EXCLUDED])
         counts.append(int(inside.size))
-        outside.append(int(arrivals.size - inside.size))
+        outside.append(int(result.arrivals.size - inside.size))
         if record.hangup_sent is not None:
             hangup_late_ms.append((record.hangup_sent - end) * 1000.0)
         if result.late_reads > 0:

@@ -11,6 +11,8 @@ import click
 
 # name -> (module, attribute, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "bench": ("audiogw.client.bench", "bench_command",
+              "Prove isolation and capacity: per-extension workers vs one shared event loop."),
     "call": ("audiogw.client.call", "call_command", "Place a test call like Asterisk's AudioSocket()."),
     "ctl": ("audiogw.client.ctl", "ctl_group", "Control a running supervisor."),
     "demo-agent": ("audiogw.client.demo_agent", "demo_agent_command", "Run the reference voice agent (Twilio Media Streams)."),

@@ -1,19 +1,47 @@
 """Listening sockets for AudioSocket legs, bound by the supervisor or a standalone worker."""
 from __future__ import annotations
 
+import random
 import socket
 
 LISTEN_BACKLOG = 512
 
 
-def free_port_block(size: int, host: str = "127.0.0.1") -> int:
-    """A base port whose next ``size`` ports were free a moment ago (for tests and benchmarks)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            base = sock.getsockname()[1]
-        if base + size <= 65000:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = handle.read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_block(size: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A base port whose next ``size`` ports can all be listened on now (for tests and benchmarks).
+
+    The block is taken outside the kernel's ephemeral range: outgoing connections
+    (a load client's hundreds of calls) take ports from there, and would
+    collide with a block chosen inside it.
+    """
+    low, high = _ephemeral_range()
+    ranges = [pair for pair in ((1024, low - 1), (high + 1, 65535)) if pair[1] - pair[0] > size] or [(1024, 65535)]
+    for _ in range(attempts):
+        first, last = random.choice(ranges)
+        base = random.randint(first, last - size)
+        probes: list[socket.socket] = []
+        try:
+            for port in range(base, base + size):
+                probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
             return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise OSError(f"no block of {size} free ports found on {host}")
 
 
 def bind_listener(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 
 from audiogw.shared.audiosocket import Kind
 from audiogw.shared.media_streams import (
@@ -193,7 +193,7 @@ class AgentLeg:
                     ping_interval=20,
                     ping_timeout=20,
                 )
-            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
+            except (OSError, TimeoutError, WebSocketException) as error:
                 self.stats.connect_failures[leg.kind] += 1
                 delay = min(max(delay * 2, FIRST_RETRY_DELAY), self.options["reconnect_max_delay"])
                 log.warning("agent unreachable %s url=%s: %s; retry in %.1fs",

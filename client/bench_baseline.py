@@ -1,0 +1,68 @@
+"""The single-loop baseline: every extension of a config served by ONE event loop in ONE process.
+
+    python -m audiogw.client.bench_baseline --config PATH
+
+This is the design audiogw replaces, rebuilt from the same worker code so the
+benchmark compares designs, not implementations: one ``ExtensionWorker`` per
+extension (its app, its 20 ms ticker, its two ``serve_forever()`` tasks), all
+on one uvloop. A stall in any app blocks every extension's clock. It prints
+``ready`` on stdout once every port serves and stops on SIGTERM/SIGINT.
+Benchmarks only.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+
+import click
+import uvloop
+
+from audiogw.shared.config import Config, ConfigError, load_config
+from audiogw.shared.logs import configure_logging
+from audiogw.shared.net import bind_listener
+from audiogw.worker.apps import APPS, AppContext, create_app
+from audiogw.worker.main import set_parent_death_signal
+from audiogw.worker.server import ExtensionWorker
+
+
+async def serve_all(config: Config) -> None:
+    """Serve every extension on the running loop until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    workers: list[ExtensionWorker] = []
+    for extension in config.extensions:
+        sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port),
+                   "retorno": bind_listener(config.audiosocket.bind, extension.retorno_port)}
+        context = AppContext(extension=extension.id, options=extension.options, base_dir=config.base_dir)
+        worker = ExtensionWorker(extension.id, create_app(extension.app, context), config.audiosocket)
+        context.counters = worker.stats.app_counters
+        await worker.serve(sockets)
+        workers.append(worker)
+    gc.freeze()  # as serve_worker does: the same collector behaviour as a real worker
+    print("ready", flush=True)
+    await stop.wait()
+    for worker in workers:
+        worker.stop_accepting()
+    await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+def main(config_path: str) -> None:
+    """Serve every extension in CONFIG from one event loop (benchmark baseline)."""
+    set_parent_death_signal()  # a benchmark that dies must not leave ports behind
+    try:
+        config = load_config(config_path, known_apps=tuple(APPS))
+    except ConfigError as error:
+        click.echo(f"bench_baseline: {error}", err=True)
+        sys.exit(2)
+    configure_logging(config.supervisor.log_format, config.supervisor.log_level)
+    uvloop.run(serve_all(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The benchmarks' load client: many concurrent calls that behave like Asterisk.
+
+Each call is the softphone's (``client/softphone.py``): a UUID frame, then a
+440 Hz tone in 20 ms frames on absolute deadlines, a hangup after S seconds,
+and the gateway's frames timed by the kernel (SO_TIMESTAMPNS). This module
+adds the moments the UUID and the hangup were written, so a call's expected
+frames can be windowed exactly, and runs as its own process:
+
+    python -m audiogw.client.bench_load --plan PLAN.json --out RESULT.npz
+
+so ``audiogw bench`` can spread hundreds of calls over several load processes
+(one Python process cannot drive 400 paced calls on a 2-core machine and still
+read every frame on time). The process prints ``ready`` once imported, waits
+for a start time (CLOCK_REALTIME seconds) on stdin, so every load process
+starts its calls on one shared schedule, and writes its results to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy
+import uvloop
+
+from audiogw.client import softphone
+from audiogw.client.bench_stats import CallOutcome
+from audiogw.client.softphone import CallConnectError, CallResult, place_call
+from audiogw.shared.audiosocket import HANGUP_FRAME, Kind
+from audiogw.shared.wav import tone
+
+TONE_HZ = 440.0
+
+
+@dataclass
+class CallRecord:
+    """One planned call and what happened to it."""
+
+    index: int
+    leg: str
+    result: CallResult | None = None
+    uuid_sent: float | None = None  # time.time() right after the UUID frame was written
+    hangup_sent: float | None = None  # time.time() when the hangup frame was written
+    window_exact: bool = True  # False: uuid_sent estimated from connect_time (fallback path)
+    failure: str | None = None
+    extension: str = ""
+    refused: bool = False  # the connection failed (CallConnectError)
+
+    def outcome(self) -> CallOutcome:
+        """The plain figures the statistics need."""
+        result = self.result
+        return CallOutcome(
+            extension=self.extension,
+            leg=self.leg,
+            uuid_sent=self.uuid_sent,
+            arrivals=result.arrivals if result is not None else numpy.empty(0),
+            frames_sent=result.frames_sent if result is not None else 0,
+            late_reads=result.late_reads if result is not None else 0,
+            refused=self.refused,
+            failure=self.failure,
+        )
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    """Where and when (seconds after the common start) one call goes."""
+
+    index: int
+    extension: str
+    leg: str
+    port: int
+    offset: float
+
+
+if hasattr(softphone, "_Call"):
+
+    class _TimedCall(softphone._Call):  # type: ignore[misc,name-defined]
+        """The softphone's call, noting when the UUID and the hangup were written."""
+
+        __slots__ = ("uuid_sent_at", "hangup_sent_at")
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.uuid_sent_at: float | None = None
+            self.hangup_sent_at: float | None = None
+
+        async def _write(self, data: bytes) -> None:
+            await super()._write(data)
+            if self.uuid_sent_at is None and data[:1] == bytes((Kind.UUID,)):
+                self.uuid_sent_at = time.time()
+
+        def _write_now(self, data: bytes) -> bytes:
+            if self.hangup_sent_at is None and data == HANGUP_FRAME:
+                self.hangup_sent_at = time.time()
+            return super()._write_now(data)
+
+else:  # pragma: no cover - the softphone's internals changed
+    _TimedCall = None  # type: ignore[assignment,misc]
+
+
+async def timed_call(host: str, port: int, source: numpy.ndarray, source_bytes: bytes,
+                     seconds: float, record: CallRecord) -> None:
+    """Place one call; fill ``record`` (never raises for call-level failures)."""
+    begun = time.time()
+    try:
+        timed = None
+        if _TimedCall is not None:
+            try:
+                timed = _TimedCall(host, port, uuid.uuid4(), source_bytes, 8000, seconds,
+                                   "", [], 1.0, False, True)
+            except TypeError:  # signature changed: fall back to the public API
+                timed = None
+        if timed is not None:
+            result = await timed.run(5.0)
+            record.uuid_sent = timed.uuid_sent_at
+            record.hangup_sent = timed.hangup_sent_at
+        else:
+            result = await place_call(host, port, source=source, seconds=seconds, record=False)
+            record.uuid_sent = begun + result.connect_time
+            record.window_exact = False
+    except CallConnectError as exc:
+        record.failure = f"connect: {exc.reason}"
+        record.refused = True
+        return
+    except Exception as exc:  # noqa: BLE001 - a broken call is a measured failure, not a crash
+        record.failure = f"{type(exc).__name__}: {exc}"
+        return
+    record.result = result
+    if result.hung_up_by != "client":
+        record.failure = f"call ended by {result.hung_up_by}: {result.error or 'no error given'}"
+    elif result.error:
+        record.failure = result.error
+    elif record.uuid_sent is None:
+        record.failure = "UUID frame was never written"
+
+
+async def run_calls(host: str, plan: list[PlannedCall], seconds: float,
+                    start_at: float | None = None) -> list[CallRecord]:
+    """Run every planned call concurrently on the running loop.
+
+    ``start_at`` is the CLOCK_REALTIME moment offsets count from (None: now),
+    so several load processes can share one schedule.
+    """
+    source = tone(TONE_HZ, seconds)
+    source_bytes = source.astype("<i2", copy=False).tobytes()
+    records = [CallRecord(planned.index, planned.leg, extension=planned.extension) for planned in plan]
+    loop = asyncio.get_running_loop()
+    delay = 0.05 if start_at is None else max(0.0, start_at - time.time())
+    start = loop.time() + delay
+
+    async def one(planned: PlannedCall, record: CallRecord) -> None:
+        wait = start + planned.offset - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await timed_call(host, planned.port, source, source_bytes, seconds, record)
+
+    await asyncio.gather(*(one(planned, record) for planned, record in zip(plan, records)))
+    return records
+
+
+# --------------------------------------------------------------------------
+# Results on disk: arrivals concatenated in one array, the rest as JSON
+# --------------------------------------------------------------------------
+_META_FIELDS = ("index", "leg", "extension", "uuid_sent", "hangup_sent", "failure", "refused")
+
+
+def save_records(path: Path, records: list[CallRecord]) -> None:
+    """Write records so :func:`load_outcomes` can read them in another process (no pickle)."""
+    arrivals = [record.result.arrivals if record.result is not None else numpy.empty(0) for record in records]
+    meta = []
+    for record in records:
+        entry: dict[str, Any] = {name: getattr(record, name) for name in _META_FIELDS}
+        result = record.result
+        entry["frames_sent"] = result.frames_sent if result is not None else 0
+        entry["late_reads"] = result.late_reads if result is not None else 0
+        meta.append(entry)
+    with open(path, "wb") as handle:
+        numpy.savez(
+            handle,
+            arrivals=numpy.concatenate(arrivals) if arrivals else numpy.empty(0),
+            lengths=numpy.array([array.size for array in arrivals], dtype=numpy.int64),
+            meta=numpy.array(json.dumps(meta)),
+        )
+
+
+def load_outcomes(path: Path) -> list[CallOutcome]:
+    """The call outcomes a load process saved."""
+    with numpy.load(path, allow_pickle=False) as data:
+        arrivals = data["arrivals"]
+        lengths = data["lengths"]
+        meta = json.loads(str(data["meta"]))
+    outcomes = []
+    offsets = numpy.concatenate([[0], numpy.cumsum(lengths)]).astype(numpy.int64)
+    for position, entry in enumerate(meta):
+        outcomes.append(CallOutcome(
+            extension=entry["extension"], leg=entry["leg"], uuid_sent=entry["uuid_sent"],
+            arrivals=arrivals[offsets[position]:offsets[position + 1]].copy(),
+            frames_sent=entry["frames_sent"], late_reads=entry["late_reads"],
+            refused=entry["refused"], failure=entry["failure"],
+        ))
+    return outcomes
+
+
+def write_plan(path: Path, host: str, seconds: float, plan: list[PlannedCall]) -> None:
+    """The plan file a load process reads."""
+    path.write_text(json.dumps({"host": host, "seconds": seconds,
+                                "calls": [planned.__dict__ for planned in plan]}))
+
+
+def read_plan(path: Path) -> tuple[str, float, list[PlannedCall]]:
+    data = json.loads(path.read_text())
+    return data["host"], float(data["seconds"]), [PlannedCall(**entry) for entry in data["calls"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_load",
+                                     description="One load process of `audiogw bench`.")
+    parser.add_argument("--plan", type=Path, required=True, help="JSON plan written by the bench")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the results (.npz)")
+    args = parser.parse_args(argv)
+    host, seconds, plan = read_plan(args.plan)
+    print("ready", flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 1  # the bench went away before the start
+    start_at = float(line)
+    # A collection pass over hundreds of calls' objects stalls this loop for
+    # tens of ms, and load processes started together collect together: their
+    # late reads would show up as the gateway's gaps. The calls make no
+    # garbage cycles worth collecting in a run of minutes.
+    gc.freeze()
+    gc.disable()
+    try:
+        records = uvloop.run(run_calls(host, plan, seconds, start_at))
+    finally:
+        gc.enable()
+    save_records(args.out, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The benchmark's figures from what the load client saw: pure functions, no I/O.
+
+Every number in the bench report comes from here, from plain call outcomes
+(kernel arrival times and what happened to each call), so tests can feed a
+synthetic series with known gaps and check the figures by hand.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
+
+P99_LIMIT_MS = 2.0  # capacity: the p99 deviation a call count must stay within
+STALL_P99_RATIO_LIMIT = 1.2  # isolation: others' p99 with a stall vs without
+RECOVERY_LIMIT_MS = 500.0  # crash: kill -9 until a fresh call gets audio
+
+
+@dataclass
+class CallOutcome:
+    """One call as the load client saw it (times are CLOCK_REALTIME seconds)."""
+
+    extension: str
+    leg: str
+    uuid_sent: float | None = None  # None: the UUID frame never went out
+    arrivals: numpy.ndarray = field(default_factory=lambda: numpy.empty(0))
+    frames_sent: int = 0
+    late_reads: int = 0
+    refused: bool = False  # the connection itself failed
+    failure: str | None = None  # None: the call ran its length and the client hung up
+
+    def windowed(self, seconds: float) -> numpy.ndarray:
+        """Arrivals inside [UUID sent, UUID sent + seconds]: the frames the call should have got."""
+        if self.uuid_sent is None:
+            return numpy.empty(0)
+        return window_arrivals(self.arrivals, self.uuid_sent, seconds)
+
+
+def expected_frames(seconds: float, period: float = FRAME_PERIOD) -> int:
+    """Frames a call of ``seconds`` should receive: one per tick from the UUID to the hangup."""
+    return int(round(seconds / period))
+
+
+def group_summary(calls: Sequence[CallOutcome], seconds: float) -> dict[str, Any]:
+    """Figures for one group of calls (e.g. the stalled extension, or all the others).
+
+    Every placed call counts towards the frames expected; a call that failed
+    midway (a crashed worker) still contributes the frames and intervals it
+    got before it broke, so the loss shows as frames missing, not as a call
+    quietly left out. Percentiles are over all intervals pooled within calls.
+    """
+    windows = [call.windowed(seconds) for call in calls]
+    pacing = pacing_stats_many(windows, FRAME_PERIOD, GAP_THRESHOLD)
+    per_call = expected_frames(seconds)
+    failures = Counter(call.failure for call in calls if call.failure is not None)
+    received = sum(int(window.size) for window in windows)
+    return {
+        "calls": len(calls),
+        "completed": sum(1 for call in calls if call.failure is None),
+        "failed": sum(1 for call in calls if call.failure is not None and not call.refused),
+        "refused": sum(1 for call in calls if call.refused),
+        "failure_reasons": dict(sorted(failures.items())),
+        "frames_expected": per_call * len(calls),
+        "frames_received": received,
+        "calls_within_1_frame": sum(1 for window in windows if abs(int(window.size) - per_call) <= 1),
+        "p50_deviation_ms": pacing.p50_deviation_ms,
+        "p99_deviation_ms": pacing.p99_deviation_ms,
+        "max_deviation_ms": pacing.max_deviation_ms,
+        "max_gap_ms": pacing.max_gap_ms,
+        "gaps_over_40ms": pacing.gaps_over_40ms,
+        "calls_with_late_reads": sum(1 for call in calls if call.late_reads > 0),
+        "late_reads": sum(call.late_reads for call in calls),
+        "merged_frames": merged_frames(windows),
+    }
+
+
+def merged_frames(calls: Iterable[numpy.ndarray]) -> int:
+    """Frames that share the previous frame's kernel timestamp exactly (to the nanosecond).
+
+    The gateway writes every frame on its own; two frames only share a
+    timestamp when the kernel merged them in the client's receive queue,
+    which happens when the client read late. So this counts the client's
+    own lag (each one shows as a 0 ms interval next to a ~40 ms one), which
+    ``late_reads`` misses when the reader was less than a period behind the
+    newest frame.
+    """
+    return sum(int(numpy.count_nonzero(numpy.diff(arrivals) == 0.0)) for arrivals in calls)
+
+
+def split_groups(calls: Iterable[CallOutcome], target_extension: str) -> dict[str, list[CallOutcome]]:
+    """{'target': the calls of the stalled/crashed extension, 'others': everyone else's}."""
+    groups: dict[str, list[CallOutcome]] = {"target": [], "others": []}
+    for call in calls:
+        groups["target" if call.extension == target_extension else "others"].append(call)
+    return groups
+
+
+def capacity_held(summary: Mapping[str, Any], p99_limit_ms: float = P99_LIMIT_MS) -> bool:
+    """A call count holds when every call completed, p99 <= the limit and no interval passed 40 ms."""
+    return (
+        summary["calls"] > 0
+        and summary["completed"] == summary["calls"]
+        and summary["p99_deviation_ms"] <= p99_limit_ms
+        and summary["gaps_over_40ms"] == 0
+    )
+
+
+def capacity_verdict(steps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last call count that held before the first that did not (steps in rising order).
+
+    ``limit`` says why the ramp stopped: the first failing step's reason, or
+    that the largest step tried still held (the real limit is higher).
+    """
+    last_held: int | None = None
+    limit = "every step held: the limit is above the largest step tried"
+    for step in steps:
+        if step["held"]:
+            last_held = step["calls"]
+            continue
+        reasons = []
+        if step["completed"] < step["calls"]:
+            reasons.append(f"{step['calls'] - step['completed']} calls failed or were refused")
+        if step["p99_deviation_ms"] > P99_LIMIT_MS:
+            reasons.append(f"p99 {step['p99_deviation_ms']:.3f} ms > {P99_LIMIT_MS:g} ms")
+        if step["gaps_over_40ms"]:
+            reasons.append(f"{step['gaps_over_40ms']} gaps over 40 ms (largest {step['max_gap_ms']:.1f} ms)")
+        limit = f"{step['calls']} calls: " + "; ".join(reasons or ["did not hold"])
+        break
+    return {"last_held_calls": last_held, "limit": limit}
+
+
+def resource_summary(cpu_seconds: Mapping[int, float], rss_bytes: Mapping[int, int],
+                     uss_bytes: Mapping[int, int], labels: Mapping[int, str], wall_seconds: float,
+                     ) -> dict[str, dict[str, float | int]]:
+    """CPU (% of one core over ``wall_seconds``) and memory (MB) per label, from per-process samples.
+
+    ``labels`` maps each pid to the group it belongs to (e.g. 'target',
+    'others', 'supervisor', 'load'); pids without a label are left out.
+    """
+    totals: dict[str, dict[str, float | int]] = {}
+    for pid, label in labels.items():
+        entry = totals.setdefault(label, {"processes": 0, "cpu_percent": 0.0, "rss_mb": 0.0, "uss_mb": 0.0})
+        entry["processes"] += 1
+        if wall_seconds > 0:
+            entry["cpu_percent"] += 100.0 * cpu_seconds.get(pid, 0.0) / wall_seconds
+        entry["rss_mb"] += rss_bytes.get(pid, 0) / 2**20
+        entry["uss_mb"] += uss_bytes.get(pid, 0) / 2**20
+    return totals
+
+
+def _check(name: str, measured: Any, target: str, passed: bool | None) -> dict[str, Any]:
+    return {"check": name, "measured": measured, "target": target, "pass": passed}
+
+
+def isolation_checks(scenarios: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Measured vs target for the scenarios present (by name); absent scenarios add no check.
+
+    ``pass`` is None where the target is "reported", not a threshold.
+    """
+    checks: list[dict[str, Any]] = []
+    quiet = scenarios.get("per-extension")
+    stalled = scenarios.get("per-extension-stall")
+    if stalled is not None:
+        others = stalled["groups"]["others"]
+        if quiet is not None:
+            base = quiet["groups"]["others"]["p99_deviation_ms"]
+            ratio = others["p99_deviation_ms"] / base if base > 0 else float("inf")
+            checks.append(_check(
+                "per-extension + stall: others' p99 vs the same run without the stall",
+                f"{others['p99_deviation_ms']:.3f} ms vs {base:.3f} ms = {ratio:.2f}x",
+                f"<= {STALL_P99_RATIO_LIMIT:g}x", ratio <= STALL_P99_RATIO_LIMIT))
+        checks.append(_check("per-extension + stall: others' gaps over 40 ms",
+                             others["gaps_over_40ms"], "0", others["gaps_over_40ms"] == 0))
+        target = stalled["groups"]["target"]
+        checks.append(_check("per-extension + stall: the stalled extension's gaps over 40 ms (the stall is real)",
+                             target["gaps_over_40ms"], "> 0", target["gaps_over_40ms"] > 0))
+    single_stalled = scenarios.get("baseline-single-loop-stall")
+    if single_stalled is not None:
+        others = single_stalled["groups"]["others"]
+        checks.append(_check("single loop + stall: others' gaps over 40 ms (the damage the design avoids)",
+                             f"{others['gaps_over_40ms']} (largest {others['max_gap_ms']:.1f} ms)",
+                             "reported", None))
+    crash = scenarios.get("crash")
+    if crash is not None:
+        others = crash["groups"]["others"]
+        checks.append(_check("crash: others' gaps over 40 ms", others["gaps_over_40ms"], "0",
+                             others["gaps_over_40ms"] == 0))
+        recovery = crash.get("crash", {}).get("serves_again_ms")
+        checks.append(_check(
+            "crash: kill -9 until the crashed extension serves a new call",
+            "never" if recovery is None else f"{recovery:.1f} ms",
+            f"<= {RECOVERY_LIMIT_MS:g} ms", recovery is not None and recovery <= RECOVERY_LIMIT_MS))
+    return checks

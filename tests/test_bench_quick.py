@@ -1,0 +1,108 @@
+"""A very small real `audiogw bench`, end to end: real gateways, load processes, report files.
+
+No thresholds on pacing (a shared test machine is no place for them), except
+the one a stall makes certain: a 300 ms sleep on an event loop must show up as
+gaps over 40 ms on every extension that loop serves. That proves the stall
+injection works, in the real supervisor and in the single-loop baseline.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy
+import pytest
+
+from audiogw.client.bench import bench_command
+from audiogw.client.bench_report import write_report
+from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult
+from audiogw.client.bench_stats import CallOutcome, group_summary
+from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_stall_app_is_registered_and_checks_its_options():
+    assert "stall" in APPS
+    app = create_app("stall", AppContext(extension="1201", options={}))
+    assert (app.stall_seconds, app.stall_every) == (0.3, 1.0)
+    assert create_app("stall", AppContext("1201", {"stall_seconds": 1, "stall_every": 0.5})).stall_seconds == 1.0
+    for options in ({"stall_every": 0}, {"stall_seconds": -0.1}, {"stall_seconds": "0.3"}, {"colour": 1}):
+        with pytest.raises(AppOptionError):
+            create_app("stall", AppContext("1201", options))
+
+
+def test_tiny_bench_end_to_end(tmp_path, capsys):
+    results = tmp_path / "results"
+    args = ["--extensions", "2", "--calls-per-extension", "2", "--seconds", "2",
+            "--scenarios", "baseline-single-loop-stall,per-extension-stall,crash,capacity",
+            "--capacity-start", "2", "--capacity-step", "2", "--capacity-max", "2", "--capacity-seconds", "1",
+            "--results", str(results), "--json"]
+    bench_command.main(args=args, prog_name="audiogw bench", standalone_mode=False)
+    report = json.loads(capsys.readouterr().out)
+
+    names = [scenario["name"] for scenario in report["scenarios"]]
+    assert names == ["baseline-single-loop-stall", "per-extension-stall", "crash"]
+    for scenario in report["scenarios"]:
+        for key in ("target", "others"):
+            group = scenario["groups"][key]
+            assert group["calls"] == 2
+            assert group["frames_expected"] == 200
+            assert 0 < group["frames_received"] <= 202
+            assert {"p50_deviation_ms", "p99_deviation_ms", "max_gap_ms", "gaps_over_40ms", "refused"} <= set(group)
+        assert scenario["resources"]["gateway"]["cpu_percent"] > 0
+        assert scenario["resources"]["gateway"]["rss_mb"] > 0
+        assert scenario["machine"]["wakeups"] > 100  # the idle probe ran alongside
+    by_name = {scenario["name"]: scenario for scenario in report["scenarios"]}
+
+    # The stall is real: the stalled extension has gaps over 40 ms in both designs...
+    for name in ("baseline-single-loop-stall", "per-extension-stall"):
+        assert by_name[name]["groups"]["target"]["gaps_over_40ms"] > 0, by_name[name]
+        assert by_name[name]["groups"]["target"]["max_gap_ms"] > 250
+    # ...and on one shared loop the other extension suffers it too.
+    assert by_name["baseline-single-loop-stall"]["groups"]["others"]["gaps_over_40ms"] > 0
+    assert set(by_name["per-extension-stall"]["resources"]) >= {"target", "others", "supervisor", "load", "gateway"}
+
+    crash = by_name["crash"]["crash"]
+    assert crash["killed_pid"] and crash["new_pid"] and crash["new_pid"] != crash["killed_pid"]
+    assert crash["serves_again_ms"] is not None and crash["serves_again_ms"] > 0
+    assert by_name["crash"]["groups"]["target"]["completed"] < 2  # its calls in progress died with it
+
+    capacity = report["capacity"]
+    assert [step["calls"] for step in capacity["steps"]] == [2]
+    assert "last_held_calls" in capacity and capacity["limit"]
+    assert all(isinstance(check["check"], str) and check["pass"] in (True, False, None) for check in report["checks"])
+
+    markdown = (results / "report.md").read_text()
+    assert "| scenario | group |" in markdown and "per-extension-stall" in markdown
+    assert "**Capacity**" in markdown
+    assert json.loads((results / "report.json").read_text())["command"].startswith("audiogw bench --extensions 2")
+    plots = report["plots"]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert plots["files"] == [] and "matplotlib" in plots["skipped"]
+    else:
+        assert plots["files"] == ["interval_cdf.png", "gap_timeline.png"]
+        for name in plots["files"]:
+            assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    epoch = 1_795_000_000.0
+    calls = [CallOutcome("1201", "ia", uuid_sent=epoch, arrivals=epoch + 0.0195 + numpy.arange(100) * 0.02),
+             CallOutcome("1202", "ia", uuid_sent=epoch, arrivals=epoch + 0.0195 + numpy.arange(100) * 0.02)]
+    summary = {"name": "per-extension", "target_extension": "1201", "seconds": 2.0, "stall": None,
+               "groups": {"target": {"label": "first extension 1201", **group_summary(calls[:1], 2.0)},
+                          "others": {"label": "other 1 extensions", **group_summary(calls[1:], 2.0)}},
+               "resources": {"gateway": {"cpu_percent": 3.0, "rss_mb": 40.0, "uss_mb": 20.0}},
+               "machine": {"max_late_ms": 1.5, "late_over_20ms": 0, "events": []}}
+    report = {"command": "audiogw bench", "duration_seconds": 5.0, "scenarios": [summary], "capacity": None,
+              "checks": [], "machine": {"cpus": 2, "load_average_before": "0.1", "kernel_timestamps": True},
+              "settings": BenchSettings(extensions=2, calls_per_extension=1, seconds=2.0).__dict__}
+    plots = write_report(tmp_path, report, [ScenarioResult(summary, calls, epoch, 2.2)])
+    assert plots["files"] == [] and "matplotlib" in plots["skipped"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "Plots skipped: matplotlib is not installed" in markdown
+    assert "| per-extension | first extension 1201 | 1 / 1 | 100 / 100 |" in markdown
+    assert not list(tmp_path.glob("*.png"))

@@ -109,10 +109,13 @@ class Worker:
         return self.process.returncode
 
 
-def start_worker(app: str, workdir: Path, timeout: float = 15.0) -> Worker:
+def start_worker(app: str, workdir: Path, timeout: float = 15.0, options: tuple[str, ...] = ()) -> Worker:
+    """One worker process on free ports; ``options`` are ``KEY=VALUE`` app options."""
     log_path = workdir / "worker.log"
     command = [sys.executable, "-m", "audiogw.worker", "--extension", EXTENSION,
                "--ia-port", "0", "--retorno-port", "0", "--app", app]
+    for option in options:
+        command += ["--option", option]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, cwd=workdir)
     worker = Worker(process, log_path, {})
@@ -189,7 +192,7 @@ def _pacing(arrays: list[numpy.ndarray]) -> dict[str, Any]:
     return result
 
 
-def _worker_legs(log_text: str) -> dict[str, Any]:
+def worker_legs(log_text: str) -> dict[str, Any]:
     legs = LEG_END.findall(log_text)
     if not legs:
         return {"legs_logged": 0}
@@ -247,7 +250,7 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
                                        "pass": within == len(records) and not failed},
     }
     verdict = "PASS" if all(check["pass"] for check in checks.values()) else "FAIL"
-    worker_section: dict[str, Any] = _worker_legs(worker_log)
+    worker_section: dict[str, Any] = worker_legs(worker_log)
     client_section: dict[str, Any] = {
         "calls_with_late_reads": len(late_read_calls),
         "late_reads_total": sum(record.result.late_reads for record in completed),

@@ -67,7 +67,8 @@ log = logging.getLogger("audiogw.worker.agent")
 OUTBOX_MESSAGES = 250  # 5 s of caller audio waiting for a slow agent, then media is dropped
 FIRST_RETRY_DELAY = 0.5
 TAIL_FLUSH_SECONDS = 0.06  # no agent audio for this long: the reply ended, flush the resampler
-BAD_MESSAGES_LOGGED = 5  # per leg; the rest are only counted
+BAD_MESSAGES_LOGGED = 5
+MESSAGES_PER_TURN = 8  # agent messages handled before the loop gets a turn (clock ticks, other legs)  # per leg; the rest are only counted
 
 
 class AgentApp(App):
@@ -323,7 +324,13 @@ class AgentLeg:
 
     # -- agent -> caller --------------------------------------------------------
     async def _receive(self, websocket: ClientConnection) -> None:
+        handled = 0
         async for raw in websocket:
+            handled += 1
+            if handled % MESSAGES_PER_TURN == 0:
+                # A burst arrives as hundreds of buffered messages that the iterator
+                # hands over without ever yielding: give the ticker its turn.
+                await asyncio.sleep(0)
             if isinstance(raw, bytes):
                 self._bad_message("binary_frame", "a binary WebSocket frame (the protocol is JSON text)")
                 continue

@@ -24,6 +24,7 @@ from audiogw.shared.logs import configure_logging
 from audiogw.shared.net import bind_listener
 from audiogw.worker.apps import APPS, AppContext, create_app
 from audiogw.worker.main import set_parent_death_signal
+from audiogw.worker.clock import clock_phase
 from audiogw.worker.server import ExtensionWorker
 
 
@@ -34,12 +35,15 @@ async def serve_all(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     workers: list[ExtensionWorker] = []
-    for extension in config.extensions:
+    for slot, extension in enumerate(config.extensions):
         sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port),
                    "retorno": bind_listener(config.audiosocket.bind, extension.retorno_port)}
         context = AppContext(extension=extension.id, options=extension.options, base_dir=config.base_dir)
-        worker = ExtensionWorker(extension.id, create_app(extension.app, context), config.audiosocket)
+        # Staggered clocks, as the supervisor gives its workers: the same worker code, fairly compared.
+        worker = ExtensionWorker(extension.id, create_app(extension.app, context), config.audiosocket,
+                                 clock_phase(slot))
         context.counters = worker.stats.app_counters
+        context.stats = worker.stats
         await worker.serve(sockets)
         workers.append(worker)
     gc.freeze()  # as serve_worker does: the same collector behaviour as a real worker

@@ -80,46 +80,55 @@ class PlannedCall:
 
 
 class SendClock:
-    """One 20 ms send clock for every call of this load process.
+    """A few send clocks for every call of this load process.
 
     One Asterisk timer serves many channels; a timer per call would make this
     client spend more CPU on its own wake-ups than the gateway it measures, and
-    on a 2-core machine that is CPU taken from the gateway. Each tick writes
-    every live call's next frame without waiting (a full kernel buffer skips
-    that call's frame, counted as a late send).
+    on a 2-core machine that is CPU taken from the gateway. But one tick for
+    all calls would also be unlike Asterisk, whose channels send at their own
+    phases: every worker would get all its calls' frames at the same instant.
+    So the 20 ms period is cut into ``SLOTS`` sub-ticks and each call is sent
+    on its own slot. Each tick writes its calls' next frames without waiting
+    (a full kernel buffer skips that call's frame, counted as a late send).
     """
 
+    SLOTS = 4
+
     def __init__(self) -> None:
-        self.calls: dict[Any, None] = {}
+        self.slots: list[dict[Any, None]] = [{} for _ in range(self.SLOTS)]
+        self._next_slot = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def add(self, call: Any) -> None:
-        self.calls[call] = None
+        self.slots[self._next_slot][call] = None
+        self._next_slot = (self._next_slot + 1) % self.SLOTS
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def discard(self, call: Any) -> None:
-        self.calls.pop(call, None)
+        for slot in self.slots:
+            slot.pop(call, None)
 
     async def _run(self) -> None:
         monotonic = time.monotonic
-        period = softphone.FRAME_PERIOD
+        period = softphone.FRAME_PERIOD / self.SLOTS
+        slots = self.slots
         while True:
-            if not self.calls:
+            if not any(slots):
                 self._wake.clear()
                 await self._wake.wait()
             anchor, index = monotonic(), 0
-            while self.calls:
+            while any(slots):
                 deadline = anchor + index * period
                 now = monotonic()
                 if deadline > now:
                     await asyncio.sleep(deadline - now)
                     now = monotonic()
-                if now - deadline > period:  # far behind: restart the schedule, no burst
+                if now - deadline > softphone.FRAME_PERIOD:  # far behind: restart the schedule, no burst
                     anchor, index = now, 0
-                for call in tuple(self.calls):
+                for call in tuple(slots[index % self.SLOTS]):
                     call.tick(now)
                 index += 1
 

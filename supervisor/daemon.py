@@ -25,6 +25,7 @@ from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolic
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
 from audiogw.worker.main import WorkerSpec
+from audiogw.worker.clock import clock_phase
 
 # Plain ints: pyzmq's enum flags cost an enum construction per ``&`` on the heartbeat path.
 _EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE), int(zmq.NOBLOCK)
@@ -70,6 +71,8 @@ class Supervisor:
         self._bus.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._bus.bind(self.bus_endpoint)
         self._bus_watched = False
+        # Each extension keeps a slot for its worker's clock phase (staggered ticks).
+        self._clock_slots: dict[str, int] = {}
         self._bus_timer: asyncio.TimerHandle | None = None
         self.control_requests = 0
         self.control_errors = 0
@@ -89,6 +92,7 @@ class Supervisor:
             drain_seconds=settings.drain_seconds,
             log_format=settings.log_format,
             log_level=settings.log_level,
+            clock_phase=clock_phase(self._clock_slots.setdefault(extension.id, len(self._clock_slots))),
         )
 
     def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:

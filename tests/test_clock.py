@@ -118,3 +118,25 @@ def test_a_failing_mark_callback_does_not_break_the_clock():
     buffer.mark(lambda: 1 / 0)
     buffer.mark(lambda: fired.append("after"))
     assert buffer.pop() is not None and fired == ["after"]
+
+
+def test_a_late_tick_skips_to_the_next_deadline_of_the_same_grid():
+    clock = DeadlineClock(start=0.005, period=0.02, max_late=0.02)
+    clock.tick(0.005)
+    clock.tick(0.3123)  # stalled: the deadline was 0.025
+    assert clock.reanchors == 1
+    assert abs(clock.deadline - 0.325) < 1e-9  # still on 5 ms + n * 20 ms, and in the future
+    clock.tick(0.325)
+    assert abs(clock.deadline - 0.345) < 1e-9
+
+
+def test_clock_phases_are_spread_over_the_period():
+    from audiogw.worker.clock import aligned_start, clock_phase
+
+    phases = sorted(clock_phase(slot) for slot in range(20))
+    assert all(0.0 <= phase < 0.02 for phase in phases)
+    gaps = [later - earlier for earlier, later in zip(phases, phases[1:])]
+    assert min(gaps) > 0.0004 and max(gaps) < 0.0025  # evenly-ish: no two workers tick together
+    start = aligned_start(100.0031, 0.02, 0.007)
+    assert 100.0031 <= start < 100.0231 and abs((start - 0.007) / 0.02 - round((start - 0.007) / 0.02)) < 1e-6
+    assert aligned_start(5.0, 0.02, None) == 5.0

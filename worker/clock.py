@@ -8,6 +8,23 @@ sending a catch-up burst.
 from __future__ import annotations
 
 FRAME_PERIOD = 0.020
+GOLDEN_FRACTION = 0.6180339887498949
+
+
+def clock_phase(slot: int, period: float = FRAME_PERIOD) -> float:
+    """Phase (offset within the period) for the ``slot``-th worker's clock.
+
+    Workers whose ticks fall on the same instant queue for the same CPU; the
+    golden-ratio sequence spreads any number of them evenly over the period.
+    """
+    return (slot * GOLDEN_FRACTION) % 1.0 * period
+
+
+def aligned_start(now: float, period: float, phase: float | None) -> float:
+    """The first instant at or after ``now`` on the grid ``phase + n * period`` (``now`` if no phase)."""
+    if phase is None:
+        return now
+    return now + (phase - now) % period
 
 
 class DeadlineClock:
@@ -31,13 +48,16 @@ class DeadlineClock:
         """Consume the due tick at ``now``; return how late it fired (>= 0).
 
         If the tick is more than ``max_late`` behind, the missed ticks are
-        dropped (not sent in a burst): the clock restarts at ``now``.
+        dropped (not sent in a burst): the next deadline is the first one of the
+        original grid after ``now``, so the clock keeps its phase.
         """
         deadline = self.anchor + self.index * self.period
         lateness = now - deadline
         if lateness > self.max_late:
-            self.anchor = now
-            self.index = 1
+            index = int((now - self.anchor) // self.period) + 1
+            if self.anchor + index * self.period <= now:
+                index += 1
+            self.index = index
             self.reanchors += 1
             return lateness
         self.index += 1

@@ -43,6 +43,7 @@ class WorkerSpec:
     drain_seconds: float = 10.0
     log_format: str = "human"
     log_level: str = "info"
+    clock_phase: float | None = None  # offset of this worker's 20 ms ticks, staggered by the supervisor
 
 
 def set_parent_death_signal() -> None:
@@ -62,7 +63,7 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
         loop.add_signal_handler(signum, commands.put_nowait, {"type": "drain", "seconds": spec.drain_seconds, "reason": signal.Signals(signum).name})
     context = AppContext(extension=spec.extension, options=spec.options, base_dir=spec.base_dir)
     app = create_app(spec.app, context)
-    worker = ExtensionWorker(spec.extension, app, spec.settings)
+    worker = ExtensionWorker(spec.extension, app, spec.settings, spec.clock_phase)
     context.counters = worker.stats.app_counters
     context.stats = worker.stats
     link = None

@@ -29,13 +29,14 @@ LOOP_LAG_INTERVAL = 0.05
 
 
 class ExtensionWorker:
-    def __init__(self, extension: str, app: App, settings: "AudioSocketSettings") -> None:
+    def __init__(self, extension: str, app: App, settings: "AudioSocketSettings",
+                 clock_phase: float | None = None) -> None:
         self.extension = extension
         self.app = app
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.stats = WorkerStats()
-        self.ticker = FrameTicker()
+        self.ticker = FrameTicker(phase=clock_phase)
         self.connections: set[LegProtocol] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self._allow = tuple(ipaddress.ip_network(network, strict=False) for network in settings.allow)

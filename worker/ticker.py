@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Protocol
 
-from audiogw.worker.clock import FRAME_PERIOD, DeadlineClock
+from audiogw.worker.clock import FRAME_PERIOD, DeadlineClock, aligned_start
 from audiogw.worker.timer import DeadlineTimer
 
 
@@ -19,8 +19,9 @@ class Ticking(Protocol):
 
 
 class FrameTicker:
-    def __init__(self, period: float = FRAME_PERIOD) -> None:
+    def __init__(self, period: float = FRAME_PERIOD, phase: float | None = None) -> None:
         self.period = period
+        self.phase = phase  # where in the period this worker ticks (None: when the first leg starts)
         self._legs: dict[Ticking, None] = {}  # insertion-ordered set
         self._wake = asyncio.Event()
         self.clock: DeadlineClock | None = None
@@ -48,7 +49,7 @@ class FrameTicker:
             if not self._legs:
                 self._wake.clear()
                 await self._wake.wait()
-                self.clock = DeadlineClock(monotonic(), self.period)
+                self.clock = DeadlineClock(aligned_start(monotonic(), self.period, self.phase), self.period)
             clock = self.clock
             await timer.wait_until(clock.deadline)
             deadline = clock.deadline

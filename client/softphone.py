@@ -455,14 +455,7 @@ class _Call:
                 # The common case, one whole audio frame of our rate (the read was sized to
                 # end on a frame boundary): no decoder, no Frame object. A load client
                 # reads tens of thousands of these a second.
-                if stamp:
-                    self.arrivals.append(stamp)
-                    if read_at - stamp > FRAME_PERIOD:
-                        self.late_reads += 1
-                else:
-                    self.arrivals.append(read_at)
-                    self.user_timestamps += 1
-                self.frames_received += 1
+                self._arrived(stamp, read_at)
                 if self.record:
                     self.recorded += memoryview(data)[HEADER_SIZE:]
                 continue
@@ -475,14 +468,7 @@ class _Call:
             for frame in frames:
                 kind = frame.kind
                 if kind in AUDIO_RATES:
-                    if stamp:
-                        self.arrivals.append(stamp)
-                        if read_at - stamp > FRAME_PERIOD:
-                            self.late_reads += 1
-                    else:
-                        self.arrivals.append(read_at)
-                        self.user_timestamps += 1
-                    self.frames_received += 1
+                    self._arrived(stamp, read_at)
                     if kind == self.kind:
                         if self.record:
                             self.recorded += frame.payload
@@ -503,6 +489,17 @@ class _Call:
                     return
             if len(data) < want:
                 return  # short read: the kernel buffer is empty
+
+    def _arrived(self, stamp: float, read_at: float) -> None:
+        """Count one audio frame: its kernel arrival time, or our read time if the kernel gave none."""
+        if stamp:
+            self.arrivals.append(stamp)
+            if read_at - stamp > FRAME_PERIOD:
+                self.late_reads += 1
+        else:
+            self.arrivals.append(read_at)
+            self.user_timestamps += 1
+        self.frames_received += 1
 
     def _track(self, data: bytes) -> None:
         """Follow frame boundaries in the byte stream (to size the next read)."""

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import importlib.util
 import pkgutil
 import sys
 
 PACKAGES = ("audiogw.shared", "audiogw.worker", "audiogw.worker.apps", "audiogw.supervisor", "audiogw.client")
 FORBIDDEN_TOP_LEVEL = ("supervisor", "worker", "shared", "client")
+DATA_FILES = ("greeting.wav", "confirm.wav")
 
 
 def main() -> int:
@@ -27,7 +29,13 @@ def main() -> int:
         if spec is not None and "audiogw" in str(spec.origin or spec.submodule_search_locations):
             print(f"audiogw installed a top-level module {name!r}", file=sys.stderr)
             return 1
-    print(f"imported {len(imported)} audiogw modules")
+    # Package data the code opens at run time (the demo agent's prompts).
+    prompts = importlib.resources.files("audiogw.client").joinpath("prompts")
+    for name in DATA_FILES:
+        if not prompts.joinpath(name).is_file():
+            print(f"audiogw.client is missing its data file prompts/{name}", file=sys.stderr)
+            return 1
+    print(f"imported {len(imported)} audiogw modules; data files present: {', '.join(DATA_FILES)}")
     return 0
 
 

@@ -54,8 +54,8 @@ from audiogw.shared.media_streams import (
 )
 from audiogw.shared.resample import StreamResampler
 from audiogw.shared.vad import EnergyVad, VadEvent
-from audiogw.shared.wav import read_wav
 from audiogw.worker.apps.base import App, AppOptionError
+from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.stats import AgentStats
 
@@ -108,32 +108,20 @@ class AgentApp(App):
         self.headers = dict(headers)
         fallback = options["fallback"]
         self.fallback_path = (fallback if os.path.isabs(fallback) else os.path.join(context.base_dir, fallback)) if fallback else ""
-        self._fallback_by_rate: dict[int, asyncio.Future[bytes]] = {}
+        self.fallback = Prompt(self.fallback_path) if fallback else None
         self.stats = AgentStats()
 
     async def start(self) -> None:
         if self.context.stats is not None:
             self.context.stats.agent = self.stats
-        if self.fallback_path:
+        if self.fallback is not None:
             try:
-                await self.fallback_pcm(8000)
+                await self.fallback.pcm(8000)
             except Exception as error:
                 raise AppOptionError(f"app 'agent': cannot use fallback {self.fallback_path}: {error}") from error
 
-    def fallback_pcm(self, rate: int) -> "asyncio.Future[bytes]":
-        """The fallback prompt at ``rate``, converted once in a thread."""
-        future = self._fallback_by_rate.get(rate)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._fallback_by_rate[rate] = loop.run_in_executor(None, _load_pcm, self.fallback_path, rate)
-        return future
-
     async def run_leg(self, leg: "Leg") -> None:
         await AgentLeg(self, leg).run()
-
-
-def _load_pcm(path: str, rate: int) -> bytes:
-    return numpy.ascontiguousarray(read_wav(path, rate), dtype="<i2").tobytes()
 
 
 class AgentLeg:
@@ -404,11 +392,11 @@ class AgentLeg:
                         " (further ones are only counted)" if self.bad_messages == BAD_MESSAGES_LOGGED else "")
 
     async def _play_fallback(self) -> None:
-        if not self.app.fallback_path or self.fallback_played:
+        if self.app.fallback is None or self.fallback_played:
             return
         self.fallback_played = True
         try:
-            pcm = await self.app.fallback_pcm(self.leg.rate)
+            pcm = await self.app.fallback.pcm(self.leg.rate)
         except Exception as error:
             log.warning("fallback prompt unavailable %s: %s", self.log_prefix, error)
             return

@@ -5,14 +5,11 @@ per other leg rate on first use; the loop only slices ready PCM.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import TYPE_CHECKING
 
-import numpy
-
-from audiogw.shared.wav import read_wav
 from audiogw.worker.apps.base import App, AppOptionError
+from audiogw.worker.apps.prompt import Prompt
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
@@ -29,25 +26,18 @@ class PlaybackApp(App):
         super().__init__(context)
         path = self.options["file"]
         self.path = path if os.path.isabs(path) else os.path.join(context.base_dir, path)
-        self._by_rate: dict[int, asyncio.Future[bytes]] = {}
+        self.prompt = Prompt(self.path)
 
     async def start(self) -> None:
         try:
-            await self._pcm(8000)
+            await self.prompt.pcm(8000)
         except Exception as error:  # a bad file is refused at start, with the reason
             raise AppOptionError(f"app 'playback': cannot use file {self.path}: {error}") from error
-
-    def _pcm(self, rate: int) -> "asyncio.Future[bytes]":
-        future = self._by_rate.get(rate)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._by_rate[rate] = loop.run_in_executor(None, _load, self.path, rate)
-        return future
 
     async def run_leg(self, leg: "Leg") -> None:
         leg.forward_to(None)
         rate = await leg.wait_rate()
-        pcm = await self._pcm(rate)
+        pcm = await self.prompt.pcm(rate)
         chunk = CHUNK_FRAMES * leg.outbound.frame_size
         while not leg.closed.is_set():
             for offset in range(0, len(pcm), chunk):
@@ -59,7 +49,3 @@ class PlaybackApp(App):
                 break
         await leg.wait_closed()
 
-
-def _load(path: str, rate: int) -> bytes:
-    samples = read_wav(path, rate)
-    return numpy.ascontiguousarray(samples, dtype="<i2").tobytes()

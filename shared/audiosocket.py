@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import struct
 import uuid as uuid_module
-from dataclasses import dataclass
+from typing import NamedTuple
 
 HEADER_SIZE = 3
 FRAME_MS = 20
@@ -86,8 +86,10 @@ def max_payload(kind: int) -> int:
     raise AudioSocketError("unknown_kind", f"unknown frame kind 0x{kind:02x}")
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One decoded frame. A named tuple: it is built for every inbound frame, and a
+    frozen dataclass costs several times more to create."""
+
     kind: int
     payload: bytes = b""
 
@@ -122,6 +124,7 @@ def _check_dtmf(payload: bytes) -> None:
 
 
 DTMF_DIGITS = frozenset(bytes([c]) for c in b"0123456789*#ABCD")
+_AUDIO_LIMITS = {kind: max_payload(kind) for kind in AUDIO_RATES}
 
 
 class FrameDecoder:
@@ -146,6 +149,12 @@ class FrameDecoder:
         if self._failed:
             raise AudioSocketError("after_error", "decoder already failed; close the connection")
         buffer = self._buffer
+        if not buffer and len(data) > HEADER_SIZE:
+            # The common case: exactly one valid audio frame, as Asterisk writes them.
+            kind, length = _HEADER.unpack_from(data, 0)
+            limit = _AUDIO_LIMITS.get(kind)
+            if limit is not None and len(data) == HEADER_SIZE + length and 0 < length <= limit and not length & 1:
+                return [Frame(kind, data[HEADER_SIZE:])]
         buffer += data
         frames: list[Frame] = []
         offset = 0

@@ -198,14 +198,20 @@ class Supervisor:
         bus = self._bus
         # ZeroMQ's FD is edge-triggered: read until ZMQ_EVENTS says the queue is
         # empty, or a message could wait for the next edge.
-        while bus.getsockopt(_EVENTS) & _POLLIN:
-            parts = [bus.recv(_NOBLOCK)]
-            while bus.getsockopt(_RCVMORE):
-                parts.append(bus.recv(_NOBLOCK))
-            if len(parts) != 2:
-                log.warning("refused worker bus message: %d frames, expected identity and body", len(parts))
-                continue
-            self._on_bus_message(parts[1])
+        try:
+            while bus.getsockopt(_EVENTS) & _POLLIN:
+                parts = [bus.recv(_NOBLOCK)]
+                while bus.getsockopt(_RCVMORE):
+                    parts.append(bus.recv(_NOBLOCK))
+                if len(parts) != 2:
+                    log.warning("refused worker bus message: %d frames, expected identity and body", len(parts))
+                    continue
+                try:
+                    self._on_bus_message(parts[1])
+                except Exception:  # one bad message must not stop the reading: every worker would look hung
+                    log.exception("worker bus message failed")
+        except zmq.ZMQError as error:
+            log.warning("worker bus read failed: %s", error)
         if self._closing:
             return
         loop = asyncio.get_running_loop()

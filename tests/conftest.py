@@ -36,6 +36,14 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_log(self, *texts: str, timeout: float = 5.0) -> str:
+        """The log once it holds every one of ``texts`` (a worker writes its log from a thread)."""
+        def complete() -> str | None:
+            log = self.log()
+            return log if all(text in log for text in texts) else None
+
+        return wait_for(complete, timeout, what=f"worker log lines {texts}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

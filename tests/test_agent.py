@@ -164,7 +164,7 @@ def test_stream_handshake_media_dtmf_marks_and_stop(start_worker, agent_server):
     assert result.pacing().gaps_over_40ms == 0
     assert result.hung_up_by == "client"
     wait_for(lambda: "leg end" in worker.log(), 5, what="the leg's end line")
-    assert "underruns=0" in worker.log()
+    worker.wait_log("underruns=0")
 
 
 def test_clear_drops_what_was_not_played_and_echoes_pending_marks(start_worker, agent_server):
@@ -196,7 +196,7 @@ def test_agent_closing_the_socket_hangs_up_the_leg(start_worker, agent_server):
     result = call(worker.ia_port, 5.0)
     assert result.hung_up_by == "server"
     assert result.duration < 2.0
-    assert "reason=agent_hangup" in worker.log()
+    worker.wait_log("reason=agent_hangup")
 
 
 def test_bad_agent_messages_are_refused_and_the_leg_survives(start_worker, agent_server):
@@ -215,7 +215,7 @@ def test_bad_agent_messages_are_refused_and_the_leg_survives(start_worker, agent
     result = call(worker.ia_port, 2.0)
     assert result.hung_up_by == "client"
     assert 22 <= loud_frames(result.recorded).sum() <= 27  # the valid reply after the junk still plays
-    log = worker.log()
+    log = worker.wait_log("further ones are only counted", "leg end")
     for reason in ("bad_json", "not_an_object", "unknown_event", "bad_base64"):
         assert f"reason={reason}" in log, reason
     assert "further ones are only counted" in log  # the sixth bad message was not logged
@@ -235,7 +235,7 @@ def test_l16_payload_of_odd_length_is_refused(start_worker, agent_server):
     agent = agent_server(script)
     worker = start_worker("agent", f"url={agent.url}", "encoding=l16", "rate=16000")
     result = call(worker.ia_port, 1.5)
-    assert "reason=odd_length" in worker.log()
+    worker.wait_log("reason=odd_length")
     assert 22 <= loud_frames(result.recorded).sum() <= 27  # 0.5 s at 16 kHz, resampled to the 8 kHz leg
     # The caller's 8 kHz audio reached the agent as 16 kHz big-endian L16, all of it.
     payloads = [base64.b64decode(m["media"]["payload"]) for m in agent.events("media")]
@@ -273,7 +273,7 @@ def test_unreachable_agent_means_silence_a_logged_failure_and_retries(start_work
     assert result.hung_up_by == "client"
     assert not loud_frames(result.recorded).any()
     assert result.frames_received >= 120 and result.pacing().gaps_over_40ms == 0
-    log = worker.log()
+    log = worker.wait_log("retry in 1.0s")
     assert log.count("agent unreachable") >= 2  # it kept trying while the call lasted
     assert "retry in 0.5s" in log and "retry in 1.0s" in log
 
@@ -300,7 +300,7 @@ def test_an_agent_that_never_answers_the_handshake_times_out(start_worker):
         worker = start_worker("agent", f"url=ws://127.0.0.1:{silent.getsockname()[1]}/media", "connect_timeout=0.3")
         result = call(worker.ia_port, 1.5)
         assert result.hung_up_by == "client" and result.frames_received >= 70
-        assert "agent unreachable" in worker.log() and "TimeoutError" in worker.log()
+        worker.wait_log("agent unreachable", "TimeoutError")
     finally:
         silent.close()
 
@@ -322,7 +322,7 @@ def test_a_dropped_connection_is_reopened_with_a_new_stream(start_worker, agent_
     assert len(starts) == 2 and starts[0]["streamSid"] != starts[1]["streamSid"]
     assert starts[0]["start"]["callSid"] == starts[1]["start"]["callSid"] == str(result.call_uuid)
     assert 17 <= loud_frames(result.recorded).sum() <= 22
-    assert "agent connection lost" in worker.log()
+    worker.wait_log("agent connection lost")
 
 
 def test_barge_in_stops_playback_and_tells_the_agent(start_worker, agent_server):
@@ -345,7 +345,7 @@ def test_barge_in_stops_playback_and_tells_the_agent(start_worker, agent_server)
     barge_ins = agent.events("barge_in")
     assert len(barge_ins) == 1 and barge_ins[0]["streamSid"] == stream_sid(agent)
     assert [m["mark"]["name"] for m in agent.events("mark")] == ["reply"]  # pending mark echoed on the clear
-    assert "barge-in" in worker.log()
+    worker.wait_log("barge-in")
 
 
 def test_supervisor_runs_the_demo_agent_for_its_agent_extension(tmp_path):

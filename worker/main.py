@@ -98,12 +98,14 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
 def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
     """Process entry point (the zygote calls this in a fresh child)."""
     set_parent_death_signal()
-    configure_logging(spec.log_format, spec.log_level)
+    listener = configure_logging(spec.log_format, spec.log_level, off_loop=True)
     try:
         return uvloop.run(serve_worker(spec, sockets))
     except AppOptionError as error:
         log.error("worker extension=%s cannot start: %s", spec.extension, error)
         return 78  # EX_CONFIG: the supervisor must not restart it in a loop
+    finally:
+        listener.stop()  # writes what is still queued
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,15 +117,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"(stopped: {capacity['limit']}).",
             "",
             "| calls | completed | p50 dev ms | p99 dev ms | largest gap ms | gaps > 40 ms "
-            "| client lag: merged frames / calls with late reads | gateway CPU % | load CPU % (processes) "
+            "| client lag: merged frames / calls with late reads | workers' own largest send gap ms "
+            "| gateway CPU % | load CPU % (processes) "
             "| machine: CPU % outside the bench; probe woke late, max ms (> 20 ms) | held |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for step in capacity["steps"]:
             lines.append(
                 f"| {step['calls']} | {step['completed']} | {step['p50_deviation_ms']:.3f} "
                 f"| {step['p99_deviation_ms']:.3f} | {step['max_gap_ms']:.1f} | {step['gaps_over_40ms']} "
-                f"| {step['merged_frames']} / {step['calls_with_late_reads']} | {step['gateway_cpu_percent']:.0f} "
+                f"| {step['merged_frames']} / {step['calls_with_late_reads']} "
+                f"| {_number(step.get('worker_max_send_gap_ms'), 1)} | {step['gateway_cpu_percent']:.0f} "
                 f"| {step['load_cpu_percent']:.0f} ({step['load_processes']}) "
                 f"| {_number(step['machine_outside_bench_percent'], 0)}; {_number(step['machine_max_late_ms'], 1)} "
                 f"({step['machine_late_over_20ms']}) "

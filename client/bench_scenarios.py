@@ -37,6 +37,7 @@ from audiogw.client.bench_stats import (
     split_groups,
 )
 from audiogw.client.bench_supervisor import first_frame_after
+from audiogw.client.bench_worker import worker_legs
 from audiogw.shared.net import free_port_block
 
 
@@ -312,6 +313,12 @@ def capacity_steps(settings: BenchSettings) -> list[int]:
     return steps
 
 
+def _worker_max_send_gap(log_text: str) -> float | None:
+    """Largest gap between two writes of one leg, over the legs that ended in ``log_text``."""
+    gaps = worker_legs(log_text).get("max_send_gap_ms")
+    return gaps["max"] if gaps else None
+
+
 def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], None] = lambda line: None,
                  ) -> ScenarioResult:
     """Raise the call count (ia legs, echo, tone both ways) until a step does not hold; one supervisor throughout."""
@@ -324,6 +331,7 @@ def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], No
         gateway.start()
         for total in capacity_steps(settings):
             plan = plan_calls(gateway.ports, total // settings.extensions, "ia")
+            log_before = len(gateway.log())
             load = run_load(gateway, plan, settings.capacity_seconds, folder, settings, target="")
             if not gateway.alive():
                 raise BenchError(f"supervisor died during capacity at {total} calls:\n{gateway.log()[-3000:]}")
@@ -336,12 +344,17 @@ def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], No
                     "load_cpu_percent": resources.get("load", {}).get("cpu_percent", 0.0),
                     "machine_outside_bench_percent": resources.get("machine", {}).get("outside_bench_percent"),
                     "machine_max_late_ms": load.machine["max_late_ms"],
-                    "machine_late_over_20ms": load.machine["late_over_20ms"]}
+                    "machine_late_over_20ms": load.machine["late_over_20ms"],
+                    # The workers' own view (their `leg end` lines: time between their own
+                    # writes), which the load client's lag cannot touch.
+                    "worker_max_send_gap_ms": _worker_max_send_gap(gateway.log()[log_before:])}
             step["held"] = capacity_held(step)
             steps.append(step)
             log(f"  capacity {total} calls: p99 {step['p99_deviation_ms']:.3f} ms, gaps>40ms {step['gaps_over_40ms']}, "
                 f"completed {step['completed']}/{total}, client lag (merged frames) {step['merged_frames']}, gateway CPU {step['gateway_cpu_percent']:.0f} %, "
-                f"load CPU {step['load_cpu_percent']:.0f} % -> {'held' if step['held'] else 'did not hold'}")
+                f"load CPU {step['load_cpu_percent']:.0f} %, workers' own largest send gap "
+                f"{step['worker_max_send_gap_ms'] if step['worker_max_send_gap_ms'] is not None else '?'} ms "
+                f"-> {'held' if step['held'] else 'did not hold'}")
             if not step["held"]:
                 break
             time.sleep(0.5)  # let the last hangups settle before the next step

@@ -27,6 +27,7 @@ import orjson
 import zmq
 
 from audiogw.shared.config import (
+    Config,
     ConfigError,
     default_config_path,
     load_config,
@@ -49,6 +50,7 @@ __all__ = [
     "CtlEndpointError",
     "request",
     "load_server_public_key",
+    "load_client_keypair",
     "format_duration",
     "format_seconds_ms",
     "format_bytes",
@@ -140,6 +142,45 @@ def _server_key_bytes(server_public_key: str | bytes) -> bytes:
     raise CtlEndpointError(f"CURVE server public key {server_public_key!r} is neither a file nor a 40-character Z85 key")
 
 
+def load_client_keypair(path: str) -> tuple[bytes, bytes]:
+    """This client's (public, secret) Z85 keys from its secret certificate (``*.key_secret``)."""
+    import zmq.auth  # noqa: PLC0415 - only tcp:// endpoints need it
+
+    try:
+        _public, secret = zmq.auth.load_certificate(path)
+    except OSError as error:
+        raise CtlEndpointError(f"cannot read CURVE client secret key {path}: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CtlEndpointError(f"cannot read CURVE client secret key {path}: {error}") from None
+    if not secret:
+        raise CtlEndpointError(
+            f"cannot read CURVE client secret key {path}: no secret-key found (give the .key_secret file, not the .key)"
+        )
+    return _keypair_from_secret(secret, f"CURVE client secret key in {path} is not a 40-character Z85 key")
+
+
+def _keypair_from_secret(secret: bytes, refusal: str) -> tuple[bytes, bytes]:
+    """Derive the public key, which also proves the secret is a valid Z85 CURVE key."""
+    try:
+        return zmq.curve_public(secret), secret
+    except (zmq.ZMQError, ValueError, TypeError):
+        raise CtlEndpointError(refusal) from None
+
+
+def _client_keypair(client_secret_key: str | bytes) -> tuple[bytes, bytes]:
+    """Accept a secret certificate file path, or the 40-character Z85 secret key itself."""
+    if isinstance(client_secret_key, bytes):
+        return _keypair_from_secret(client_secret_key, "CURVE client secret key must be 40 Z85 characters")
+    if os.path.isfile(client_secret_key):
+        return load_client_keypair(client_secret_key)
+    if len(client_secret_key) != 40:
+        raise CtlEndpointError(f"CURVE client secret key {client_secret_key!r} is not a file")
+    return _keypair_from_secret(  # the text is not echoed: it may be a real secret with a typo
+        client_secret_key.encode("ascii", "replace"),
+        "CURVE client secret key given as text is neither a file nor a 40-character Z85 key",
+    )
+
+
 def _check_endpoint(endpoint: str) -> None:
     for scheme in ("ipc://", "tcp://"):
         if endpoint.startswith(scheme) and len(endpoint) > len(scheme):
@@ -154,7 +195,10 @@ def _unreachable_hint(endpoint: str, skipped: int) -> str | None:
         if not path.startswith("@") and not os.path.exists(path):
             hints.append(f"{path} does not exist")
     elif endpoint.startswith("tcp://"):
-        hints.append("Is the CURVE server key the supervisor's?")
+        hints.append(
+            "Is the CURVE server key the supervisor's, and is this client's public key authorized "
+            "(its .key file in the supervisor's curve_authorized_clients folder)?"
+        )
     if skipped:
         hints.append(f"{skipped} unreadable or stale replies were ignored")
     return "; ".join(hints) or None
@@ -167,13 +211,17 @@ def request(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     server_public_key: str | bytes | None = None,
+    client_secret_key: str | bytes | None = None,
     context: zmq.Context | None = None,
 ) -> Any:
     """Send one control command and return the supervisor's ``result``.
 
     ``server_public_key`` (required for ``tcp://``): the supervisor's CURVE public
     key, as a certificate file path (``zmq.auth`` format) or the 40-character Z85
-    key. The client uses a fresh ephemeral keypair each call.
+    key. ``client_secret_key`` (required for ``tcp://``): this client's secret
+    certificate file path (``*.key_secret``) or 40-character Z85 secret key; the
+    supervisor answers only clients whose public key it has authorized, and
+    silently drops the others (:class:`CtlUnreachable` after ``timeout``).
 
     Raises :class:`CtlRefused` on ``ok: false``, :class:`CtlUnreachable` when no
     reply with this request's id arrives within ``timeout`` seconds,
@@ -184,12 +232,19 @@ def request(
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     _check_endpoint(endpoint)
     curve_key: bytes | None = None
+    client_keys: tuple[bytes, bytes] | None = None
     if endpoint.startswith("tcp://"):
         if server_public_key is None:
             raise CtlEndpointError(
                 f"{endpoint} is a tcp:// endpoint: the supervisor's CURVE public key is required"
             )
+        if client_secret_key is None:
+            raise CtlEndpointError(
+                f"{endpoint} is a tcp:// endpoint: this client's CURVE secret key is required "
+                "(its public key must be in the supervisor's curve_authorized_clients folder)"
+            )
         curve_key = _server_key_bytes(server_public_key)
+        client_keys = _client_keypair(client_secret_key)
 
     request_id = uuid.uuid4().hex
     payload = encode({"id": request_id, "command": command, "args": dict(args or {})})
@@ -200,8 +255,8 @@ def request(
     socket = ctx.socket(zmq.DEALER)
     try:
         socket.setsockopt(zmq.LINGER, 0)
-        if curve_key is not None:
-            public, secret = zmq.curve_keypair()
+        if curve_key is not None and client_keys is not None:
+            public, secret = client_keys
             try:
                 socket.curve_serverkey = curve_key
                 socket.curve_publickey = public
@@ -444,47 +499,64 @@ def _fail(code: int, message: str) -> NoReturn:
 
 
 @dataclass
+class _Target:
+    """Where to send, and for tcp:// the CURVE keys: the server's public key and this client's secret key."""
+
+    endpoint: str
+    server_key: bytes | None = None
+    client_secret: bytes | None = None
+
+
+@dataclass
 class _Settings:
     config_path: str | None
     endpoint: str | None
     json: bool
     timeout: float
     server_key: str | None
+    client_key: str | None = None
 
-    def target(self) -> tuple[str, bytes | None]:
-        """The endpoint to use and, for tcp://, the server's CURVE key; exit 2 if unusable."""
+    def target(self) -> _Target:
+        """The endpoint to use and, for tcp://, both CURVE keys; exit 2 if unusable."""
         if self.endpoint is not None:
-            endpoint, key_path = self.endpoint, self.server_key
+            endpoint, server_path, client_path = self.endpoint, self.server_key, self.client_key
         else:
-            path = self.config_path or default_config_path()
-            try:
-                config = load_config(path)
-            except ConfigError as error:
-                hint = ""
-                if self.config_path is None:
-                    hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
-                _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
-            endpoint = config.supervisor.control
-            key_path = self.server_key or config.supervisor.curve_server_public_key
-        key: bytes | None = None
-        if endpoint.startswith("tcp://"):
-            if key_path is None:
-                _fail(
-                    EXIT_USAGE,
-                    f"{PROG}: {endpoint} is a tcp:// endpoint: give the supervisor's CURVE public key "
-                    "with --server-key PATH",
-                )
-            try:
-                key = load_server_public_key(key_path)
-            except CtlEndpointError as error:
-                _fail(EXIT_USAGE, f"{PROG}: {error}")
-        return endpoint, key
+            supervisor = self._config().supervisor
+            endpoint = supervisor.control
+            server_path = self.server_key or supervisor.curve_server_public_key
+            client_path = self.client_key or supervisor.curve_client_secret_key
+        if not endpoint.startswith("tcp://"):
+            return _Target(endpoint)
+        if server_path is None:
+            _fail(EXIT_USAGE, f"{PROG}: {endpoint} is a tcp:// endpoint: give the supervisor's CURVE public key "
+                  "with --server-key PATH")
+        if client_path is None:
+            _fail(EXIT_USAGE, f"{PROG}: {endpoint} is a tcp:// endpoint: give this client's CURVE secret key "
+                  "with --client-key PATH (its public .key must be in the supervisor's curve_authorized_clients "
+                  "folder)")
+        try:
+            return _Target(endpoint, load_server_public_key(server_path), load_client_keypair(client_path)[1])
+        except CtlEndpointError as error:
+            _fail(EXIT_USAGE, f"{PROG}: {error}")
+
+    def _config(self) -> Config:
+        path = self.config_path or default_config_path()
+        try:
+            return load_config(path)
+        except ConfigError as error:
+            hint = ""
+            if self.config_path is None:
+                hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
+            _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
 
 
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
-    endpoint, key = settings.target()
+    target = settings.target()
     try:
-        return request(endpoint, command, args, timeout=settings.timeout, server_public_key=key)
+        return request(
+            target.endpoint, command, args, timeout=settings.timeout,
+            server_public_key=target.server_key, client_secret_key=target.client_secret,
+        )
     except CtlRefused as error:
         _fail(EXIT_REFUSED, f"error: {error.message}")
     except CtlUnreachable as error:
@@ -586,6 +658,12 @@ _EXTENSION_ID = click.argument("extension_id", metavar="ID", callback=_extension
     type=click.Path(dir_okay=False),
     help="Supervisor's CURVE public key file, for tcp:// [default: supervisor.curve_server_public_key].",
 )
+@click.option(
+    "--client-key",
+    type=click.Path(dir_okay=False),
+    help="This client's CURVE secret key file (*.key_secret), for tcp://; its public .key must be in the "
+    "supervisor's curve_authorized_clients folder [default: supervisor.curve_client_secret_key].",
+)
 @click.option("--json", "json_flag", is_flag=True, help="Print results as JSON for scripts.")
 @click.option(
     "--timeout",
@@ -601,6 +679,7 @@ def ctl_group(
     config_path: str | None,
     endpoint: str | None,
     server_key: str | None,
+    client_key: str | None,
     json_flag: bool,
     timeout: float,
 ) -> None:
@@ -617,6 +696,7 @@ def ctl_group(
         json=json_flag,
         timeout=timeout,
         server_key=server_key,
+        client_key=client_key,
     )
 
 
@@ -774,7 +854,7 @@ def top_command(
     """
     settings = _settings(ctx, json_flag)
     args = {"id": extension_id} if extension_id is not None else {}
-    endpoint, _key = settings.target()  # config problems surface before the loop
+    endpoint = settings.target().endpoint  # config problems surface before the loop
     tty = _stdout_is_tty()
     count = 0
     try:
@@ -844,6 +924,33 @@ def dialplan_command(ctx: click.Context, extension_id: str, json_flag: bool) -> 
     text = result.get("text") if isinstance(result, Mapping) else result
     text = "" if text is None else str(text)
     click.echo(text, nl=not text.endswith("\n"))
+
+
+@ctl_group.command("keygen", short_help="Write CURVE certificates for a tcp:// control.")
+@click.argument("folder", type=click.Path(file_okay=False))
+def keygen_command(folder: str) -> None:
+    """Write server.key, server.key_secret, client.key_secret and authorized_clients/client.key into FOLDER."""
+    import zmq.auth  # noqa: PLC0415 - only this command writes certificates
+
+    names = ("server.key", "server.key_secret", "client.key_secret", "client.key", "authorized_clients/client.key")
+    existing = [name for name in names if os.path.exists(os.path.join(folder, name))]
+    if existing:
+        _fail(EXIT_USAGE, f"{PROG}: {os.path.join(folder, existing[0])} exists; not overwriting keys")
+    old_umask = os.umask(0o077)  # owner-only from the first byte: secret keys are never readable by others
+    try:
+        os.makedirs(os.path.join(folder, "authorized_clients"), exist_ok=True)
+        zmq.auth.create_certificates(folder, "server")
+        client_public, _ = zmq.auth.create_certificates(folder, "client")
+        os.replace(client_public, os.path.join(folder, "authorized_clients", "client.key"))
+    finally:
+        os.umask(old_umask)
+    click.echo("# [supervisor] lines for a tcp:// control; the ctl host needs server.key and client.key_secret")
+    for key, name in zip(_CURVE_CONFIG_KEYS, ("server.key_secret", "server.key", "authorized_clients", "client.key_secret")):
+        click.echo(f"{key} = {orjson.dumps(os.path.abspath(os.path.join(folder, name))).decode()}")
+
+
+_CURVE_CONFIG_KEYS = ("curve_server_secret_key", "curve_server_public_key", "curve_authorized_clients",
+                      "curve_client_secret_key")
 
 
 if __name__ == "__main__":  # pragma: no cover

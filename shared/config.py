@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -407,6 +408,10 @@ class SupervisorSettings:
     log_level: str = "info"
     curve_server_secret_key: str | None = None
     curve_server_public_key: str | None = None
+    # Folder of the *.key public certificates of the clients allowed on a tcp:// control.
+    curve_authorized_clients: str | None = None
+    # `audiogw ctl`'s own secret certificate (the supervisor does not use it).
+    curve_client_secret_key: str | None = None
     # HOST:PORT of the reference voice agent the supervisor runs beside the
     # workers (``audiogw demo-agent``); None: not run.
     demo_agent: tuple[str, int] | None = None
@@ -471,8 +476,21 @@ _SUPERVISOR_KEYS = (
     "log_level",
     "curve_server_secret_key",
     "curve_server_public_key",
+    "curve_authorized_clients",
+    "curve_client_secret_key",
     "demo_agent",
 )
+# Required with a tcp:// control; every CURVE key is refused with ipc://.
+_CURVE_REQUIRED = ("curve_server_secret_key", "curve_server_public_key", "curve_authorized_clients")
+_CURVE_KEYS = (*_CURVE_REQUIRED, "curve_client_secret_key")
+_CURVE_REQUIRED_REASONS = {
+    "curve_server_secret_key": "required when control is tcp:// "
+    "(without CURVE anyone who reaches the port controls the gateway)",
+    "curve_server_public_key": "required when control is tcp:// "
+    "(without CURVE anyone who reaches the port controls the gateway)",
+    "curve_authorized_clients": "required when control is tcp://: a folder of the *.key public certificates "
+    "of the clients allowed to send commands (without it anyone who knows the server's public key could)",
+}
 _AUDIOSOCKET_KEYS = (
     "bind",
     "port_range",
@@ -598,6 +616,46 @@ def _integer(
     return value
 
 
+def _parse_curve_paths(
+    table: Mapping[str, Any], control: str, base_dir: str, file: str | None
+) -> dict[str, str | None]:
+    """The CURVE paths, resolved: a tcp:// control needs them all, ipc:// none."""
+    keys: dict[str, str | None] = {}
+    for name in _CURVE_KEYS:
+        key = _join("supervisor", name)
+        if name in table:
+            path = _expect_str(table[name], file, key)
+            if not path:
+                raise ConfigError(file, key, "empty path")
+            keys[name] = resolve_path(base_dir, path)
+        else:
+            keys[name] = None
+    for name, path in keys.items():
+        key = _join("supervisor", name)
+        if control.startswith("tcp://") and path is None and name in _CURVE_REQUIRED:
+            raise ConfigError(file, key, _CURVE_REQUIRED_REASONS[name])
+        if control.startswith("ipc://") and path is not None:
+            raise ConfigError(
+                file, key, "only used with a tcp:// control endpoint; remove it (ipc:// is guarded by file permissions)"
+            )
+    folder = keys["curve_authorized_clients"]
+    if folder is not None:
+        _check_folder(folder, file, "supervisor.curve_authorized_clients")
+    return keys
+
+
+def _check_folder(path: str, file: str | None, key: str) -> None:
+    """Refuse at start what would otherwise refuse every client later, silently."""
+    try:
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise ConfigError(file, key, f"folder {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(file, key, f"cannot use folder {path}: {error.strerror or error}") from None
+    if not is_folder:
+        raise ConfigError(file, key, f"{path} is not a folder (expected a folder of client *.key certificates)")
+
+
 def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None) -> SupervisorSettings:
     prefix = "supervisor"
     _check_keys(table, _SUPERVISOR_KEYS, file, prefix)
@@ -629,28 +687,7 @@ def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None)
     log_format = _choice(table.get("log_format", "human"), LOG_FORMATS, file, "supervisor.log_format", "log format")
     log_level = _choice(table.get("log_level", "info"), LOG_LEVELS, file, "supervisor.log_level", "log level")
 
-    keys: dict[str, str | None] = {}
-    for name in ("curve_server_secret_key", "curve_server_public_key"):
-        key = _join(prefix, name)
-        if name in table:
-            path = _expect_str(table[name], file, key)
-            if not path:
-                raise ConfigError(file, key, "empty path")
-            keys[name] = resolve_path(base_dir, path)
-        else:
-            keys[name] = None
-    for name, path in keys.items():
-        key = _join(prefix, name)
-        if control.startswith("tcp://") and path is None:
-            raise ConfigError(
-                file,
-                key,
-                "required when control is tcp:// (without CURVE anyone who reaches the port controls the gateway)",
-            )
-        if control.startswith("ipc://") and path is not None:
-            raise ConfigError(
-                file, key, "only used with a tcp:// control endpoint; remove it (ipc:// is guarded by file permissions)"
-            )
+    keys = _parse_curve_paths(table, control, base_dir, file)
     demo_agent = None
     if "demo_agent" in table:
         demo_text = _expect_str(table["demo_agent"], file, "supervisor.demo_agent")
@@ -671,6 +708,8 @@ def _parse_supervisor(table: Mapping[str, Any], base_dir: str, file: str | None)
         log_level=log_level,
         curve_server_secret_key=keys["curve_server_secret_key"],
         curve_server_public_key=keys["curve_server_public_key"],
+        curve_authorized_clients=keys["curve_authorized_clients"],
+        curve_client_secret_key=keys["curve_client_secret_key"],
         demo_agent=demo_agent,
     )
 

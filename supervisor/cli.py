@@ -22,6 +22,7 @@ def cli() -> None:
               help="Config file (default: $AUDIOGW_CONFIG, else etc/audiogw.toml).")
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
+    from audiogw.supervisor.control import check_control_keys
     from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
     from audiogw.worker.apps import APPS
 
@@ -29,6 +30,7 @@ def start(config_path: str | None) -> None:
     known_apps = tuple(APPS)
     try:
         config = load_config(path, known_apps=known_apps)
+        check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
     except ConfigError as error:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(2)

@@ -1,19 +1,26 @@
 """The control endpoint: a ZeroMQ ROUTER serving `audiogw ctl`, one task per request.
 
 ipc endpoints live in a folder only the owner can enter; a tcp endpoint
-requires CURVE (encryption and server authentication).
+requires CURVE both ways: encryption, the client authenticating the server, and
+a ZAP handler admitting only clients whose public key is in
+``supervisor.curve_authorized_clients`` (a refused client gets no reply at all).
 """
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
 import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils import z85
 
+from audiogw.shared.config import Config, ConfigError
 from audiogw.shared.messages import MessageError, decode, encode
 from audiogw.supervisor.commands import COMMANDS, CommandRefused, parse_args
 
@@ -31,17 +38,159 @@ def prepare_ipc_folder(endpoint: str) -> None:
         os.chmod(folder, 0o700)
 
 
+SERVER_KEY = "supervisor.curve_server_secret_key"
+CLIENTS_KEY = "supervisor.curve_authorized_clients"
+# One client key's refusals are logged at most this often (seconds); at most
+# REFUSAL_LOG_KEYS keys are remembered (then forgotten all at once).
+REFUSAL_LOG_INTERVAL = 60.0
+REFUSAL_LOG_KEYS = 1024
+
+
+def _is_z85_key(key: bytes) -> bool:
+    return len(key) == 40 and all(byte in z85.Z85CHARS for byte in key)
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    """pyzmq's and open()'s messages mostly name the file already; name it exactly once."""
+    text = str(error)
+    return f"cannot read certificate: {text}" if path in text else f"cannot read certificate {path}: {text}"
+
+
+def load_server_keypair(path: str, file: str | None) -> tuple[bytes, bytes]:
+    """The server's (public, secret) Z85 keys from its secret certificate, or a ConfigError saying why not."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(file, SERVER_KEY, _unreadable(path, error)) from None
+    if secret is None:
+        raise ConfigError(file, SERVER_KEY, f"{path} holds no secret-key (give the .key_secret file, not the .key)")
+    if not (_is_z85_key(public) and _is_z85_key(secret)):
+        raise ConfigError(file, SERVER_KEY, f"{path}: keys must be 40 Z85 characters")
+    return public, secret
+
+
+def load_authorized_keys(folder: str, file: str | None) -> set[bytes]:
+    """The Z85 public keys of the folder's ``*.key`` files (pyzmq's convention), each one checked."""
+    if not os.path.isdir(folder):
+        raise ConfigError(file, CLIENTS_KEY, f"{folder} is not a folder (or cannot be reached)")
+    keys: set[bytes] = set()
+    for path in sorted(glob.glob(os.path.join(folder, "*.key"))):
+        try:
+            public, _secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as error:
+            raise ConfigError(file, CLIENTS_KEY, _unreadable(path, error)) from None
+        if not _is_z85_key(public):
+            raise ConfigError(file, CLIENTS_KEY, f"{path}: public-key must be 40 Z85 characters")
+        keys.add(public)
+    return keys
+
+
+def check_control_keys(config: Config) -> None:
+    """Read the CURVE certificates a tcp:// control needs, so a bad one stops the start with a clear reason."""
+    settings = config.supervisor
+    if settings.control.startswith("tcp://"):
+        load_server_keypair(settings.curve_server_secret_key or "", config.path)
+        load_authorized_keys(settings.curve_authorized_clients or "", config.path)
+
+
+class ClientAuthenticator(AsyncioAuthenticator):
+    """ZAP handler of the control socket: only CURVE clients whose public key is in ``folder``.
+
+    The folder is re-read when its ``*.key`` files change (checked at each
+    handshake; ctl connects once per request), so adding or revoking a client
+    needs no restart. A folder that cannot be read refuses everyone until fixed.
+    """
+
+    def __init__(self, context: zmq.Context, folder: str, file: str | None) -> None:
+        super().__init__(context, log=logging.getLogger("audiogw.supervisor.control.zap"))
+        self.folder = folder
+        self.file = file
+        self._peer = "?"
+        self._seen: tuple[tuple[str, int, int, int], ...] | None = None
+        self._logged: dict[str, float] = {}  # refused public key -> when it was last logged
+
+    def _signature(self) -> tuple[tuple[str, int, int, int], ...]:
+        """Changes whenever a ``*.key`` file is added, removed or rewritten (one stat per file)."""
+        entries = []
+        for path in sorted(glob.glob(os.path.join(self.folder, "*.key"))):
+            try:
+                info = os.stat(path)
+            except OSError:
+                continue
+            entries.append((path, info.st_ino, info.st_size, info.st_mtime_ns))
+        return tuple(entries)
+
+    def refresh(self) -> None:
+        """(Re)load the folder if it changed; on any error, admit nobody rather than a stale list."""
+        signature = self._signature()
+        if signature == self._seen:
+            return
+        self._seen = signature
+        self.certs.pop("*", None)  # from here a failure admits nobody (configure_curve keeps a stale list on error)
+        try:
+            count = len(load_authorized_keys(self.folder, self.file))
+        except ConfigError as error:
+            log.error("control: %s; refusing every tcp client until it is fixed", error)
+            return
+        self.configure_curve(domain="*", location=self.folder)
+        if "*" not in self.certs:  # the folder changed between the two reads; pyzmq logged why
+            self._seen = None  # so the next handshake tries again
+            return
+        if count:
+            log.info("control: %d authorized client key(s) in %s", count, self.folder)
+        else:
+            log.warning("control: no client *.key certificate in %s: every tcp request is refused", self.folder)
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        try:
+            self.refresh()
+        except Exception:  # the ZAP loop must not die: without it no client gets in
+            self.certs.pop("*", None)
+            log.exception("control: could not re-read %s; refusing every tcp client", self.folder)
+        await super().handle_zap_message(msg)
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed:
+            self._log_refusal(z85.encode(client_key).decode("ascii"), reason.decode("utf-8", "replace"))
+        return allowed, reason
+
+    def _log_refusal(self, public_key: str, reason: str) -> None:
+        """Name every refused key, but a client retrying with the same key only once per interval."""
+        now = time.monotonic()
+        if now - self._logged.get(public_key, -REFUSAL_LOG_INTERVAL) < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._logged) >= REFUSAL_LOG_KEYS:
+            self._logged.clear()
+        self._logged[public_key] = now
+        if "*" not in self.certs:
+            log.warning("control: refused a tcp client from %s (public key %s): no usable list of authorized "
+                        "clients in %s (see the error above)", self._peer, public_key, self.folder)
+            return
+        log.warning(
+            "control: refused a tcp client from %s: public key %s is not authorized (%s); "
+            "to allow it, put its .key certificate in %s",
+            self._peer, public_key, reason, self.folder,
+        )
+
+
 class ControlServer:
     def __init__(self, supervisor: "Supervisor", context: zmq.asyncio.Context) -> None:
         self.supervisor = supervisor
-        settings = supervisor.config.supervisor
+        config = supervisor.config
+        settings = config.supervisor
         self.endpoint = settings.control
+        self.authenticator: ClientAuthenticator | None = None
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         if self.endpoint.startswith("tcp://"):
-            public, secret = zmq.auth.load_certificate(settings.curve_server_secret_key)
-            if secret is None:
-                raise ValueError(f"{settings.curve_server_secret_key} holds no secret key")
+            public, secret = load_server_keypair(settings.curve_server_secret_key or "", config.path)
+            load_authorized_keys(settings.curve_authorized_clients or "", config.path)
+            # ZAP first: a CURVE socket bound while no handler listens admits every client.
+            self.authenticator = ClientAuthenticator(context, settings.curve_authorized_clients or "", config.path)
+            self.authenticator.start()
+            self.authenticator.refresh()
             self.socket.curve_secretkey = secret
             self.socket.curve_publickey = public
             self.socket.curve_server = True
@@ -98,3 +247,5 @@ class ControlServer:
         for task in self._tasks:
             task.cancel()
         self.socket.close(linger=100)
+        if self.authenticator is not None:  # after the socket: never a listening socket without ZAP
+            self.authenticator.stop()

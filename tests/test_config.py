@@ -128,6 +128,8 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
     assert supervisor.log_level == "debug"
     assert supervisor.curve_server_secret_key is None
     assert supervisor.curve_server_public_key is None
+    assert supervisor.curve_authorized_clients is None
+    assert supervisor.curve_client_secret_key is None
 
     audiosocket = config.audiosocket
     assert isinstance(audiosocket, AudioSocketSettings)
@@ -216,6 +218,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
     folder.mkdir()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    (folder / "keys" / "clients").mkdir(parents=True)
     monkeypatch.chdir(elsewhere)
     path = write(
         folder,
@@ -225,6 +228,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
         state_dir = "../state"
         curve_server_secret_key = "keys/server.key_secret"
         curve_server_public_key = "/abs/server.key"
+        curve_authorized_clients = "keys/clients"
+        curve_client_secret_key = "keys/client.key_secret"
         """,
     )
     config = load_config(os.path.relpath(path, elsewhere))
@@ -233,6 +238,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
     assert config.supervisor.state_dir == str(tmp_path / "state")
     assert config.supervisor.curve_server_secret_key == str(folder / "keys" / "server.key_secret")
     assert config.supervisor.curve_server_public_key == "/abs/server.key"
+    assert config.supervisor.curve_authorized_clients == str(folder / "keys" / "clients")
+    assert config.supervisor.curve_client_secret_key == str(folder / "keys" / "client.key_secret")
     assert config.supervisor.control == "tcp://127.0.0.1:5555"
 
 
@@ -520,14 +527,56 @@ def test_ipc_control_refuses_curve_keys(tmp_path: Path) -> None:
 
 
 def test_tcp_ipv6_control(tmp_path: Path) -> None:
+    (tmp_path / "clients").mkdir()
     config = load_config(
         write(
             tmp_path,
             '[supervisor]\ncontrol = "tcp://[::1]:5555"\n'
-            'curve_server_secret_key = "s"\ncurve_server_public_key = "p"\n',
+            'curve_server_secret_key = "s"\ncurve_server_public_key = "p"\ncurve_authorized_clients = "clients"\n',
         )
     )
     assert config.supervisor.control == "tcp://[::1]:5555"
+    assert config.supervisor.curve_client_secret_key is None  # optional: ctl can take --client-key
+
+
+TCP_WITH_SERVER_KEYS = '[supervisor]\ncontrol = "tcp://127.0.0.1:5555"\ncurve_server_secret_key = "s"\ncurve_server_public_key = "p"\n'
+
+
+def test_tcp_control_requires_authorized_clients(tmp_path: Path) -> None:
+    error = refused(tmp_path, TCP_WITH_SERVER_KEYS)
+    assert error.key == "supervisor.curve_authorized_clients"
+    assert "required when control is tcp://" in error.reason and "*.key" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda folder: None, "does not exist"),
+        (lambda folder: folder.write_text("x"), "is not a folder"),
+    ],
+)
+def test_authorized_clients_must_be_a_folder(tmp_path: Path, make, reason: str) -> None:
+    make(tmp_path / "clients")
+    error = refused(tmp_path, TCP_WITH_SERVER_KEYS + 'curve_authorized_clients = "clients"\n')
+    assert error.key == "supervisor.curve_authorized_clients"
+    assert reason in error.reason
+    assert str(tmp_path / "clients") in error.reason
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "reason"),
+    [
+        ('curve_authorized_clients = "clients"', "supervisor.curve_authorized_clients", "only used with a tcp://"),
+        ('curve_client_secret_key = "c.key_secret"', "supervisor.curve_client_secret_key", "only used with a tcp://"),
+        ('curve_authorized_clients = 3', "supervisor.curve_authorized_clients", "expected a string"),
+        ('curve_authorized_clients = ""', "supervisor.curve_authorized_clients", "empty path"),
+    ],
+)
+def test_ipc_control_refuses_client_curve_keys(tmp_path: Path, line: str, key: str, reason: str) -> None:
+    (tmp_path / "clients").mkdir()
+    error = refused(tmp_path, f"[supervisor]\n{line}\n")
+    assert error.key == key
+    assert reason in error.reason
 
 
 # ---------------------------------------------------------------- extensions

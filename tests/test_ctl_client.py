@@ -266,28 +266,93 @@ def test_request_over_tcp_uses_curve(tmp_path):
     if not zmq.has("curve"):
         pytest.skip("libzmq without CURVE")
     public_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    _client_public_file, client_file = zmq.auth.create_certificates(str(tmp_path), "client")
     public, secret = zmq.auth.load_certificate(secret_file)
+    _client_public, client_secret = zmq.auth.load_certificate(client_file)
     fake = FakeSupervisor("tcp://127.0.0.1:*", {"list": []}, curve_secret=secret, curve_public=public)
     endpoint = fake.endpoint
     try:
-        assert request(endpoint, "list", {}, timeout=3, server_public_key=public_file) == []
-        assert request(endpoint, "list", {}, timeout=3, server_public_key=public.decode()) == []
+        keys = {"server_public_key": public_file, "client_secret_key": client_file}
+        assert request(endpoint, "list", {}, timeout=3, **keys) == []
+        assert request(
+            endpoint, "list", {}, timeout=3, server_public_key=public.decode(), client_secret_key=client_secret.decode()
+        ) == []
         runner = CliRunner()
         ok = runner.invoke(
-            ctl_group, ["--endpoint", endpoint, "--server-key", public_file, "--json", "list"]
+            ctl_group,
+            ["--endpoint", endpoint, "--server-key", public_file, "--client-key", client_file, "--json", "list"],
         )
         assert ok.exit_code == 0, ok.output
         assert orjson.loads(ok.stdout) == []
-        # Without the key: a usage error before anything is sent.
-        missing = runner.invoke(ctl_group, ["--endpoint", endpoint, "list"])
+        # Without a key: a usage error before anything is sent.
+        missing = runner.invoke(ctl_group, ["--endpoint", endpoint, "--client-key", client_file, "list"])
         assert missing.exit_code == 2
         assert "--server-key" in missing.stderr
         # With the wrong key the CURVE handshake fails: nothing answers.
         wrong_public, _ = zmq.curve_keypair()
         with pytest.raises(CtlUnreachable):
-            request(endpoint, "list", {}, timeout=0.3, server_public_key=wrong_public)
+            request(endpoint, "list", {}, timeout=0.3, server_public_key=wrong_public, client_secret_key=client_file)
     finally:
         fake.close()
+
+
+def test_tcp_needs_a_client_secret_key(tmp_path):
+    """Usage errors (exit 2, nothing sent) for a missing or unusable client key."""
+    public_file, _secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    endpoint = "tcp://127.0.0.1:9"  # never contacted
+    with pytest.raises(ctl.CtlEndpointError, match="client's CURVE secret key is required"):
+        request(endpoint, "list", {}, timeout=0.3, server_public_key=public_file)
+    with pytest.raises(ctl.CtlEndpointError, match="no secret-key found"):
+        request(endpoint, "list", {}, timeout=0.3, server_public_key=public_file, client_secret_key=public_file)
+    with pytest.raises(ctl.CtlEndpointError, match="40-character Z85"):
+        request(endpoint, "list", {}, timeout=0.3, server_public_key=public_file, client_secret_key="~" * 40)
+    runner = CliRunner()
+    base = ["--endpoint", endpoint, "--server-key", public_file, "--timeout", "0.3"]
+    missing = runner.invoke(ctl_group, [*base, "list"])
+    assert missing.exit_code == 2
+    assert "--client-key" in missing.stderr and "curve_authorized_clients" in missing.stderr
+    unreadable = runner.invoke(ctl_group, [*base, "--client-key", str(tmp_path / "nope.key_secret"), "list"])
+    assert unreadable.exit_code == 2
+    assert "nope.key_secret" in unreadable.stderr
+    public_only = runner.invoke(ctl_group, [*base, "--client-key", public_file, "list"])
+    assert public_only.exit_code == 2
+    assert ".key_secret" in public_only.stderr
+
+
+def test_client_key_comes_from_config(tmp_path):
+    """curve_client_secret_key in the config plays --client-key's part, like curve_server_public_key."""
+    public_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    _client_public, client_file = zmq.auth.create_certificates(str(tmp_path), "client")
+    public, secret = zmq.auth.load_certificate(secret_file)
+    fake = FakeSupervisor("tcp://127.0.0.1:*", {"list": []}, curve_secret=secret, curve_public=public)
+    (tmp_path / "clients").mkdir()
+    try:
+        config = _write_config(
+            tmp_path,
+            f'control = "{fake.endpoint}"\ncurve_server_secret_key = "server.key_secret"\n'
+            'curve_server_public_key = "server.key"\ncurve_authorized_clients = "clients"\n'
+            'curve_client_secret_key = "client.key_secret"',
+        )
+        result = CliRunner().invoke(ctl_group, ["--config", config, "--timeout", "3", "list"])
+        assert result.exit_code == 0, result.output
+        assert fake.last["command"] == "list"
+    finally:
+        fake.close()
+
+
+def test_keygen_writes_a_usable_pair_and_refuses_to_overwrite(tmp_path):
+    folder = tmp_path / "keys"
+    result = CliRunner().invoke(ctl_group, ["keygen", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f'curve_authorized_clients = "{folder / "authorized_clients"}"' in result.stdout
+    server_public, server_secret = zmq.auth.load_certificate(str(folder / "server.key_secret"))
+    assert server_secret and zmq.auth.load_certificate(str(folder / "server.key"))[0] == server_public
+    client_public, client_secret = zmq.auth.load_certificate(str(folder / "client.key_secret"))
+    assert client_secret and zmq.auth.load_certificates(str(folder / "authorized_clients")) == {client_public: True}
+    assert (folder / "client.key_secret").stat().st_mode & 0o077 == 0
+    again = CliRunner().invoke(ctl_group, ["keygen", str(folder)])
+    assert again.exit_code == 2
+    assert "not overwriting" in again.stderr
 
 
 # ------------------------------------------------------------------ commands

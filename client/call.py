@@ -88,6 +88,10 @@ class UuidType(click.ParamType):
               help="WAV file to send (any PCM rate/channels; converted).")
 @click.option("--tone", "tone_hz", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Send a sine tone of this frequency instead of silence.")
+@click.option("--tone-at", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds of silence before the tone starts (a caller who first listens).")
+@click.option("--tone-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="How long the tone lasts (default: to the end of the call); silence after it.")
 @click.option("--record", "record_path", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Write the audio the gateway sent to this WAV file.")
 @click.option("--seconds", type=click.FloatRange(min=0.02), default=5.0, show_default=True,
@@ -105,6 +109,8 @@ def call_command(
     call_uuid: uuid.UUID | None,
     play_path: Path | None,
     tone_hz: float | None,
+    tone_at: float,
+    tone_seconds: float | None,
     record_path: Path | None,
     seconds: float,
     dtmf: str,
@@ -118,6 +124,8 @@ def call_command(
     sample_rate = int(rate)
     if play_path is not None and tone_hz is not None:
         raise click.UsageError("--play and --tone are alternatives; give one")
+    if tone_hz is None and (tone_at or tone_seconds is not None):
+        raise click.UsageError("--tone-at and --tone-seconds shape a --tone; give --tone too")
     source: numpy.ndarray | None = None
     if play_path is not None:
         try:
@@ -125,8 +133,12 @@ def call_command(
         except WavError as exc:
             raise click.BadParameter(str(exc), param_hint="--play") from None
     elif tone_hz is not None:
+        if tone_at >= seconds:
+            raise click.BadParameter(f"{tone_at:g} s is not inside a {seconds:g} s call", param_hint="--tone-at")
+        length = min(tone_seconds or seconds, seconds - tone_at)
         try:
-            source = tone(tone_hz, seconds, sample_rate)
+            source = numpy.concatenate([numpy.zeros(int(tone_at * sample_rate), numpy.int16),
+                                        tone(tone_hz, length, sample_rate)])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--tone") from None
     try:

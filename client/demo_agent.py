@@ -34,6 +34,7 @@ from audiogw.shared.media_streams import (
     RATES,
     GatewayConnected,
     GatewayDtmf,
+    GatewayBargeIn,
     GatewayMark,
     GatewayMedia,
     GatewayStart,
@@ -186,6 +187,10 @@ class DemoSession:
                 log.info("mark played stream=%s name=%s", self.stream_sid, message.name)
             elif isinstance(message, GatewayStop):
                 return True
+            elif isinstance(message, GatewayBargeIn):
+                # The gateway already cleared playback (and echoed its marks): nothing plays now.
+                self.pending_marks.clear()
+                log.info("barge-in stream=%s: the caller interrupted", self.stream_sid)
             elif isinstance(message, GatewayConnected):
                 log.debug("connected protocol=%s version=%s", message.protocol, message.version)
         except MediaStreamsError as exc:

@@ -367,7 +367,15 @@ class GatewayStop:
     stream_sid: str | None = None
 
 
-GatewayMessage = GatewayConnected | GatewayStart | GatewayMedia | GatewayDtmf | GatewayMark | GatewayStop
+@dataclass(frozen=True, slots=True)
+class GatewayBargeIn:
+    """audiogw's extension event: the caller spoke over the agent and playback was cleared."""
+
+    stream_sid: str | None = None
+
+
+GatewayMessage = (GatewayConnected | GatewayStart | GatewayMedia | GatewayDtmf | GatewayMark | GatewayStop
+                  | GatewayBargeIn)
 
 
 def parse_gateway_message(
@@ -407,6 +415,8 @@ def parse_gateway_message(
         return GatewayStop(stream_sid)
     if event == "connected":
         return GatewayConnected(_text_field(message, "protocol"), _text_field(message, "version"))
+    if event == "barge_in":
+        return GatewayBargeIn(stream_sid)
     raise MediaStreamsError("unknown_event", f"event {event[:40]!r} is not a gateway event")
 
 

@@ -279,6 +279,10 @@ def test_gateway_messages_parse_back():
     assert parse_gateway_message(session.dtmf("1")) == ms.GatewayDtmf("1", session.stream_sid)
     assert parse_gateway_message(session.mark("greeting")) == ms.GatewayMark("greeting", session.stream_sid)
     assert parse_gateway_message(session.stop()) == ms.GatewayStop(session.stream_sid)
+    barge_in = session.custom("barge_in", {"timestamp": "120"})
+    assert parse_gateway_message(barge_in) == ms.GatewayBargeIn(session.stream_sid)
+    numbers = [int(orjson.loads(message)["sequenceNumber"]) for message in (session.stop(), barge_in)]
+    assert numbers[0] == numbers[1] + 1  # the extension event is numbered like the standard ones
 
 
 @pytest.mark.parametrize(

@@ -409,3 +409,25 @@ def test_call_command_rejects_bad_dtmf_and_both_sources(tmp_path):
     assert outcome.exit_code == 2 and "DTMF" in outcome.output
     outcome = CliRunner().invoke(call_command, ["127.0.0.1:9", "--play", str(played), "--tone", "440"])
     assert outcome.exit_code == 2
+
+
+def test_call_command_tone_can_start_late_and_stop_early():
+    with AudioSocketServer() as server:
+        outcome = CliRunner().invoke(call_command, [
+            f"127.0.0.1:{server.port}", "--seconds", "1.0", "--tone", "440", "--tone-at", "0.3", "--tone-seconds", "0.4",
+        ])
+        session = server.session()
+    assert outcome.exit_code == 0, outcome.output
+    samples = numpy.frombuffer(bytes(session.audio), dtype="<i2").astype(float)
+    loud = numpy.sqrt((samples[: samples.size // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1)) > 1000
+    assert loud.size == 50
+    assert not loud[:15].any() and loud[15:35].all() and not loud[35:].any()  # silence, 0.4 s of tone, silence
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--tone-at", "0.5"],  # no --tone to shape
+    ["--tone", "440", "--tone-at", "2", "--seconds", "1"],  # starts after the call ends
+])
+def test_call_command_refuses_a_tone_shape_that_cannot_be(arguments):
+    outcome = CliRunner().invoke(call_command, [f"127.0.0.1:{refused_port()}", *arguments])
+    assert outcome.exit_code == 2, outcome.output

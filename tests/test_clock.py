@@ -140,3 +140,34 @@ def test_clock_phases_are_spread_over_the_period():
     start = aligned_start(100.0031, 0.02, 0.007)
     assert 100.0031 <= start < 100.0231 and abs((start - 0.007) / 0.02 - round((start - 0.007) / 0.02)) < 1e-6
     assert aligned_start(5.0, 0.02, None) == 5.0
+
+
+def test_ticker_fills_one_slot_before_opening_the_next_and_legs_keep_their_slot():
+    from audiogw.worker.ticker import LEGS_PER_SLOT, SLOTS, FrameTicker
+
+    ticker = FrameTicker(period=0.02)
+    legs = [object() for _ in range(LEGS_PER_SLOT * 2 + 7)]
+    for leg in legs:
+        ticker.add(leg)
+    assert [len(group) for group in ticker._slots] == [LEGS_PER_SLOT, LEGS_PER_SLOT, 7] + [0] * (SLOTS - 3)
+    assert len(ticker) == len(legs)
+    ticker.discard(legs[0])
+    ticker.add(legs[0])  # back into the first slot with room
+    assert legs[0] in ticker._slots[0]
+    assert ticker.next_send_time(legs[-1], now=5.0) == 5.0  # no clock yet: now
+    ticker.clock = DeadlineClock(start=1000.0, period=0.02)
+    ticker.clock.tick(1000.0)  # the tick at 1000.000 was sent; next base 1000.020
+    late_leg = legs[-1]  # slot 2: its frames leave 10 ms into each period
+    assert abs(ticker.next_send_time(late_leg, now=1000.003) - 1000.010) < 1e-9
+    assert abs(ticker.next_send_time(late_leg, now=1000.012) - 1000.030) < 1e-9
+    assert abs(ticker.next_send_time(legs[1], now=1000.003) - 1000.020) < 1e-9  # slot 0: the next base
+
+
+def test_a_full_ticker_spreads_over_every_slot():
+    from audiogw.worker.ticker import LEGS_PER_SLOT, SLOTS, FrameTicker
+
+    ticker = FrameTicker()
+    for _ in range(LEGS_PER_SLOT * SLOTS + SLOTS):
+        ticker.add(object())
+    sizes = [len(group) for group in ticker._slots]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == LEGS_PER_SLOT * SLOTS + SLOTS

@@ -118,10 +118,8 @@ class Leg:
         self.outbound.mark(callback)
 
     def next_send_time(self) -> float:
-        """Monotonic time at which this leg's next frame leaves: the clock's next deadline."""
-        clock = self._ticker.clock
-        now = time.monotonic()
-        return clock.deadline if clock is not None and clock.deadline >= now else now
+        """Monotonic time at which this leg's next frame leaves."""
+        return self._ticker.next_send_time(self)
 
     # -- inbound --------------------------------------------------------
     def forward_to(self, target: "Leg | None") -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 
 from audiogw.shared.audiosocket import Kind
+from audiogw.shared.config import resolve_path
 from audiogw.shared.media_streams import (
     MAX_MESSAGE_BYTES,
     AgentClear,
@@ -107,7 +107,7 @@ class AgentApp(App):
             raise AppOptionError("app 'agent': headers must map header names to text values")
         self.headers = dict(headers)
         fallback = options["fallback"]
-        self.fallback_path = (fallback if os.path.isabs(fallback) else os.path.join(context.base_dir, fallback)) if fallback else ""
+        self.fallback_path = resolve_path(context.base_dir, fallback) if fallback else ""
         self.fallback = Prompt(self.fallback_path) if fallback else None
         self.stats = AgentStats()
 
@@ -135,7 +135,6 @@ class AgentLeg:
         self.stream_format = app.stream_format
         self.log_prefix = f"extension={leg.extension} leg={leg.kind} uuid={leg.uuid}"
         self.session: StreamSession | None = None
-        self.websocket: ClientConnection | None = None
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_MESSAGES)
         self.to_agent: StreamResampler | None = None
         self.from_agent: StreamResampler | None = None
@@ -211,7 +210,6 @@ class AgentLeg:
         while not self.outbox.empty():  # caller audio from a previous session is stale
             self.outbox.get_nowait()
         self.session = session
-        self.websocket = websocket
         log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options["url"],
                  session.stream_sid, self.stream_format.encoding, self.stream_format.rate)
         sender = asyncio.create_task(self._send_outbox(websocket, [session.connected(), session.start()]))
@@ -221,7 +219,6 @@ class AgentLeg:
             await asyncio.wait((sender, receiver, closed), return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.session = None
-            self.websocket = None
             for task in (sender, receiver, closed):
                 task.cancel()
             await asyncio.gather(sender, receiver, closed, return_exceptions=True)

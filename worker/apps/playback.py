@@ -5,9 +5,9 @@ per other leg rate on first use; the loop only slices ready PCM.
 """
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
+from audiogw.shared.config import resolve_path
 from audiogw.worker.apps.base import App, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
 
@@ -25,7 +25,7 @@ class PlaybackApp(App):
     def __init__(self, context) -> None:
         super().__init__(context)
         path = self.options["file"]
-        self.path = path if os.path.isabs(path) else os.path.join(context.base_dir, path)
+        self.path = resolve_path(context.base_dir, path)
         self.prompt = Prompt(self.path)
 
     async def start(self) -> None:

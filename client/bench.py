@@ -28,13 +28,14 @@ from audiogw.client.bench_scenarios import (
     ALL_SCENARIOS,
     CAPACITY,
     SCENARIOS,
+    STALL_PAIR,
     BenchError,
     BenchSettings,
     ScenarioResult,
     run_capacity,
     run_scenario,
 )
-from audiogw.client.bench_stats import isolation_checks
+from audiogw.client.bench_stats import isolation_checks, median_round, round_figures
 from audiogw.client.softphone import kernel_timestamps_supported
 
 CAPACITY_TARGET_CALLS = 400
@@ -51,6 +52,7 @@ MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "capacity_step": (100, 16),
     "capacity_max": (1000, 48),
     "capacity_seconds": (10.0, 2.0),
+    "stall_rounds": (3, 1),
 }
 
 
@@ -118,6 +120,10 @@ def _checks(report: dict[str, Any], settings: BenchSettings, quick: bool) -> lis
 @click.option("--capacity-max", type=click.IntRange(1), default=None, help="Largest capacity step tried (default 1000).")
 @click.option("--capacity-seconds", type=click.FloatRange(1.0, 600.0), default=None,
               help="Length of each capacity step's calls (default 10).")
+@click.option("--stall-rounds", type=click.IntRange(1, 9), default=None,
+              help="Run per-extension and per-extension-stall this many times, alternately, and compare "
+                   "their median rounds (default 3; --quick 1): p99 drifts between runs as much as the "
+                   "20 %% being judged.")
 @click.option("--calls-per-load-process", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Calls one load-client process drives; more calls start more load processes.")
 @click.pass_context
@@ -144,22 +150,43 @@ def bench_command(ctx: click.Context, quick: bool, scenarios: tuple[str, ...], r
         "scenarios": [],
         "capacity": None,
     }
+    def isolation(name: str, label: str) -> ScenarioResult:
+        progress(f"bench: {label} ...")
+        result = run_scenario(SCENARIOS[name], settings, workdir)
+        others = result.summary["groups"]["others"]
+        target = result.summary["groups"]["target"]
+        progress(f"  {target['label']}: p99 {target['p99_deviation_ms']:.3f} ms, gaps>40ms "
+                 f"{target['gaps_over_40ms']}; others: p99 {others['p99_deviation_ms']:.3f} ms, "
+                 f"gaps>40ms {others['gaps_over_40ms']}; client lag (merged frames) "
+                 f"{target['merged_frames'] + others['merged_frames']} ({result.summary['wall_seconds']:.1f} s)")
+        return result
+
+    paired = settings.stall_rounds > 1 and set(STALL_PAIR) <= set(scenarios)
     try:
         for name in scenarios:
-            progress(f"bench: {name} ...")
             if name == CAPACITY:
+                progress(f"bench: {name} ...")
                 result = run_capacity(settings, workdir, progress)
                 report["capacity"] = result.summary
+                results.append(result)
+            elif paired and name in STALL_PAIR:
+                if name != STALL_PAIR[0]:
+                    continue  # already run, alternating with its pair
+                rounds: dict[str, list[ScenarioResult]] = {pair_name: [] for pair_name in STALL_PAIR}
+                for number in range(1, settings.stall_rounds + 1):
+                    for pair_name in STALL_PAIR:
+                        label = f"{pair_name} (round {number}/{settings.stall_rounds})"
+                        rounds[pair_name].append(isolation(pair_name, label))
+                for pair_name in STALL_PAIR:
+                    runs = rounds[pair_name]
+                    result = runs[median_round([run.summary for run in runs])]
+                    result.summary["rounds"] = [round_figures(run.summary) for run in runs]
+                    report["scenarios"].append(result.summary)
+                    results.append(result)
             else:
-                result = run_scenario(SCENARIOS[name], settings, workdir)
+                result = isolation(name, name)
                 report["scenarios"].append(result.summary)
-                others = result.summary["groups"]["others"]
-                target = result.summary["groups"]["target"]
-                progress(f"  {target['label']}: p99 {target['p99_deviation_ms']:.3f} ms, gaps>40ms "
-                         f"{target['gaps_over_40ms']}; others: p99 {others['p99_deviation_ms']:.3f} ms, "
-                         f"gaps>40ms {others['gaps_over_40ms']}; client lag (merged frames) "
-                         f"{target['merged_frames'] + others['merged_frames']} ({result.summary['wall_seconds']:.1f} s)")
-            results.append(result)
+                results.append(result)
     except BenchError as error:
         click.echo(f"audiogw bench: the run broke: {error}\n(logs kept in {workdir})", err=True)
         sys.exit(1)

@@ -108,6 +108,19 @@ def markdown(report: dict[str, Any]) -> str:
                     f"ended: {scenario['groups']['target']['failure_reasons'] or 'none'}."
                 )
                 lines.append("")
+        repeated = [scenario for scenario in scenarios if len(scenario.get("rounds") or []) > 1]
+        if repeated:
+            lines.append(
+                "Rounds — these ran alternately, one after the other, because this machine's p99 drifts between "
+                "two runs of the same scenario about as much as the 20 % being judged; the table shows each "
+                "one's median round (by the others' p99) and the check compares those. Others' p99 per round: "
+                + "; ".join(f"{scenario['name']} "
+                            + ", ".join(f"{entry['others_p99_deviation_ms']:.3f}" for entry in scenario["rounds"])
+                            + " ms (gaps > 40 ms: "
+                            + ", ".join(str(entry["others_gaps_over_40ms"]) for entry in scenario["rounds"]) + ")"
+                            for scenario in repeated) + "."
+            )
+            lines.append("")
     capacity = report.get("capacity")
     if capacity:
         lines += [

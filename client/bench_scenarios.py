@@ -64,6 +64,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {spec.name: spec for spec in (
 )}
 CAPACITY = "capacity"
 ALL_SCENARIOS: tuple[str, ...] = (*SCENARIOS, CAPACITY)
+# The pair whose others' p99 is compared: with stall_rounds > 1 they run alternately.
+STALL_PAIR: tuple[str, str] = ("per-extension", "per-extension-stall")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class BenchSettings:
     capacity_step: int = 100
     capacity_max: int = 1000
     capacity_seconds: float = 10.0
+    stall_rounds: int = 1  # times per-extension and per-extension-stall run, alternately
     host: str = "127.0.0.1"
 
     def extension_ids(self) -> list[str]:

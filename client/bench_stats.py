@@ -6,6 +6,7 @@ synthetic series with known gaps and check the figures by hand.
 """
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,29 @@ def resource_summary(cpu_seconds: Mapping[int, float], rss_bytes: Mapping[int, i
     return totals
 
 
+def round_figures(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What the isolation checks need from one round of a repeated scenario."""
+    others = summary["groups"]["others"]
+    return {"others_p99_deviation_ms": others["p99_deviation_ms"], "others_gaps_over_40ms": others["gaps_over_40ms"],
+            "others_max_gap_ms": others["max_gap_ms"],
+            "target_gaps_over_40ms": summary["groups"]["target"]["gaps_over_40ms"]}
+
+
+def median_round(summaries: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the round whose others' p99 is the median (the lower one of an even count).
+
+    Between two runs of the same scenario this machine drifts by about +-20 % in
+    p99, as much as the stall effect being judged; the report shows this round
+    and the checks compare the median rounds.
+    """
+    values = [summary["groups"]["others"]["p99_deviation_ms"] for summary in summaries]
+    return values.index(statistics.median_low(values))
+
+
+def _rounds(summary: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return summary.get("rounds") or [round_figures(summary)]
+
+
 def _check(name: str, measured: Any, target: str, passed: bool | None) -> dict[str, Any]:
     return {"check": name, "measured": measured, "target": target, "pass": passed}
 
@@ -160,24 +184,33 @@ def isolation_checks(scenarios: Mapping[str, Mapping[str, Any]]) -> list[dict[st
     """Measured vs target for the scenarios present (by name); absent scenarios add no check.
 
     ``pass`` is None where the target is "reported", not a threshold.
+    A scenario that ran several rounds (``summary["rounds"]``, see
+    :func:`round_figures`) is judged on the median round's p99, on the gaps
+    of every round added up, and on the stall showing in every round.
     """
     checks: list[dict[str, Any]] = []
     quiet = scenarios.get("per-extension")
     stalled = scenarios.get("per-extension-stall")
     if stalled is not None:
-        others = stalled["groups"]["others"]
+        rounds = _rounds(stalled)
         if quiet is not None:
-            base = quiet["groups"]["others"]["p99_deviation_ms"]
-            ratio = others["p99_deviation_ms"] / base if base > 0 else float("inf")
+            quiet_rounds = _rounds(quiet)
+            base = statistics.median_low(entry["others_p99_deviation_ms"] for entry in quiet_rounds)
+            value = statistics.median_low(entry["others_p99_deviation_ms"] for entry in rounds)
+            ratio = value / base if base > 0 else float("inf")
+            several = len(rounds) > 1 or len(quiet_rounds) > 1
             checks.append(_check(
-                "per-extension + stall: others' p99 vs the same run without the stall",
-                f"{others['p99_deviation_ms']:.3f} ms vs {base:.3f} ms = {ratio:.2f}x",
+                "per-extension + stall: others' p99 vs the same run without the stall"
+                + (f" (median of {len(rounds)} alternating rounds each)" if several else ""),
+                f"{value:.3f} ms vs {base:.3f} ms = {ratio:.2f}x",
                 f"<= {STALL_P99_RATIO_LIMIT:g}x", ratio <= STALL_P99_RATIO_LIMIT))
-        checks.append(_check("per-extension + stall: others' gaps over 40 ms",
-                             others["gaps_over_40ms"], "0", others["gaps_over_40ms"] == 0))
-        target = stalled["groups"]["target"]
+        gaps = sum(entry["others_gaps_over_40ms"] for entry in rounds)
+        checks.append(_check("per-extension + stall: others' gaps over 40 ms"
+                             + (f" (all {len(rounds)} rounds)" if len(rounds) > 1 else ""), gaps, "0", gaps == 0))
+        stall_gaps = [entry["target_gaps_over_40ms"] for entry in rounds]
         checks.append(_check("per-extension + stall: the stalled extension's gaps over 40 ms (the stall is real)",
-                             target["gaps_over_40ms"], "> 0", target["gaps_over_40ms"] > 0))
+                             ", ".join(str(count) for count in stall_gaps), "> 0",
+                             min(stall_gaps) > 0))
     single_stalled = scenarios.get("baseline-single-loop-stall")
     if single_stalled is not None:
         others = single_stalled["groups"]["others"]

@@ -87,6 +87,29 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
             assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_stall_rounds_alternate_and_the_check_compares_median_rounds(tmp_path, capsys):
+    results = tmp_path / "results"
+    args = ["--extensions", "2", "--calls-per-extension", "1", "--seconds", "2", "--stall-rounds", "2",
+            "--scenarios", "per-extension,per-extension-stall", "--results", str(results), "--json"]
+    bench_command.main(args=args, prog_name="audiogw bench", standalone_mode=False)
+    report = json.loads(capsys.readouterr().out)
+
+    by_name = {scenario["name"]: scenario for scenario in report["scenarios"]}
+    assert list(by_name) == ["per-extension", "per-extension-stall"]
+    for scenario in by_name.values():
+        rounds = scenario["rounds"]
+        assert len(rounds) == 2
+        # The row shown is the median round (the lower of two).
+        assert scenario["groups"]["others"]["p99_deviation_ms"] == min(
+            entry["others_p99_deviation_ms"] for entry in rounds)
+    stalled_rounds = by_name["per-extension-stall"]["rounds"]
+    assert all(entry["target_gaps_over_40ms"] > 0 for entry in stalled_rounds)  # the stall, in every round
+    ratio = report["checks"][0]
+    assert "median of 2 alternating rounds" in ratio["check"]
+    assert report["checks"][2]["measured"] == ", ".join(str(entry["target_gaps_over_40ms"]) for entry in stalled_rounds)
+    assert "Rounds — these ran alternately" in (results / "report.md").read_text()
+
+
 def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     epoch = 1_795_000_000.0

@@ -21,6 +21,8 @@ from audiogw.client.bench_stats import (
     expected_frames,
     group_summary,
     isolation_checks,
+    median_round,
+    round_figures,
     resource_summary,
     split_groups,
 )
@@ -258,6 +260,34 @@ def test_isolation_checks_compare_the_stalled_run_with_the_quiet_one():
     assert [check["pass"] for check in missed] == [False, False, False, False, False]
     assert missed[-1]["measured"] == "never"
     assert isolation_checks({}) == []
+
+
+def rounds_of(*others_p99: float, others_gaps: int = 0, target_gaps: int = 5) -> list[dict]:
+    return [round_figures(scenario(value, others_gaps=others_gaps, target_gaps=target_gaps)) for value in others_p99]
+
+
+def test_median_round_is_the_middle_run_by_others_p99():
+    runs = [scenario(value) for value in (0.9, 0.5, 0.7)]
+    assert median_round(runs) == 2
+    assert median_round([scenario(0.6), scenario(0.4)]) == 1  # even count: the lower middle
+    assert median_round([scenario(1.0)]) == 0
+
+
+def test_isolation_checks_judge_repeated_rounds_on_their_medians():
+    # One noisy quiet round (0.45) would make the first-round ratio 0.75 / 0.45 = 1.67x; the medians say 1.07x.
+    quiet = scenario(0.70, rounds=rounds_of(0.45, 0.70, 0.72))
+    stalled = scenario(0.75, target_gaps=150, rounds=rounds_of(0.75, 0.66, 0.80, target_gaps=150))
+    ratio, gaps, real = isolation_checks({"per-extension": quiet, "per-extension-stall": stalled})
+    assert ratio["pass"] is True and "0.750 ms vs 0.700 ms = 1.07x" == ratio["measured"]
+    assert "median of 3 alternating rounds" in ratio["check"]
+    assert gaps["measured"] == 0 and gaps["pass"] is True
+    assert real["measured"] == "150, 150, 150" and real["pass"] is True
+
+    # Gaps count in every round, and the stall must show in every round.
+    stalled = scenario(0.75, rounds=rounds_of(0.75, 0.66) + [round_figures(scenario(0.8, others_gaps=3))])
+    ratio, gaps, real = isolation_checks({"per-extension": quiet, "per-extension-stall": stalled})
+    assert gaps["measured"] == 3 and gaps["pass"] is False
+    assert real["measured"] == "5, 5, 0" and real["pass"] is False
 
 
 # --------------------------------------------------------------------------

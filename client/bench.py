@@ -38,6 +38,7 @@ from audiogw.client.bench_scenarios import (
 from audiogw.client.bench_stats import isolation_checks, median_round, round_figures
 from audiogw.client.softphone import kernel_timestamps_supported
 
+ASTERISK_REALTIME_PRIORITY = 10  # what `asterisk -p` asks for (SCHED_RR)
 CAPACITY_TARGET_CALLS = 400
 CAPACITY_TARGET_EXTENSIONS = 20
 QUICK_LIMIT_SECONDS = 60.0
@@ -124,17 +125,21 @@ def _checks(report: dict[str, Any], settings: BenchSettings, quick: bool) -> lis
               help="Run per-extension and per-extension-stall this many times, alternately, and compare "
                    "their median rounds (default 3; --quick 1): p99 drifts between runs as much as the "
                    "20 %% being judged.")
+@click.option("--realtime", is_flag=True,
+              help=f"Run the workers' clocks (audiosocket.realtime_priority) and the load client under SCHED_RR "
+                   f"{ASTERISK_REALTIME_PRIORITY}, as `asterisk -p` runs Asterisk (needs root or CAP_SYS_NICE).")
 @click.option("--calls-per-load-process", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Calls one load-client process drives; more calls start more load processes.")
 @click.pass_context
 def bench_command(ctx: click.Context, quick: bool, scenarios: tuple[str, ...], results_dir: Path, as_json: bool,
-                  calls_per_load_process: int, **sizes: Any) -> None:
+                  realtime: bool, calls_per_load_process: int, **sizes: Any) -> None:
     """Prove isolation and capacity: per-extension workers vs one shared event loop, in one run."""
     began = time.monotonic()
     for name, (full, smoke) in MODE_DEFAULTS.items():
         if sizes[name] is None:
             sizes[name] = smoke if quick else full
-    settings = BenchSettings(calls_per_load_process=calls_per_load_process, **sizes)
+    settings = BenchSettings(calls_per_load_process=calls_per_load_process,
+                             realtime_priority=ASTERISK_REALTIME_PRIORITY if realtime else 0, **sizes)
     load_before = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="audiogw-bench-"))
 

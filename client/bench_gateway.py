@@ -44,7 +44,8 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_bench_config(folder: Path, extensions: list[ExtensionPlan], base_port: int) -> Path:
+def write_bench_config(folder: Path, extensions: list[ExtensionPlan], base_port: int,
+                       realtime_priority: int = 0) -> Path:
     """A supervisor config (SPEC.md format) with consecutive port pairs from ``base_port``."""
     lines = [
         "[supervisor]",
@@ -56,6 +57,7 @@ def write_bench_config(folder: Path, extensions: list[ExtensionPlan], base_port:
         "[audiosocket]",
         'bind = "127.0.0.1"',
         f"port_range = [{base_port}, {base_port + 2 * len(extensions) + 9}]",
+        f"realtime_priority = {realtime_priority}",
     ]
     for index, extension in enumerate(extensions):
         lines += ["[[extension]]", f'id = "{extension.id}"', f'app = "{extension.app}"',
@@ -73,10 +75,12 @@ class Gateway:
 
     kind = ""
 
-    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int) -> None:
+    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int,
+                 realtime_priority: int = 0) -> None:
         self.folder = folder
         self.extensions = extensions
-        self.config_path = write_bench_config(folder, extensions, base_port)
+        self.realtime_priority = realtime_priority
+        self.config_path = write_bench_config(folder, extensions, base_port, realtime_priority)
         self.ports = {extension.id: {"ia": base_port + 2 * index, "retorno": base_port + 2 * index + 1}
                       for index, extension in enumerate(extensions)}
         self.log_path = folder / f"{self.kind}.log"
@@ -97,6 +101,25 @@ class Gateway:
                 self.stop()
                 raise GatewayError(f"{self.kind} not serving every extension within {timeout:g} s:\n{self.log()[-3000:]}")
             time.sleep(0.05)
+        if self.realtime_priority:
+            self._check_realtime()
+
+    def _check_realtime(self) -> None:
+        """Every audio clock really runs under SCHED_RR: a run must not be labelled real-time by mistake."""
+        for pid in self.clock_pids():
+            try:
+                policy = os.sched_getscheduler(pid)
+            except OSError:
+                continue  # gone meanwhile: the run itself will say so
+            if policy != os.SCHED_RR:
+                self.stop()
+                raise GatewayError(f"{self.kind}: realtime_priority {self.realtime_priority} was refused "
+                                   f"(pid {pid} is not under SCHED_RR; run as root or give CAP_SYS_NICE):\n"
+                                   f"{self.log()[-2000:]}")
+
+    def clock_pids(self) -> list[int]:
+        """The processes whose main thread runs an audio clock."""
+        raise NotImplementedError
 
     def ready(self) -> bool:
         raise NotImplementedError
@@ -138,8 +161,9 @@ class SupervisorGateway(Gateway):
 
     kind = "supervisor"
 
-    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int) -> None:
-        super().__init__(folder, extensions, base_port)
+    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int,
+                 realtime_priority: int = 0) -> None:
+        super().__init__(folder, extensions, base_port, realtime_priority)
         self._workers: dict[int, str] = {}  # pid -> extension, from `ctl list`
         self._not_workers: set[int] = set()
 
@@ -160,6 +184,9 @@ class SupervisorGateway(Gateway):
         except Exception:  # noqa: BLE001 - not answering yet
             return False
         return len(rows) == len(self.extensions) and all(row["state"] == "running" for row in rows)
+
+    def clock_pids(self) -> list[int]:
+        return [row["pid"] for row in self.rows() if row["pid"]]
 
     def worker_pid(self, extension: str) -> int | None:
         for row in self.rows():
@@ -186,9 +213,13 @@ class SingleLoopGateway(Gateway):
 
     kind = "single-loop"
 
-    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int) -> None:
-        super().__init__(folder, extensions, base_port)
+    def __init__(self, folder: Path, extensions: list[ExtensionPlan], base_port: int,
+                 realtime_priority: int = 0) -> None:
+        super().__init__(folder, extensions, base_port, realtime_priority)
         self._ready = False
+
+    def clock_pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "audiogw.client.bench_baseline", "--config", str(self.config_path)]

@@ -45,7 +45,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"≤ {settings['calls_per_load_process']} calls per load process). Stall: "
         f"`time.sleep({settings['stall_seconds']:g})` every {settings['stall_every']:g} s on the stalled "
         "extension's event loop. Deviation = |inter-frame interval − 20 ms| from kernel arrival times "
-        "(SO_TIMESTAMPNS), pooled over the group's calls.",
+        "(SO_TIMESTAMPNS), pooled over the group's calls. Scheduling: "
+        + (f"the workers' clocks (`audiosocket.realtime_priority`) and the load client under SCHED_RR "
+           f"{settings['realtime_priority']}, as `asterisk -p` runs Asterisk."
+           if settings.get("realtime_priority") else "every process at normal priority (SCHED_OTHER)."),
         "",
     ]
     scenarios = report["scenarios"]

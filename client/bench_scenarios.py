@@ -81,6 +81,9 @@ class BenchSettings:
     capacity_max: int = 1000
     capacity_seconds: float = 10.0
     stall_rounds: int = 1  # times per-extension and per-extension-stall run, alternately
+    # SCHED_RR priority of the workers' clocks and of the load client, as `asterisk -p`
+    # runs Asterisk; 0: everything at normal priority.
+    realtime_priority: int = 0
     host: str = "127.0.0.1"
 
     def extension_ids(self) -> list[str]:
@@ -165,6 +168,12 @@ def run_load(gateway: Gateway, plan: list[PlannedCall], seconds: float, workdir:
         for process, _, log_path in processes:
             if process.stdout.readline().strip() != b"ready":
                 raise BenchError(f"load process {process.pid} did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
+            if settings.realtime_priority:
+                try:  # once imported (a real-time import would hold up the gateway); it drops it to save
+                    os.sched_setscheduler(process.pid, os.SCHED_RR, os.sched_param(settings.realtime_priority))
+                except OSError as error:
+                    raise BenchError(f"the load client cannot run under SCHED_RR {settings.realtime_priority} "
+                                     f"({error.strerror}): run as root or give CAP_SYS_NICE") from None
         load_pids = [process.pid for process, _, _ in processes]
         probe = SchedulingProbe()
         bench_pids = {os.getpid(): "bench", probe.process.pid: "bench", **{pid: "load" for pid in load_pids}}
@@ -222,10 +231,10 @@ def _resources(sampler: ResourceSampler) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 # Scenarios
 # --------------------------------------------------------------------------
-def _gateway(kind: str, folder: Path, extensions: list[ExtensionPlan]) -> Gateway:
+def _gateway(kind: str, folder: Path, extensions: list[ExtensionPlan], settings: BenchSettings) -> Gateway:
     base = free_port_block(2 * len(extensions) + 10)
     gateway_class = SingleLoopGateway if kind == "single-loop" else SupervisorGateway
-    return gateway_class(folder, extensions, base)
+    return gateway_class(folder, extensions, base, settings.realtime_priority)
 
 
 def _crash(gateway: SupervisorGateway, target: str, at: float) -> dict[str, Any]:
@@ -257,7 +266,7 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
         extensions[0] = ExtensionPlan(target, "stall", {"stall_seconds": settings.stall_seconds,
                                                           "stall_every": settings.stall_every})
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=workdir))
-    gateway = _gateway(spec.gateway, folder, extensions)
+    gateway = _gateway(spec.gateway, folder, extensions, settings)
     began = time.monotonic()
     try:
         gateway.start()
@@ -327,7 +336,7 @@ def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], No
     """Raise the call count (ia legs, echo, tone both ways) until a step does not hold; one supervisor throughout."""
     ids = settings.extension_ids()
     folder = Path(tempfile.mkdtemp(prefix="capacity-", dir=workdir))
-    gateway = _gateway("supervisor", folder, [ExtensionPlan(extension) for extension in ids])
+    gateway = _gateway("supervisor", folder, [ExtensionPlan(extension) for extension in ids], settings)
     steps: list[dict[str, Any]] = []
     began = time.monotonic()
     try:

@@ -9,6 +9,8 @@ import importlib
 
 import click
 
+from audiogw.shared.blas import single_threaded_blas
+
 # name -> (module, attribute, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("audiogw.client.bench", "bench_command",
@@ -43,4 +45,5 @@ def cli() -> None:
 
 
 def main() -> None:
+    single_threaded_blas()  # before numpy loads, here or in the processes started from here
     cli()

@@ -427,6 +427,9 @@ class AudioSocketSettings:
     outbound_buffer_seconds: float = 2.0
     inbound_buffer_frames: int = 50
     max_write_buffer: int = 65536
+    # SCHED_RR priority of each worker's event-loop thread (the audio clock); 0: normal
+    # scheduling. Set it when Asterisk runs real-time (``asterisk -p``): see worker/realtime.py.
+    realtime_priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +503,7 @@ _AUDIOSOCKET_KEYS = (
     "outbound_buffer_seconds",
     "inbound_buffer_frames",
     "max_write_buffer",
+    "realtime_priority",
 )
 _DEFAULTS_KEYS = ("app", "options")
 
@@ -764,6 +768,7 @@ def _parse_audiosocket(table: Mapping[str, Any], file: str | None) -> AudioSocke
         )
     inbound_buffer_frames = _integer(table, "inbound_buffer_frames", 50, file, prefix, minimum=1)
     max_write_buffer = _integer(table, "max_write_buffer", 65536, file, prefix, minimum=MIN_WRITE_BUFFER)
+    realtime_priority = _integer(table, "realtime_priority", 0, file, prefix, minimum=0, maximum=99)
     return AudioSocketSettings(
         bind=bind,
         port_range=port_range,
@@ -773,6 +778,7 @@ def _parse_audiosocket(table: Mapping[str, Any], file: str | None) -> AudioSocke
         outbound_buffer_seconds=outbound_buffer_seconds,
         inbound_buffer_frames=inbound_buffer_frames,
         max_write_buffer=max_write_buffer,
+        realtime_priority=realtime_priority,
     )
 
 

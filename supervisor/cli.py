@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import ConfigError, default_config_path, load_config
 from audiogw.shared.logs import configure_logging
 
@@ -81,4 +82,5 @@ def _run(config, zygote, known_apps) -> int:
 
 
 def main() -> None:
+    single_threaded_blas()  # before numpy loads, here or in the processes started from here
     cli()

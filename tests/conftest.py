@@ -1,6 +1,7 @@
 """Shared fixtures: real worker and supervisor processes on free 127.0.0.1 ports."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -58,7 +59,8 @@ class WorkerProcess:
 def start_worker(tmp_path):
     started: list[WorkerProcess] = []
 
-    def start(app: str = "echo", *options: str, extension: str = "1201", allow: str | None = None) -> WorkerProcess:
+    def start(app: str = "echo", *options: str, extension: str = "1201", allow: str | None = None,
+              args: tuple[str, ...] = ()) -> WorkerProcess:
         log_path = tmp_path / f"worker-{extension}-{len(started)}.log"
         command = [sys.executable, "-m", "audiogw.worker", "--extension", extension,
                    "--ia-port", "0", "--retorno-port", "0", "--app", app]
@@ -66,6 +68,7 @@ def start_worker(tmp_path):
             command += ["--option", option]
         if allow:
             command += ["--allow", allow]
+        command += list(args)
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=log_file, cwd=tmp_path)
 
@@ -134,3 +137,16 @@ def peer_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
         except (ConnectionResetError, BrokenPipeError):
             return True
     return False
+
+
+def realtime_allowed(priority: int = 10) -> bool:
+    """Whether this test process may put a child under SCHED_RR (root, CAP_SYS_NICE or RLIMIT_RTPRIO)."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        os.sched_setscheduler(child.pid, os.SCHED_RR, os.sched_param(priority))
+        return True
+    except PermissionError:
+        return False
+    finally:
+        child.kill()
+        child.wait()

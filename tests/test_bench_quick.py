@@ -19,6 +19,7 @@ from audiogw.client.bench_report import write_report
 from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult
 from audiogw.client.bench_stats import CallOutcome, group_summary
 from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
+from conftest import realtime_allowed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,6 +109,25 @@ def test_stall_rounds_alternate_and_the_check_compares_median_rounds(tmp_path, c
     assert "median of 2 alternating rounds" in ratio["check"]
     assert report["checks"][2]["measured"] == ", ".join(str(entry["target_gaps_over_40ms"]) for entry in stalled_rounds)
     assert "Rounds — these ran alternately" in (results / "report.md").read_text()
+
+
+def test_realtime_bench_puts_the_workers_and_the_load_client_under_sched_rr(tmp_path, capsys):
+    args = ["--realtime", "--extensions", "2", "--scenarios", "capacity", "--capacity-start", "2",
+            "--capacity-step", "2", "--capacity-max", "2", "--capacity-seconds", "1",
+            "--results", str(tmp_path / "results"), "--json"]
+    if not realtime_allowed():
+        with pytest.raises(SystemExit) as exited:
+            bench_command.main(args=args, prog_name="audiogw bench", standalone_mode=False)
+        assert exited.value.code == 1
+        assert "CAP_SYS_NICE" in capsys.readouterr().err
+        return
+    # The bench itself refuses to go on when a worker is not under SCHED_RR (Gateway._check_realtime),
+    # and the load processes are put there with sched_setscheduler, which raises when refused.
+    bench_command.main(args=args, prog_name="audiogw bench", standalone_mode=False)
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["realtime_priority"] == 10
+    assert report["capacity"]["steps"][0]["completed"] == 2
+    assert "the load client under SCHED_RR 10" in (tmp_path / "results" / "report.md").read_text()
 
 
 def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):

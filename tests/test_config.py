@@ -58,6 +58,7 @@ lead_frames = 4
 outbound_buffer_seconds = 1.5
 inbound_buffer_frames = 25
 max_write_buffer = 32768
+realtime_priority = 10
 
 [defaults]
 app = "echo"
@@ -141,6 +142,7 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
     assert audiosocket.outbound_buffer_seconds == 1.5
     assert audiosocket.inbound_buffer_frames == 25
     assert audiosocket.max_write_buffer == 32768
+    assert audiosocket.realtime_priority == 10
 
     assert config.defaults == Defaults(app="echo", options={"volume": 3, "greeting": "hello"})
 
@@ -196,6 +198,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         outbound_buffer_seconds=2.0,
         inbound_buffer_frames=50,
         max_write_buffer=65536,
+        realtime_priority=0,
     )
     assert config.defaults == Defaults(app="echo", options={})
     assert config.extensions == ()
@@ -459,6 +462,9 @@ def test_bool_port_in_port_range_refused(tmp_path: Path) -> None:
         ),
         ("[audiosocket]\ninbound_buffer_frames = 0\n", "audiosocket.inbound_buffer_frames", "outside"),
         ("[audiosocket]\nmax_write_buffer = 100\n", "audiosocket.max_write_buffer", "outside"),
+        ("[audiosocket]\nrealtime_priority = 100\n", "audiosocket.realtime_priority", "100 outside 0-99"),
+        ("[audiosocket]\nrealtime_priority = -1\n", "audiosocket.realtime_priority", "-1 outside 0-99"),
+        ("[audiosocket]\nrealtime_priority = 'high'\n", "audiosocket.realtime_priority", "expected an integer"),
         ("[defaults]\napp = 'ecko'\n", "defaults.app", "did you mean 'echo'?"),
         ("[defaults]\noptions = { 1x = 2 }\n", "defaults.options", "option name '1x'"),
         ("[defaults]\noptions = { when = 2024-01-01 }\n", "defaults.options.when", "not allowed in options"),

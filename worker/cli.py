@@ -35,9 +35,11 @@ def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE", help="App option (repeatable).")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--allow", multiple=True, default=("127.0.0.0/8",), show_default=True, help="Peer networks that may connect (repeatable).")
+@click.option("--realtime-priority", type=click.IntRange(0, 99), default=0, show_default=True,
+              help="SCHED_RR priority of the audio clock's thread (audiosocket.realtime_priority); 0: normal.")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
 def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, options: dict,
-                   bind: str, allow: tuple[str, ...], log_format: str) -> None:
+                   bind: str, allow: tuple[str, ...], realtime_priority: int, log_format: str) -> None:
     """Serve one extension's ia and retorno AudioSocket ports in this process."""
     from audiogw.shared.net import bind_listener
     from audiogw.worker.main import WorkerSpec, run_worker
@@ -46,7 +48,8 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
         raise click.BadParameter("--ia-port and --retorno-port must differ", param_hint="--retorno-port")
     try:
         settings = parse_config(
-            {"audiosocket": {"bind": bind, "allow": list(allow)}}, path=None, base_dir=os.getcwd()
+            {"audiosocket": {"bind": bind, "allow": list(allow), "realtime_priority": realtime_priority}},
+            path=None, base_dir=os.getcwd()
         ).audiosocket
     except ConfigError as error:
         raise click.UsageError(str(error)) from None

@@ -1,18 +1,18 @@
 """Real-time scheduling for a worker's audio clock (``audiosocket.realtime_priority``).
 
-Asterisk is often run real-time (``asterisk -p`` puts it under SCHED_RR), and a
+Asterisk is often run real-time (``asterisk -p`` puts it under SCHED_RR 10), and a
 real-time process always runs before a normal one. On a small machine, a
 gateway at normal priority then waits behind Asterisk's bursts. The capacity
 benchmark shows it: with the load client under SCHED_RR and the workers not,
-the workers' own largest gap between two frames was 64-78 ms at 400 calls.
-With both under SCHED_RR it was 22-28 ms.
+the workers' own largest gap between two frames was 32, 65 and 78 ms in three
+runs at 400 calls.
 
-The whole worker goes real-time, before it starts any thread, so every
-thread inherits it: the log writer, ZeroMQ's and ``Leg.run_blocking``'s.
-Raising the event loop's thread alone is worse. A thread of the same process
-that holds the GIL at normal priority can be kept off the CPU by other
-real-time processes, and the clock then waits for the GIL: the benchmark
-measured 36-54 ms send gaps that way. So ``run_blocking`` work runs real-time
+The whole worker goes real-time before it starts any thread, so every
+thread inherits the policy: the log writer, ZeroMQ's threads and
+``Leg.run_blocking``'s. Raising only the event loop's thread would leave a
+priority inversion. A thread of the same process that holds the GIL at normal
+priority can be kept off the CPU by other real-time processes, and the clock
+would wait for the GIL meanwhile. So ``run_blocking`` work runs real-time
 too, which is one more reason to keep it I/O-bound.
 
 SCHED_RR rather than SCHED_FIFO, as Asterisk does: a runaway loop at the same

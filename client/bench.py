@@ -155,6 +155,7 @@ def bench_command(ctx: click.Context, quick: bool, scenarios: tuple[str, ...], r
         "scenarios": [],
         "capacity": None,
     }
+
     def isolation(name: str, label: str) -> ScenarioResult:
         progress(f"bench: {label} ...")
         result = run_scenario(SCENARIOS[name], settings, workdir)

@@ -25,7 +25,7 @@ from audiogw.shared.net import bind_listener
 from audiogw.worker.apps import APPS, AppContext, create_app
 from audiogw.worker.main import set_parent_death_signal
 from audiogw.worker.clock import clock_phase
-from audiogw.worker.realtime import enter_realtime, log_realtime
+from audiogw.worker.realtime import realtime_before_logging
 from audiogw.worker.server import ExtensionWorker
 
 
@@ -65,16 +65,10 @@ def main(config_path: str) -> None:
     except ConfigError as error:
         click.echo(f"bench_baseline: {error}", err=True)
         sys.exit(2)
-    priority = config.audiosocket.realtime_priority
-    refusal: OSError | None = None
-    if priority:  # as run_worker does, before any thread starts
-        try:
-            enter_realtime(priority)
-        except OSError as error:
-            refusal = error
-    configure_logging(config.supervisor.log_format, config.supervisor.log_level)
-    if priority:
-        log_realtime(priority, "all", refusal)
+    realtime_before_logging(  # as run_worker does
+        config.audiosocket.realtime_priority, "all",
+        lambda: configure_logging(config.supervisor.log_format, config.supervisor.log_level),
+    )
     uvloop.run(serve_all(config))
 
 

@@ -22,7 +22,7 @@ import uvloop
 from audiogw.shared.config import AudioSocketSettings
 from audiogw.shared.logs import configure_logging
 from audiogw.worker.apps import AppContext, AppOptionError, create_app
-from audiogw.worker.realtime import enter_realtime, log_realtime
+from audiogw.worker.realtime import realtime_before_logging
 from audiogw.worker.server import ExtensionWorker
 
 log = logging.getLogger("audiogw.worker")
@@ -78,7 +78,6 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
     gc.freeze()
     if link is not None:
         link.start()
-    if link is not None:
         link.send("ready")
     log.info("worker ready extension=%s pid=%d", spec.extension, os.getpid())
     while True:
@@ -100,16 +99,10 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
 def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
     """Process entry point (the zygote calls this in a fresh child)."""
     set_parent_death_signal()
-    priority = spec.settings.realtime_priority
-    refusal: OSError | None = None
-    if priority:
-        try:  # before the log thread starts, so it inherits the policy (see worker/realtime.py)
-            enter_realtime(priority)
-        except OSError as error:
-            refusal = error
-    listener = configure_logging(spec.log_format, spec.log_level, off_loop=True)
-    if priority:
-        log_realtime(priority, spec.extension, refusal)
+    listener = realtime_before_logging(
+        spec.settings.realtime_priority, spec.extension,
+        lambda: configure_logging(spec.log_format, spec.log_level, off_loop=True),
+    )
     try:
         return uvloop.run(serve_worker(spec, sockets))
     except AppOptionError as error:

@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+Started = TypeVar("Started")
 
 log = logging.getLogger("audiogw.worker")
 
@@ -51,3 +55,22 @@ def log_realtime(priority: int, extension: str, refusal: OSError | None) -> None
         "(systemd: LimitRTPRIO=%d).",
         extension, priority, refusal.strerror or refusal, priority, priority,
     )
+
+
+def realtime_before_logging(priority: int, extension: str, start_logging: Callable[[], Started]) -> Started:
+    """Enter real-time (if ``priority``) before ``start_logging`` starts the log thread, then log how it went.
+
+    The process's first threads are the log writer's: entering real-time
+    first lets them inherit the policy, and logging after lets a refusal be
+    logged. Returns what ``start_logging`` returned.
+    """
+    refusal: OSError | None = None
+    if priority:
+        try:
+            enter_realtime(priority)
+        except OSError as error:
+            refusal = error
+    started = start_logging()
+    if priority:
+        log_realtime(priority, extension, refusal)
+    return started

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from multiprocessing.process import BaseProcess
@@ -131,6 +132,21 @@ class ExtensionRuntime:
             return None, self.cpu_carried or None
         self._last_cpu = times.user + times.system
         return rss, self.cpu_carried + self._last_cpu
+
+    def realtime_priority(self) -> int | None:
+        """The worker's real-time priority as the kernel has it (0: normal scheduling); None without a worker.
+
+        Read from the kernel, not the config: a worker refused SCHED_RR shows 0.
+        """
+        pid = self.pid
+        if not pid:
+            return None
+        try:
+            if os.sched_getscheduler(pid) not in (os.SCHED_RR, os.SCHED_FIFO):
+                return 0
+            return os.sched_getparam(pid).sched_priority
+        except OSError:
+            return None
 
     def cpu_percent(self) -> float | None:
         """CPU use since the previous call, in percent of one core."""

@@ -77,6 +77,9 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("audiogw_worker_resident_memory_bytes", "gauge", ("extension",), "Resident memory of the worker process."),
     ("audiogw_worker_cpu_seconds", "counter", ("extension",),
      "CPU time (user + system) of the extension's worker, over every incarnation."),
+    ("audiogw_worker_realtime_priority", "gauge", ("extension",),
+     "SCHED_RR priority the worker runs at, read from the kernel; 0: normal scheduling "
+     "(also when audiosocket.realtime_priority was refused)."),
     ("audiogw_last_heartbeat_timestamp_seconds", "gauge", ("extension",),
      "Unix time the supervisor last heard from the extension's worker."),
     ("audiogw_app_events", "counter", ("extension", "event"), "Events counted by the extension's app, by name."),
@@ -110,6 +113,7 @@ class ExtensionSample:
     totals: Mapping[str, Any] = field(default_factory=dict)
     rss: int | None = None
     cpu_seconds: float | None = None
+    realtime_priority: int | None = None  # None: no live worker to ask
 
     def is_up(self, now: float, heartbeat_timeout: float) -> bool:
         """Serving and heard from within the heartbeat timeout."""
@@ -195,6 +199,8 @@ def extension_rows(sample: ExtensionSample, now: float, heartbeat_timeout: float
         rows.append(("audiogw_worker_resident_memory_bytes", (ext,), _number(sample.rss)))
     if sample.cpu_seconds is not None:
         rows.append(("audiogw_worker_cpu_seconds", (ext,), _number(sample.cpu_seconds)))
+    if sample.realtime_priority is not None:
+        rows.append(("audiogw_worker_realtime_priority", (ext,), _number(sample.realtime_priority)))
     if sample.last_heartbeat is not None:
         rows.append(("audiogw_last_heartbeat_timestamp_seconds", (ext,), _number(sample.last_heartbeat)))
     for event, count in sorted(_mapping(totals.get("app")).items()):
@@ -262,6 +268,7 @@ def sample_runtime(runtime: "ExtensionRuntime") -> ExtensionSample:
         totals=totals,
         rss=rss,
         cpu_seconds=cpu_seconds,
+        realtime_priority=runtime.realtime_priority(),
     )
 
 

@@ -62,6 +62,7 @@ EXPECTED = {
     "audiogw_event_loop_lag_seconds": ("histogram", {"extension"}),
     "audiogw_worker_resident_memory_bytes": ("gauge", {"extension"}),
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
+    "audiogw_worker_realtime_priority": ("gauge", {"extension"}),
     "audiogw_last_heartbeat_timestamp_seconds": ("gauge", {"extension"}),
     "audiogw_app_events": ("counter", {"extension", "event"}),
 }
@@ -129,7 +130,7 @@ def test_cumulative_buckets_tolerate_bad_snapshots():
 def test_build_families_names_types_labels_and_values():
     now = 1_700_000_000.0
     sample = ExtensionSample(id="1201", running=True, restarts=2, last_heartbeat=now - 0.3,
-                             totals=worker_totals(), rss=50_000_000, cpu_seconds=1.25)
+                             totals=worker_totals(), rss=50_000_000, cpu_seconds=1.25, realtime_priority=10)
     families = by_name(build_families([sample], now=now, heartbeat_timeout=3.0))
     assert set(families) == set(EXPECTED)
     for name, (kind, labels) in EXPECTED.items():
@@ -156,6 +157,7 @@ def test_build_families_names_types_labels_and_values():
     assert value(families, "audiogw_app_events_total", extension="1201", event="agent_connect_failures") == 2
     assert value(families, "audiogw_worker_resident_memory_bytes", extension="1201") == 50_000_000
     assert value(families, "audiogw_worker_cpu_seconds_total", extension="1201") == 1.25
+    assert value(families, "audiogw_worker_realtime_priority", extension="1201") == 10
     assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension="1201") == now - 0.3
 
     lateness = {s.labels["le"]: s.value for s in families["audiogw_send_lateness_seconds"].samples
@@ -216,6 +218,7 @@ def test_up_needs_running_and_a_recent_heartbeat():
     # Resources and heartbeat time are left out when unknown, not reported as 0.
     assert families["audiogw_worker_resident_memory_bytes"].samples == []
     assert families["audiogw_worker_cpu_seconds"].samples == []
+    assert families["audiogw_worker_realtime_priority"].samples == []
     assert {s.labels["extension"] for s in families["audiogw_last_heartbeat_timestamp_seconds"].samples} == {"1", "2", "3"}
     # An extension with no heartbeat yet still has zeroed counters for both legs.
     assert value(families, "audiogw_frames_sent_total", extension="4", leg="retorno") == 0
@@ -271,7 +274,7 @@ def test_collector_reads_runtime_totals_across_incarnations():
     runtime.stats = worker_totals()
     runtime.last_heartbeat_wall = time.time()
     sample = sample_runtime(runtime)
-    assert sample.running is False and sample.rss is None  # no process attached
+    assert sample.running is False and sample.rss is None and sample.realtime_priority is None  # no process
 
     registry = CollectorRegistry()
     registry.register(SupervisorCollector(FakeSupervisor([runtime])))
@@ -311,7 +314,8 @@ def test_collector_skips_an_unreadable_extension():
 def test_dashboard_and_alerts_use_only_exposed_metric_names():
     root = Path(__file__).resolve().parent.parent / "etc"
     now = 1000.0
-    sample = ExtensionSample(id="1", running=True, last_heartbeat=now, totals=worker_totals(), rss=1, cpu_seconds=1)
+    sample = ExtensionSample(id="1", running=True, last_heartbeat=now, totals=worker_totals(), rss=1, cpu_seconds=1,
+                             realtime_priority=0)
     exposed = {s.name for family in build_families([sample], now=now, heartbeat_timeout=3.0) for s in family.samples}
     dashboard = orjson.loads((root / "grafana" / "audiogw-dashboard.json").read_bytes())
     assert dashboard["uid"] and dashboard["panels"]
@@ -320,7 +324,8 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
     alerts = (root / "prometheus" / "audiogw-alerts.yml").read_text()
     used = set(re.findall(r"\baudiogw_[a-z_]+", " ".join(exprs) + alerts))
     assert used and used <= exposed, used - exposed
-    for name in ("AudiogwExtensionDown", "AudiogwWorkerRestarting", "AudiogwUnderruns", "AudiogwSendLatenessHigh"):
+    for name in ("AudiogwExtensionDown", "AudiogwWorkerRestarting", "AudiogwUnderruns", "AudiogwSendLatenessHigh",
+                 "AudiogwWorkerNotRealtime"):
         assert f"alert: {name}" in alerts
     assert '"127.0.0.1:9464"' in (root / "prometheus" / "prometheus.yml").read_text()
 
@@ -481,6 +486,7 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
         assert value(families, "audiogw_worker_restarts_total", extension=extension) is not None
         assert value(families, "audiogw_worker_resident_memory_bytes", extension=extension) > 0
         assert value(families, "audiogw_worker_cpu_seconds_total", extension=extension) >= 0
+        assert value(families, "audiogw_worker_realtime_priority", extension=extension) == 0  # not configured
         assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension=extension) > time.time() - 60
         assert value(families, "audiogw_event_loop_lag_seconds_count", extension=extension) > 0
         for leg in ("ia", "retorno"):

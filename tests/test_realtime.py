@@ -9,12 +9,16 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from audiogw.shared.audiosocket import Kind, encode_audio
+from audiogw.shared.net import free_port_block
 from audiogw.worker.realtime import log_realtime
 from conftest import raw_connect, read_frames, realtime_allowed, wait_for
+from supervisor_fixture import SupervisorProcess, write_config
 
 
 def thread_policies(pid: int) -> dict[int, int]:
@@ -90,3 +94,27 @@ def test_a_worker_refused_real_time_warns_and_still_serves(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_metrics_show_the_priority_the_kernel_gave_each_worker(tmp_path):
+    """audiogw_worker_realtime_priority comes from the kernel: 10 when granted, 0 when refused."""
+    base = free_port_block(20)
+    config = write_config(tmp_path, base, extensions=1)
+    text = config.read_text().replace("[audiosocket]\n", "[audiosocket]\nrealtime_priority = 10\n", 1)
+    config.write_text(text)
+    supervisor = SupervisorProcess(tmp_path, config, base).start()
+    try:
+        match = wait_for(lambda: re.search(r"metrics listening on (http://\S+/metrics)", supervisor.log()), 10,
+                         what="the metrics address")
+        with urllib.request.urlopen(match.group(1), timeout=5) as response:
+            families = {family.name: family for family in text_string_to_metric_families(response.read().decode())}
+        (sample,) = families["audiogw_worker_realtime_priority"].samples
+        assert sample.labels == {"extension": "1201"}
+        if realtime_allowed():
+            assert sample.value == 10
+            assert "extension=1201 audio clock under SCHED_RR priority 10" in supervisor.log()
+        else:
+            assert sample.value == 0
+            assert "realtime_priority=10 refused" in supervisor.log()
+    finally:
+        supervisor.stop()

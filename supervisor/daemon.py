@@ -8,6 +8,7 @@ per request), signals (the handler only enqueues), and the lifecycle timers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -311,6 +312,10 @@ class Supervisor:
         for field in ("control", "metrics_host", "metrics_port", "state_dir"):
             if getattr(new_config.supervisor, field) != getattr(self.config.supervisor, field):
                 log.warning("reload: supervisor.%s changed; it takes effect at the next start", field)
+        for field in dataclasses.fields(new_config.audiosocket):
+            if getattr(new_config.audiosocket, field.name) != getattr(self.config.audiosocket, field.name):
+                log.warning("reload: audiosocket.%s changed; running workers keep the old value until they restart",
+                            field.name)
         self.config = new_config
         result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
         for extension_id, runtime in list(self.extensions.items()):

@@ -158,6 +158,17 @@ def test_dialplan_names_both_ports(supervisor):
     assert "AudioSocket(" in text
 
 
+def test_reload_says_audiosocket_changes_wait_for_a_worker_restart(supervisor):
+    pids = supervisor.pids()
+    text = supervisor.config_path.read_text()
+    supervisor.config_path.write_text(text.replace("[audiosocket]\n", "[audiosocket]\nrealtime_priority = 5\n", 1))
+    result = supervisor.ctl("reload")
+    assert result["unchanged"] == ["1201", "1202"] and supervisor.pids() == pids  # no worker restarted
+    assert ("reload: audiosocket.realtime_priority changed; running workers keep the old value until they restart"
+            in supervisor.log())
+    assert "audiosocket.bind changed" not in supervisor.log()
+
+
 def test_remove_then_reload_restores_config_extension_only_when_added(supervisor):
     supervisor.ctl("remove-extension", {"id": "1202"})
     result = supervisor.ctl("reload")

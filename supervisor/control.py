@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -44,6 +45,11 @@ CLIENTS_KEY = "supervisor.curve_authorized_clients"
 # REFUSAL_LOG_KEYS keys are remembered (then forgotten all at once).
 REFUSAL_LOG_INTERVAL = 60.0
 REFUSAL_LOG_KEYS = 1024
+
+
+# Why a control request was refused: too few/many frames, a bad or refused command,
+# a command that failed, a tcp client whose key is not authorized (it gets no reply).
+CONTROL_REFUSAL_REASONS = ("malformed", "bad_request", "internal_error", "unauthorized")
 
 
 def _is_z85_key(key: bytes) -> bool:
@@ -108,6 +114,7 @@ class ClientAuthenticator(AsyncioAuthenticator):
         self._peer = "?"
         self._seen: tuple[tuple[str, int, int, int], ...] | None = None
         self._logged: dict[str, float] = {}  # refused public key -> when it was last logged
+        self.refused = 0  # tcp clients refused (every attempt, logged or not)
 
     def _signature(self) -> tuple[tuple[str, int, int, int], ...]:
         """Changes whenever a ``*.key`` file is added, removed or rewritten (one stat per file)."""
@@ -153,6 +160,7 @@ class ClientAuthenticator(AsyncioAuthenticator):
     async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
         allowed, reason = await super()._authenticate_curve(domain, client_key)
         if not allowed:
+            self.refused += 1
             self._log_refusal(z85.encode(client_key).decode("ascii"), reason.decode("utf-8", "replace"))
         return allowed, reason
 
@@ -199,13 +207,13 @@ class ControlServer:
         self.socket.bind(self.endpoint)
         self._tasks: set[asyncio.Task] = set()
         self.requests = 0
-        self.refused = 0
+        self.refused: Counter[str] = Counter()  # by reason: see refusals()
 
     async def serve(self) -> None:
         while True:
             frames = await self.socket.recv_multipart()
             if len(frames) != 2:
-                self.refused += 1
+                self.refused["malformed"] += 1
                 log.warning("control: refused a message of %d frames (expected identity + body)", len(frames))
                 if frames:
                     await self._reply(frames[0], {"id": None, "ok": False, "error": "expected exactly one message frame"})
@@ -228,14 +236,20 @@ class ControlServer:
             result = await command.handler(self.supervisor, args)
             reply = {"id": request_id, "ok": True, "result": result}
         except (MessageError, CommandRefused) as error:
-            self.refused += 1
+            self.refused["bad_request"] += 1
             log.warning("control: refused: %s", error)
             reply = {"id": request_id, "ok": False, "error": str(error)}
         except Exception as error:  # a bug in one command must not take the supervisor down
-            self.refused += 1
+            self.refused["internal_error"] += 1
             log.exception("control: command failed")
             reply = {"id": request_id, "ok": False, "error": f"internal error: {error}"}
         await self._reply(identity, reply)
+
+    def refusals(self) -> dict[str, int]:
+        """Requests refused since start, by reason, every reason present (for /metrics)."""
+        counts = {reason: self.refused[reason] for reason in CONTROL_REFUSAL_REASONS if reason != "unauthorized"}
+        counts["unauthorized"] = self.authenticator.refused if self.authenticator is not None else 0
+        return counts
 
     async def _reply(self, identity: bytes, reply: dict[str, Any]) -> None:
         try:

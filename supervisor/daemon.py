@@ -75,8 +75,7 @@ class Supervisor:
         # Each extension keeps a slot for its worker's clock phase (staggered ticks).
         self._clock_slots: dict[str, int] = {}
         self._bus_timer: asyncio.TimerHandle | None = None
-        self.control_requests = 0
-        self.control_errors = 0
+        self.control = None  # the ControlServer, once run() starts it (its refusals go to /metrics)
         self.metrics_server = None
 
     # -- lifecycle of one extension -------------------------------------
@@ -370,7 +369,7 @@ class Supervisor:
 
         from audiogw.supervisor.metrics import MetricsServer
 
-        control = ControlServer(self, self._zmq)
+        control = self.control = ControlServer(self, self._zmq)
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
         self.store.load(self.known_apps)

@@ -94,6 +94,10 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Agent audio queued for playout on live legs."),
     ("audiogw_agent_barge_in_reaction_seconds", "histogram", ("extension",),
      "From the caller's speech onset to the stop of agent playback (gateway barge-in)."),
+    # The supervisor's own control socket (not per extension).
+    ("audiogw_control_refused", "counter", ("reason",),
+     "Control requests refused: malformed, bad_request, internal_error, or unauthorized (a tcp client "
+     "whose CURVE key is not in curve_authorized_clients)."),
 )
 
 _UNITS = {"audiogw_send_lateness_seconds": "seconds", "audiogw_event_loop_lag_seconds": "seconds",
@@ -229,10 +233,16 @@ def agent_rows(ext: str, agent: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float) -> list[Metric]:
-    """Every metric family for these extensions. An extension whose data cannot
-    be converted is logged and left out; the others are still reported."""
+def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
+                   control_refusals: Mapping[str, int] | None = None) -> list[Metric]:
+    """Every metric family for these extensions, and the control socket's refusals.
+
+    An extension whose data cannot be converted is logged and left out; the
+    others are still reported.
+    """
     families = {name: _new_family(name, kind, labels, doc) for name, kind, labels, doc in FAMILIES}
+    for reason, count in sorted((control_refusals or {}).items()):
+        families["audiogw_control_refused"].add_metric([str(reason)], _number(count))
     for sample in samples:
         try:
             rows = extension_rows(sample, now, heartbeat_timeout)
@@ -317,7 +327,10 @@ class SupervisorCollector(Collector):
         except Exception:
             log.exception("metrics: cannot read the extensions")
             samples = []
-        yield from build_families(samples, now=self.clock(), heartbeat_timeout=heartbeat_timeout_of(self.supervisor))
+        control = getattr(self.supervisor, "control", None)
+        refusals = control.refusals() if control is not None else None
+        yield from build_families(samples, now=self.clock(), heartbeat_timeout=heartbeat_timeout_of(self.supervisor),
+                                  control_refusals=refusals)
 
 
 def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float) -> tuple[int, dict[str, Any]]:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from audiogw.client.ctl import request
 from conftest import wait_for
@@ -48,6 +51,14 @@ class SupervisorProcess:
         except Exception:
             return None
         return rows if rows and all(row["state"] == "running" for row in rows) else None
+
+    def scrape(self) -> dict:
+        """/metrics parsed, by family name (the address comes from the log: metrics = 127.0.0.1:0)."""
+        match = wait_for(lambda: re.search(r"metrics listening on (http://\S+/metrics)", self.log()), 10,
+                         what="the metrics address in the log")
+        with urllib.request.urlopen(match.group(1), timeout=5) as response:
+            body = response.read().decode()
+        return {family.name: family for family in text_string_to_metric_families(body)}
 
     def pids(self) -> dict[str, int]:
         return {row["id"]: row["pid"] for row in self.ctl("list")}

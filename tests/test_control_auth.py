@@ -109,6 +109,10 @@ def test_unauthorized_client_gets_no_answer_and_the_supervisor_keeps_serving(sup
     # The stop was never executed and the authorized client is still served.
     assert supervisor.process.poll() is None
     assert [row["state"] for row in supervisor.ctl("list")] == ["running"]
+    # Counted, not only logged: every attempt (two here), whether logged or rate-limited.
+    refused = {sample.labels["reason"]: sample.value for sample in supervisor.scrape()["audiogw_control_refused"].samples}
+    assert refused["unauthorized"] >= 2
+    assert refused["malformed"] == refused["bad_request"] == refused["internal_error"] == 0
 
 
 def test_client_without_curve_gets_no_answer(supervisor):

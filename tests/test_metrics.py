@@ -22,6 +22,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from audiogw.client.ctl import CtlRefused, request
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.histogram import LATENCY_BUCKETS, Histogram
 from audiogw.supervisor.extension import ExtensionRuntime
@@ -63,6 +64,7 @@ EXPECTED = {
     "audiogw_worker_resident_memory_bytes": ("gauge", {"extension"}),
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
     "audiogw_worker_realtime_priority": ("gauge", {"extension"}),
+    "audiogw_control_refused": ("counter", {"reason"}),
     "audiogw_last_heartbeat_timestamp_seconds": ("gauge", {"extension"}),
     "audiogw_app_events": ("counter", {"extension", "event"}),
 }
@@ -131,7 +133,8 @@ def test_build_families_names_types_labels_and_values():
     now = 1_700_000_000.0
     sample = ExtensionSample(id="1201", running=True, restarts=2, last_heartbeat=now - 0.3,
                              totals=worker_totals(), rss=50_000_000, cpu_seconds=1.25, realtime_priority=10)
-    families = by_name(build_families([sample], now=now, heartbeat_timeout=3.0))
+    refusals = {"malformed": 0, "bad_request": 2, "internal_error": 0, "unauthorized": 1}
+    families = by_name(build_families([sample], now=now, heartbeat_timeout=3.0, control_refusals=refusals))
     assert set(families) == set(EXPECTED)
     for name, (kind, labels) in EXPECTED.items():
         family = families[name]
@@ -158,6 +161,8 @@ def test_build_families_names_types_labels_and_values():
     assert value(families, "audiogw_worker_resident_memory_bytes", extension="1201") == 50_000_000
     assert value(families, "audiogw_worker_cpu_seconds_total", extension="1201") == 1.25
     assert value(families, "audiogw_worker_realtime_priority", extension="1201") == 10
+    assert {s.labels["reason"]: s.value for s in families["audiogw_control_refused"].samples} == refusals
+    assert {s.name for s in families["audiogw_control_refused"].samples} == {"audiogw_control_refused_total"}
     assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension="1201") == now - 0.3
 
     lateness = {s.labels["le"]: s.value for s in families["audiogw_send_lateness_seconds"].samples
@@ -316,7 +321,8 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
     now = 1000.0
     sample = ExtensionSample(id="1", running=True, last_heartbeat=now, totals=worker_totals(), rss=1, cpu_seconds=1,
                              realtime_priority=0)
-    exposed = {s.name for family in build_families([sample], now=now, heartbeat_timeout=3.0) for s in family.samples}
+    families = build_families([sample], now=now, heartbeat_timeout=3.0, control_refusals={"unauthorized": 0})
+    exposed = {s.name for family in families for s in family.samples}
     dashboard = orjson.loads((root / "grafana" / "audiogw-dashboard.json").read_bytes())
     assert dashboard["uid"] and dashboard["panels"]
     assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in dashboard["templating"]["list"])
@@ -325,7 +331,7 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
     used = set(re.findall(r"\baudiogw_[a-z_]+", " ".join(exprs) + alerts))
     assert used and used <= exposed, used - exposed
     for name in ("AudiogwExtensionDown", "AudiogwWorkerRestarting", "AudiogwUnderruns", "AudiogwSendLatenessHigh",
-                 "AudiogwWorkerNotRealtime"):
+                 "AudiogwWorkerNotRealtime", "AudiogwControlUnauthorized"):
         assert f"alert: {name}" in alerts
     assert '"127.0.0.1:9464"' in (root / "prometheus" / "prometheus.yml").read_text()
 
@@ -349,8 +355,6 @@ class Gateway:
         return (self.folder / "supervisor.log").read_text(errors="replace")
 
     def ctl(self, command: str, args: dict | None = None):
-        from audiogw.client.ctl import request
-
         return request(self.endpoint, command, args or {}, timeout=5)
 
     def pid(self, extension: str) -> int | None:
@@ -525,6 +529,21 @@ def test_agent_extension_counts_connect_failures(gateway):
     finally:
         gateway.ctl("remove-extension", {"id": "1209"})
     assert value(gateway.scrape(), "audiogw_agent_connect_failures_total", extension="1209", leg="ia") is None
+
+
+def test_refused_control_requests_are_counted_by_reason(gateway):
+    def refused() -> dict:
+        return {s.labels["reason"]: s.value for s in gateway.scrape()["audiogw_control_refused"].samples}
+
+    before = refused()
+    assert set(before) == {"malformed", "bad_request", "internal_error", "unauthorized"}
+    with pytest.raises(CtlRefused):
+        gateway.ctl("no-such-command")
+    with pytest.raises(CtlRefused):
+        gateway.ctl("remove-extension", {"id": "not an id"})
+    after = refused()
+    assert after["bad_request"] == before["bad_request"] + 2
+    assert after["malformed"] == before["malformed"] and after["unauthorized"] == 0  # ipc: no CURVE
 
 
 def test_openmetrics_is_negotiated(gateway):

@@ -9,10 +9,8 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from audiogw.shared.audiosocket import Kind, encode_audio
 from audiogw.shared.net import free_port_block
@@ -104,11 +102,7 @@ def test_metrics_show_the_priority_the_kernel_gave_each_worker(tmp_path):
     config.write_text(text)
     supervisor = SupervisorProcess(tmp_path, config, base).start()
     try:
-        match = wait_for(lambda: re.search(r"metrics listening on (http://\S+/metrics)", supervisor.log()), 10,
-                         what="the metrics address")
-        with urllib.request.urlopen(match.group(1), timeout=5) as response:
-            families = {family.name: family for family in text_string_to_metric_families(response.read().decode())}
-        (sample,) = families["audiogw_worker_realtime_priority"].samples
+        (sample,) = supervisor.scrape()["audiogw_worker_realtime_priority"].samples
         assert sample.labels == {"extension": "1201"}
         if realtime_allowed():
             assert sample.value == 10

@@ -162,3 +162,5 @@ def assert_clock_kept(result) -> None:
     """
     pacing = result.pacing()
     assert pacing.max_gap_ms < 100.0 and pacing.gaps_over_40ms <= 1, pacing
+
+from asterisk_fixture import asterisk_binary, phone, private_asterisk  # noqa: E402,F401  (tests through a real Asterisk)

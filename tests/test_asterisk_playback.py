@@ -1,0 +1,137 @@
+"""Prompts through a real Asterisk: the caller hears the whole prompt, frame for frame.
+
+The prompt is seeded noise written as a WAV at the leg's rate, so the worker
+plays it without resampling and every 20 ms frame of it is unique: the test
+finds each one, unchanged, in what the phone heard (or what Asterisk's own
+``Record()`` wrote), in order and back to back.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy
+import pytest
+
+from asterisk_fixture import assert_no_asterisk_errors
+from asterisk_phone import PhoneCall, Script, find_offset, frame_scores, frames_of, locate_frames, noise
+from audiogw.shared.wav import read_wav, write_wav
+
+PROMPT_SECONDS = 2.0
+
+
+def prompt_file(folder: Path, rate: int) -> tuple[Path, numpy.ndarray]:
+    """A noise prompt at ``rate`` and the samples the worker will play from it."""
+    path = folder / f"prompt-{rate}.wav"
+    write_wav(path, noise(PROMPT_SECONDS, rate, seed=rate, amplitude=4000.0), rate)
+    return path, read_wav(path, rate)
+
+
+def assert_whole_prompt(found: list[int | None], what: str, heard: numpy.ndarray, prompt: numpy.ndarray,
+                        rate: int) -> None:
+    """Every prompt frame was heard once, unchanged, in order, with nothing between them."""
+    located = [index for index in found if index is not None]
+    missing = len(found) - len(located)
+    if missing:
+        # How much of it came through at all (resampled, shifted): for the report, not the verdict.
+        offset, _ = find_offset(heard, prompt)
+        alike = int((frame_scores(heard, prompt, offset, rate) > 0.6).sum())
+        raise AssertionError(
+            f"{what}: {missing} of {len(found)} prompt frames never arrived unchanged "
+            f"({len(located) * 20} ms of {len(found) * 20} ms heard bit-exact, {alike * 20} ms recognisable; "
+            f"first missing frame {next(i for i, where in enumerate(found) if where is None)}; "
+            f"{len(heard) / rate:.2f} s of audio received)"
+        )
+    steps = numpy.diff(located)
+    assert (steps == 1).all(), f"{what}: prompt frames out of order or with gaps between them: {found}"
+
+
+def driver_dialplan(worker_port: int, phone_address: str) -> str:
+    """``;2`` dials audiogw with the channel driver at 16 kHz, ``;1`` dials the phone the same way."""
+    return f"""[general]
+[gateway]
+exten => _[0-9a-f].,1,Dial(AudioSocket/127.0.0.1:{worker_port}/${{EXTEN}}/c(slin16))
+ same => n,Hangup()
+
+[phone]
+exten => _[0-9a-f].,1,Dial(AudioSocket/{phone_address}/${{EXTEN}}/c(slin16))
+ same => n,Hangup()
+"""
+
+
+@pytest.mark.parametrize("silent_for", [0.0, 0.3], ids=["caller-talks-at-once", "caller-silent-0.3s"])
+def test_channel_driver_slin16_caller_hears_the_whole_prompt(start_worker, private_asterisk, phone, tmp_path, silent_for):
+    path, prompt = prompt_file(tmp_path, 16000)
+    worker = start_worker("playback", f"file={path}")
+    caller = phone()
+    asterisk = private_asterisk(driver_dialplan(worker.ia_port, caller.address))
+    call = str(uuid.uuid4())
+    caller.expect(call, Script(rate=16000, audio=noise(3.0, 16000, seed=5, amplitude=300.0), silent_for=silent_for,
+                               seconds=silent_for + PROMPT_SECONDS + 1.2))
+    asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@phone")
+    heard: PhoneCall = caller.wait_ended(call)
+    assert heard.rates() == {16000}, f"the phone got rates {heard.rates()}"
+    assert_whole_prompt(locate_frames(heard, frames_of(prompt, 16000)),
+                        f"channel driver c(slin16), caller silent for {silent_for} s", heard.heard(), prompt, 16000)
+    worker.wait_log(f"uuid={call} reason=")
+    assert asterisk.wait_no_channels(5), asterisk.channels()
+    assert_no_asterisk_errors(asterisk)
+
+
+class _Recording:
+    """What Record() wrote, cut into frames the way the worker's frames arrive."""
+
+    def __init__(self, path: Path, rate: int) -> None:
+        self.samples = read_wav(path, rate)
+        self.payloads = frames_of(self.samples, rate)
+
+    def locate(self, prompt: numpy.ndarray, rate: int) -> list[int | None]:
+        """Record() writes a continuous stream whose frame boundaries need not be the worker's:
+        align on the prompt's first frame, then compare frame by frame."""
+        head = prompt[: rate // 50]
+        starts = [int(i) for i in numpy.flatnonzero(self.samples == head[0])
+                  if numpy.array_equal(self.samples[i : i + len(head)], head)]
+        if not starts:
+            return [None] * len(frames_of(prompt, rate))
+        base = starts[0]
+        found: list[int | None] = []
+        for index, payload in enumerate(frames_of(prompt, rate)):
+            start = base + index * (rate // 50)
+            got = self.samples[start : start + rate // 50].astype("<i2").tobytes()
+            found.append(index if got == payload else None)
+        return found
+
+
+@pytest.mark.parametrize("form", ["app-8k", "driver-slin16"])
+def test_prompt_recorded_by_asterisk_is_complete_to_the_frame(start_worker, private_asterisk, tmp_path, form):
+    """Asterisk's own Record() on the far half of the call: the prompt is in the file, every frame."""
+    rate = 8000 if form == "app-8k" else 16000
+    path, prompt = prompt_file(tmp_path, rate)
+    worker = start_worker("playback", f"file={path}")
+    recording = tmp_path / f"recorded-{form}"
+    extension = "wav" if rate == 8000 else "wav16"
+    if form == "app-8k":
+        reach = (" same => n,Answer()\n"
+                 f" same => n,AudioSocket(${{EXTEN}},127.0.0.1:{worker.ia_port})\n")
+    else:
+        reach = f" same => n,Dial(AudioSocket/127.0.0.1:{worker.ia_port}/${{EXTEN}}/c(slin16))\n"
+    seconds = int(PROMPT_SECONDS + 2)
+    asterisk = private_asterisk(f"""[general]
+[gateway]
+exten => _[0-9a-f].,1,NoOp()
+{reach} same => n,Hangup()
+
+[recorder]
+exten => _[0-9a-f].,1,Answer()
+ same => n,Record({recording}.{extension},0,{seconds},qk)
+ same => n,Hangup()
+""")
+    call = str(uuid.uuid4())
+    asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@recorder")
+    worker.wait_log(f"uuid={call} reason=", timeout=seconds + 5)
+    assert asterisk.wait_no_channels(5), asterisk.channels()
+    file = Path(f"{recording}.{extension}")
+    assert file.exists(), f"Record() wrote nothing; Asterisk's log:\n{asterisk.log_text()}"
+    recorded = _Recording(file, rate)
+    assert_whole_prompt(recorded.locate(prompt, rate), f"Record() of a {form} call", recorded.samples, prompt, rate)
+    assert_no_asterisk_errors(asterisk)

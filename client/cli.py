@@ -15,6 +15,7 @@ from audiogw.shared.blas import single_threaded_blas
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("audiogw.client.bench", "bench_command",
               "Prove isolation and capacity: per-extension workers vs one shared event loop."),
+    "bench-asterisk": ("audiogw.client.bench_asterisk", "bench_asterisk_command", "Benchmark audiogw against Asterisk itself (relayed pacing vs Milliwatt, echo)."),
     "call": ("audiogw.client.call", "call_command", "Place a test call like Asterisk's AudioSocket()."),
     "ctl": ("audiogw.client.ctl", "ctl_group", "Control a running supervisor."),
     "demo-agent": ("audiogw.client.demo_agent", "demo_agent_command", "Run the reference voice agent (Twilio Media Streams)."),

@@ -16,4 +16,21 @@ python3 -m venv .wheel-venv
 .wheel-venv/bin/audiogw --help >/dev/null
 .wheel-venv/bin/python -m audiogw.worker --help >/dev/null
 rm -rf .wheel-venv
+# A real Asterisk for the tests through it (tests/test_asterisk_*.py): $AUDIOGW_ASTERISK if
+# set, else built once (cached) from the shared folder beside this clone. Where there is one,
+# or in CI, those tests must run: AUDIOGW_REQUIRE_ASTERISK=1 turns their skip into a failure.
+ASTERISK_BUILD="$(pwd)/../shared/asterisk/build.sh"
+if [ -n "${AUDIOGW_ASTERISK:-}" ]; then
+  export AUDIOGW_REQUIRE_ASTERISK=1
+elif [ -f "$ASTERISK_BUILD" ]; then
+  echo "== Asterisk: bash $ASTERISK_BUILD" >&2
+  AUDIOGW_ASTERISK=$(bash "$ASTERISK_BUILD" | tail -1)
+  export AUDIOGW_ASTERISK AUDIOGW_REQUIRE_ASTERISK=1
+  echo "== Asterisk: $AUDIOGW_ASTERISK" >&2
+elif [ "${CI:-}" = "true" ]; then
+  echo "== Asterisk: $ASTERISK_BUILD is missing in CI: the Asterisk tests will fail" >&2
+  export AUDIOGW_REQUIRE_ASTERISK=1
+else
+  echo "== Asterisk: no $ASTERISK_BUILD and no AUDIOGW_ASTERISK: the tests through a real Asterisk skip" >&2
+fi
 .venv/bin/python -m pytest -q -p no:cacheprovider tests

@@ -28,7 +28,7 @@ from audiogw.client.bench_scenarios import (
     ALL_SCENARIOS,
     CAPACITY,
     SCENARIOS,
-    STALL_PAIR,
+    STALL_GROUP,
     BenchError,
     BenchSettings,
     ScenarioResult,
@@ -106,7 +106,7 @@ def _checks(report: dict[str, Any], settings: BenchSettings, quick: bool) -> lis
 @click.command("bench")
 @click.option("--quick", is_flag=True, help="Smoke run: 4 extensions x 2 calls x 3 s, a short capacity ramp (< 60 s).")
 @click.option("--extensions", type=click.IntRange(2, 200), default=None,
-              help="Extensions served (default 20; --quick 4). The first one is stalled/crashed.")
+              help="Extensions served (default 20; --quick 4). The first one is stalled/frozen/crashed.")
 @click.option("--calls-per-extension", type=click.IntRange(1, 100), default=None,
               help="Concurrent calls per extension in the isolation scenarios (default 10; --quick 2).")
 @click.option("--seconds", type=click.FloatRange(1.0, 600.0), default=None,
@@ -122,9 +122,9 @@ def _checks(report: dict[str, Any], settings: BenchSettings, quick: bool) -> lis
 @click.option("--capacity-seconds", type=click.FloatRange(1.0, 600.0), default=None,
               help="Length of each capacity step's calls (default 10).")
 @click.option("--stall-rounds", type=click.IntRange(1, 9), default=None,
-              help="Run per-extension and per-extension-stall this many times, alternately, and compare "
-                   "their median rounds (default 3; --quick 1): p99 drifts between runs as much as the "
-                   "20 %% being judged.")
+              help="Run per-extension and the stall scenarios selected (per-extension-stall, "
+                   "per-extension-sigstop) this many times, alternately, and compare their median rounds "
+                   "(default 3; --quick 1): p99 drifts between runs as much as the 20 %% being judged.")
 @click.option("--realtime", is_flag=True,
               help=f"Run the workers' clocks (audiosocket.realtime_priority) and the load client under SCHED_RR "
                    f"{ASTERISK_REALTIME_PRIORITY}, as `asterisk -p` runs Asterisk (needs root or CAP_SYS_NICE).")
@@ -161,13 +161,20 @@ def bench_command(ctx: click.Context, quick: bool, scenarios: tuple[str, ...], r
         result = run_scenario(SCENARIOS[name], settings, workdir)
         others = result.summary["groups"]["others"]
         target = result.summary["groups"]["target"]
+        freeze = result.summary.get("freeze")
+        stops = ""
+        if freeze:
+            lengths = freeze.get("stopped_ms") or [0.0]
+            stops = f"; {freeze['stops']} stops of {min(lengths):.0f}-{max(lengths):.0f} ms"
         progress(f"  {target['label']}: p99 {target['p99_deviation_ms']:.3f} ms, gaps>40ms "
                  f"{target['gaps_over_40ms']}; others: p99 {others['p99_deviation_ms']:.3f} ms, "
                  f"gaps>40ms {others['gaps_over_40ms']}; client lag (merged frames) "
-                 f"{target['merged_frames'] + others['merged_frames']} ({result.summary['wall_seconds']:.1f} s)")
+                 f"{target['merged_frames'] + others['merged_frames']}{stops} ({result.summary['wall_seconds']:.1f} s)")
         return result
 
-    paired = settings.stall_rounds > 1 and set(STALL_PAIR) <= set(scenarios)
+    # The fault-free run and the stalled runs selected, alternately, when there is something to compare.
+    group = [name for name in STALL_GROUP if name in scenarios]
+    paired = settings.stall_rounds > 1 and STALL_GROUP[0] in group and len(group) > 1
     try:
         for name in scenarios:
             if name == CAPACITY:
@@ -175,16 +182,16 @@ def bench_command(ctx: click.Context, quick: bool, scenarios: tuple[str, ...], r
                 result = run_capacity(settings, workdir, progress)
                 report["capacity"] = result.summary
                 results.append(result)
-            elif paired and name in STALL_PAIR:
-                if name != STALL_PAIR[0]:
-                    continue  # already run, alternating with its pair
-                rounds: dict[str, list[ScenarioResult]] = {pair_name: [] for pair_name in STALL_PAIR}
+            elif paired and name in group:
+                if name != group[0]:
+                    continue  # already run, alternating with the rest of its group
+                rounds: dict[str, list[ScenarioResult]] = {member: [] for member in group}
                 for number in range(1, settings.stall_rounds + 1):
-                    for pair_name in STALL_PAIR:
-                        label = f"{pair_name} (round {number}/{settings.stall_rounds})"
-                        rounds[pair_name].append(isolation(pair_name, label))
-                for pair_name in STALL_PAIR:
-                    runs = rounds[pair_name]
+                    for member in group:
+                        label = f"{member} (round {number}/{settings.stall_rounds})"
+                        rounds[member].append(isolation(member, label))
+                for member in group:
+                    runs = rounds[member]
                     result = runs[median_round([run.summary for run in runs])]
                     result.summary["rounds"] = [round_figures(run.summary) for run in runs]
                     report["scenarios"].append(result.summary)

@@ -43,8 +43,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{settings['extensions']} extensions × {settings['calls_per_extension']} calls × {settings['seconds']:g} s "
         f"(calls alternate ia/retorno; echo app; 440 Hz tone both ways; load client on this machine, "
         f"≤ {settings['calls_per_load_process']} calls per load process). Stall: "
-        f"`time.sleep({settings['stall_seconds']:g})` every {settings['stall_every']:g} s on the stalled "
-        "extension's event loop. Deviation = |inter-frame interval − 20 ms| from kernel arrival times "
+        f"`time.sleep({settings['stall_seconds']:g})` on the stalled "
+        f"extension's event loop, after each asyncio sleep of {settings['stall_every']:g} s. SIGSTOP: the benchmark stops the frozen "
+        f"extension's whole worker process and sends SIGCONT {settings['stall_seconds']:g} s later, one stop "
+        f"starting every {settings['stall_every']:g} s. Deviation = |inter-frame interval − 20 ms| from kernel arrival times "
         "(SO_TIMESTAMPNS), pooled over the group's calls. Scheduling: "
         + (f"the workers' clocks (`audiosocket.realtime_priority`) and the load client under SCHED_RR "
            f"{settings['realtime_priority']}, as `asterisk -p` runs Asterisk."
@@ -109,6 +111,19 @@ def markdown(report: dict[str, Any]) -> str:
                     f"a new call got audio {_number(crash.get('serves_again_ms'), 1)} ms after the kill "
                     f"({crash.get('refused', 0)} connections refused meanwhile); its calls in progress "
                     f"ended: {scenario['groups']['target']['failure_reasons'] or 'none'}."
+                )
+                lines.append("")
+        for scenario in scenarios:
+            freeze = scenario.get("freeze")
+            if freeze:
+                lengths = freeze.get("stopped_ms") or []
+                lines.append(
+                    f"{scenario['name']}: worker pid {freeze.get('pid')} stopped {freeze.get('stops', 0)} times, "
+                    + (f"{min(lengths):.1f}-{max(lengths):.1f} ms each (SIGSTOP to SIGCONT, as this benchmark "
+                       f"timed it)" if lengths else "never")
+                    + (f"; {freeze['error']}" if freeze.get("error") else "")
+                    + (f"; the pid changed to {freeze['new_pid']} (restarted)"
+                       if freeze.get("new_pid") not in (None, freeze.get("pid")) else "") + "."
                 )
                 lines.append("")
         repeated = [scenario for scenario in scenarios if len(scenario.get("rounds") or []) > 1]
@@ -244,6 +259,10 @@ def _timeline_plot(pyplot: Any, folder: Path, results: Sequence[ScenarioResult])
         for number, (at, late_ms) in enumerate(held_up):
             axis.axvspan(at, at + late_ms / 1000.0, color="grey", alpha=0.3, linewidth=0,
                          label="machine held up (idle probe woke > 20 ms late)" if number == 0 else None)
+        freeze = result.summary.get("freeze") or {}
+        for number, at in enumerate(freeze.get("stops_at_s", [])):
+            axis.axvspan(at, at + result.summary["stall"]["seconds"], color="tab:red", alpha=0.12, linewidth=0,
+                         label="worker stopped (SIGSTOP to SIGCONT)" if number == 0 else None)
         crash = result.summary.get("crash") or {}
         if crash.get("killed_at_s") is not None:
             axis.axvline(crash["killed_at_s"], color="black", linestyle=":", label="kill -9")

@@ -45,9 +45,12 @@ from audiogw.shared.net import free_port_block
 class ScenarioSpec:
     name: str
     gateway: str  # "single-loop" | "supervisor"
-    stall: bool
+    stall: bool  # the first extension's app blocks its loop (time.sleep)
     crash: bool
     description: str
+    # The benchmark freezes the first extension's whole worker process (SIGSTOP, then
+    # SIGCONT): every thread stops, as when the host pauses it, not just its event loop.
+    sigstop: bool = False
 
 
 SCENARIOS: dict[str, ScenarioSpec] = {spec.name: spec for spec in (
@@ -59,13 +62,17 @@ SCENARIOS: dict[str, ScenarioSpec] = {spec.name: spec for spec in (
                  "the real supervisor, one worker process per extension"),
     ScenarioSpec("per-extension-stall", "supervisor", True, False,
                  "the same, one extension's app blocks its own loop"),
+    ScenarioSpec("per-extension-sigstop", "supervisor", False, False,
+                 "the same, the benchmark freezes one extension's worker process (SIGSTOP, SIGCONT)",
+                 sigstop=True),
     ScenarioSpec("crash", "supervisor", False, True,
                  "the real supervisor, one worker killed with SIGKILL mid-run"),
 )}
 CAPACITY = "capacity"
 ALL_SCENARIOS: tuple[str, ...] = (*SCENARIOS, CAPACITY)
-# The pair whose others' p99 is compared: with stall_rounds > 1 they run alternately.
-STALL_PAIR: tuple[str, str] = ("per-extension", "per-extension-stall")
+# The run without a fault first, then the stalled runs whose others' p99 is compared
+# with it: with stall_rounds > 1 the ones selected run alternately.
+STALL_GROUP: tuple[str, ...] = ("per-extension", "per-extension-stall", "per-extension-sigstop")
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class BenchSettings:
     capacity_step: int = 100
     capacity_max: int = 1000
     capacity_seconds: float = 10.0
-    stall_rounds: int = 1  # times per-extension and per-extension-stall run, alternately
+    stall_rounds: int = 1  # times the STALL_GROUP scenarios run, alternately
     # SCHED_RR priority of the workers' clocks and of the load client, as `asterisk -p`
     # runs Asterisk; 0: everything at normal priority.
     realtime_priority: int = 0
@@ -257,6 +264,65 @@ def _crash(gateway: SupervisorGateway, target: str, at: float) -> dict[str, Any]
     }
 
 
+def _process_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` ('T': stopped), '' when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _freeze(gateway: SupervisorGateway, target: str, first_at: float, until: float,
+            settings: BenchSettings) -> dict[str, Any]:
+    """SIGSTOP the target's worker, SIGCONT it ``stall_seconds`` later, every ``stall_every`` s.
+
+    From ``first_at`` until ``until`` (CLOCK_REALTIME), as long as a whole stop
+    fits. The worker is never left stopped: SIGCONT goes out in ``finally``.
+    Returns when each stop began (realtime seconds) and how long each really
+    lasted, as this process timed it (a late wake-up here makes a stop longer).
+    """
+    pid = gateway.worker_pid(target)
+    if not pid:
+        return {"pid": None, "error": "no worker pid", "stops_at": [], "stopped_ms": []}
+    wall_offset = time.time() - time.monotonic()
+    stops_at: list[float] = []
+    stopped_ms: list[float] = []
+    confirm_ms: list[float] = []
+    stopped = False
+    number = 0
+    try:
+        while True:
+            begin = first_at - wall_offset + number * settings.stall_every
+            if begin + settings.stall_seconds > until - wall_offset:
+                break
+            time.sleep(max(0.0, begin - time.monotonic()))
+            os.kill(pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            stopped = True
+            while (state := _process_state(pid)) not in ("T", "") and time.monotonic() - stopped_at < 0.05:
+                time.sleep(0.0005)
+            if state == "T":  # the kernel really stopped it (signals are delivered asynchronously)
+                confirm_ms.append((time.monotonic() - stopped_at) * 1000.0)
+            time.sleep(max(0.0, stopped_at + settings.stall_seconds - time.monotonic()))
+            os.kill(pid, signal.SIGCONT)
+            stopped = False
+            stopped_ms.append((time.monotonic() - stopped_at) * 1000.0)
+            stops_at.append(stopped_at + wall_offset)
+            number += 1
+    except ProcessLookupError:
+        stopped = False
+        return {"pid": pid, "error": "the worker went away", "stops_at": stops_at, "stopped_ms": stopped_ms}
+    finally:
+        if stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    return {"pid": pid, "stops_at": stops_at, "stopped_ms": stopped_ms, "stops_seen": len(confirm_ms),
+            "stop_seen_ms_max": max(confirm_ms, default=None), "new_pid": gateway.worker_pid(target)}
+
+
 def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> ScenarioResult:
     """One isolation scenario: N extensions x K calls, the first extension is the stalled/crashed one."""
     ids = settings.extension_ids()
@@ -274,8 +340,13 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
         def crash_midway(calls_up: float) -> dict[str, Any]:
             return _crash(gateway, target, calls_up + settings.seconds / 2)
 
-        load = run_load(gateway, plan, settings.seconds, folder, settings, target,
-                        crash_midway if spec.crash else None)
+        def freeze_while_up(calls_up: float) -> dict[str, Any]:
+            # calls_up - spread: the first call's start; stop while every call of the run is up.
+            return _freeze(gateway, target, calls_up, calls_up - spread_seconds(len(plan)) + settings.seconds,
+                           settings)
+
+        during = crash_midway if spec.crash else freeze_while_up if spec.sigstop else None
+        load = run_load(gateway, plan, settings.seconds, folder, settings, target, during)
         if not gateway.alive():
             raise BenchError(f"{gateway.kind} died during {spec.name}:\n{gateway.log()[-3000:]}")
     except GatewayError as error:
@@ -283,14 +354,15 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
     finally:
         gateway.stop()
     groups = split_groups(load.outcomes, target)
-    role = "stalled" if spec.stall else "crashed" if spec.crash else "first"
+    role = "stalled" if spec.stall else "frozen" if spec.sigstop else "crashed" if spec.crash else "first"
     summary: dict[str, Any] = {
         "name": spec.name,
         "description": spec.description,
         "gateway": spec.gateway,
         "target_extension": target,
-        "stall": ({"extension": target, "seconds": settings.stall_seconds, "every": settings.stall_every}
-                  if spec.stall else None),
+        "stall": ({"extension": target, "seconds": settings.stall_seconds, "every": settings.stall_every,
+                   "kind": "sigstop" if spec.sigstop else "time.sleep"}
+                  if spec.stall or spec.sigstop else None),
         "extensions": settings.extensions,
         "calls_per_extension": settings.calls_per_extension,
         "seconds": settings.seconds,
@@ -308,6 +380,12 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
         if crash.get("killed_at"):
             crash["killed_at_s"] = crash.pop("killed_at") - load.start_at
         summary["crash"] = crash
+    if spec.sigstop:
+        freeze = dict(load.during)
+        stops = freeze.pop("stops_at", [])
+        freeze["stops_at_s"] = [at - load.start_at for at in stops]
+        freeze["stops"] = len(stops)
+        summary["freeze"] = freeze
     duration = spread_seconds(len(plan)) + settings.seconds + 0.2
     return ScenarioResult(summary, load.outcomes, load.start_at, duration)
 

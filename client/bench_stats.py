@@ -180,6 +180,37 @@ def _check(name: str, measured: Any, target: str, passed: bool | None) -> dict[s
     return {"check": name, "measured": measured, "target": target, "pass": passed}
 
 
+# The stalled isolation scenarios, each judged against "per-extension": (name, label in the checks).
+STALLED_SCENARIOS: tuple[tuple[str, str], ...] = (
+    ("per-extension-stall", "stall"),  # the app calls time.sleep on its loop
+    ("per-extension-sigstop", "SIGSTOP"),  # the benchmark freezes the whole worker process
+)
+
+
+def _stall_checks(label: str, stalled: Mapping[str, Any], quiet: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Others' p99 (median rounds) vs the quiet run, others' gaps (every round), the stall showing (every round)."""
+    checks: list[dict[str, Any]] = []
+    rounds = _rounds(stalled)
+    if quiet is not None:
+        quiet_rounds = _rounds(quiet)
+        base = statistics.median_low(entry["others_p99_deviation_ms"] for entry in quiet_rounds)
+        value = statistics.median_low(entry["others_p99_deviation_ms"] for entry in rounds)
+        ratio = value / base if base > 0 else float("inf")
+        several = len(rounds) > 1 or len(quiet_rounds) > 1
+        checks.append(_check(
+            f"per-extension + {label}: others' p99 vs the same run without the stall"
+            + (f" (median of {len(rounds)} alternating rounds each)" if several else ""),
+            f"{value:.3f} ms vs {base:.3f} ms = {ratio:.2f}x",
+            f"<= {STALL_P99_RATIO_LIMIT:g}x", ratio <= STALL_P99_RATIO_LIMIT))
+    gaps = sum(entry["others_gaps_over_40ms"] for entry in rounds)
+    checks.append(_check(f"per-extension + {label}: others' gaps over 40 ms"
+                         + (f" (all {len(rounds)} rounds)" if len(rounds) > 1 else ""), gaps, "0", gaps == 0))
+    stall_gaps = [entry["target_gaps_over_40ms"] for entry in rounds]
+    checks.append(_check(f"per-extension + {label}: the stalled extension's gaps over 40 ms (the stall is real)",
+                         ", ".join(str(count) for count in stall_gaps), "> 0", min(stall_gaps) > 0))
+    return checks
+
+
 def isolation_checks(scenarios: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Measured vs target for the scenarios present (by name); absent scenarios add no check.
 
@@ -190,27 +221,10 @@ def isolation_checks(scenarios: Mapping[str, Mapping[str, Any]]) -> list[dict[st
     """
     checks: list[dict[str, Any]] = []
     quiet = scenarios.get("per-extension")
-    stalled = scenarios.get("per-extension-stall")
-    if stalled is not None:
-        rounds = _rounds(stalled)
-        if quiet is not None:
-            quiet_rounds = _rounds(quiet)
-            base = statistics.median_low(entry["others_p99_deviation_ms"] for entry in quiet_rounds)
-            value = statistics.median_low(entry["others_p99_deviation_ms"] for entry in rounds)
-            ratio = value / base if base > 0 else float("inf")
-            several = len(rounds) > 1 or len(quiet_rounds) > 1
-            checks.append(_check(
-                "per-extension + stall: others' p99 vs the same run without the stall"
-                + (f" (median of {len(rounds)} alternating rounds each)" if several else ""),
-                f"{value:.3f} ms vs {base:.3f} ms = {ratio:.2f}x",
-                f"<= {STALL_P99_RATIO_LIMIT:g}x", ratio <= STALL_P99_RATIO_LIMIT))
-        gaps = sum(entry["others_gaps_over_40ms"] for entry in rounds)
-        checks.append(_check("per-extension + stall: others' gaps over 40 ms"
-                             + (f" (all {len(rounds)} rounds)" if len(rounds) > 1 else ""), gaps, "0", gaps == 0))
-        stall_gaps = [entry["target_gaps_over_40ms"] for entry in rounds]
-        checks.append(_check("per-extension + stall: the stalled extension's gaps over 40 ms (the stall is real)",
-                             ", ".join(str(count) for count in stall_gaps), "> 0",
-                             min(stall_gaps) > 0))
+    for name, label in STALLED_SCENARIOS:
+        stalled = scenarios.get(name)
+        if stalled is not None:
+            checks += _stall_checks(label, stalled, quiet)
     single_stalled = scenarios.get("baseline-single-loop-stall")
     if single_stalled is not None:
         others = single_stalled["groups"]["others"]

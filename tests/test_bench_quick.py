@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import time
 
 import numpy
 import pytest
 
 from audiogw.client.bench import bench_command
 from audiogw.client.bench_report import write_report
-from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult
+from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
 from audiogw.client.bench_stats import CallOutcome, group_summary
 from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
 from conftest import realtime_allowed
@@ -91,12 +93,17 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
 def test_stall_rounds_alternate_and_the_check_compares_median_rounds(tmp_path, capsys):
     results = tmp_path / "results"
     args = ["--extensions", "2", "--calls-per-extension", "1", "--seconds", "2", "--stall-rounds", "2",
-            "--scenarios", "per-extension,per-extension-stall", "--results", str(results), "--json"]
+            "--scenarios", "per-extension-sigstop,per-extension,per-extension-stall", "--results", str(results),
+            "--json"]
     bench_command.main(args=args, prog_name="audiogw bench", standalone_mode=False)
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    labels = [line.split("bench: ", 1)[1].split(" (round")[0] for line in captured.err.splitlines()
+              if line.startswith("bench: ") and "(round" in line]
+    assert labels == ["per-extension", "per-extension-stall", "per-extension-sigstop"] * 2  # alternately
 
     by_name = {scenario["name"]: scenario for scenario in report["scenarios"]}
-    assert list(by_name) == ["per-extension", "per-extension-stall"]
+    assert list(by_name) == ["per-extension", "per-extension-stall", "per-extension-sigstop"]
     for scenario in by_name.values():
         rounds = scenario["rounds"]
         assert len(rounds) == 2
@@ -109,6 +116,48 @@ def test_stall_rounds_alternate_and_the_check_compares_median_rounds(tmp_path, c
     assert "median of 2 alternating rounds" in ratio["check"]
     assert report["checks"][2]["measured"] == ", ".join(str(entry["target_gaps_over_40ms"]) for entry in stalled_rounds)
     assert "Rounds — these ran alternately" in (results / "report.md").read_text()
+
+    # SIGSTOP: the benchmark really froze the worker (the kernel showed it stopped), for 0.3 s each
+    # time, the freeze shows as the frozen extension's gaps in every round, and the worker kept its pid
+    # (stopped, not restarted by the supervisor).
+    frozen = by_name["per-extension-sigstop"]
+    freeze = frozen["freeze"]
+    assert freeze["stops"] >= 1 and freeze["stops_seen"] == freeze["stops"]
+    assert all(300.0 <= length < 400.0 for length in freeze["stopped_ms"])
+    assert freeze["new_pid"] == freeze["pid"]
+    assert frozen["stall"]["kind"] == "sigstop" and frozen["groups"]["target"]["label"].startswith("frozen")
+    assert all(entry["target_gaps_over_40ms"] > 0 for entry in frozen["rounds"])
+    assert frozen["groups"]["target"]["max_gap_ms"] > 250
+    assert frozen["groups"]["others"]["completed"] == 1
+    sigstop_checks = [check for check in report["checks"] if check["check"].startswith("per-extension + SIGSTOP")]
+    assert len(sigstop_checks) == 3 and "median of 2 alternating rounds" in sigstop_checks[0]["check"]
+
+
+class _OneWorker:
+    """Stands in for the supervisor gateway: one "worker" pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def worker_pid(self, extension: str) -> int:
+        return self.pid
+
+
+def test_freeze_stops_and_continues_a_process_on_schedule_and_never_leaves_it_stopped():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        settings = BenchSettings(stall_seconds=0.2, stall_every=0.5)
+        began = time.time()
+        freeze = _freeze(_OneWorker(sleeper.pid), "1201", began, began + 1.1, settings)
+        assert len(freeze["stops_at"]) == 2 and freeze["stops_seen"] == 2  # 0.0 and 0.5; 1.0 + 0.2 > 1.1
+        assert [round(at - began, 1) for at in freeze["stops_at"]] == [0.0, 0.5]
+        assert all(200.0 <= length < 300.0 for length in freeze["stopped_ms"])
+        assert _process_state(sleeper.pid) not in ("T", "")  # running again
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    gone = _freeze(_OneWorker(sleeper.pid), "1201", time.time(), time.time() + 1.0, settings)
+    assert gone["error"] == "the worker went away" and gone["stops_at"] == []
 
 
 def test_realtime_bench_puts_the_workers_and_the_load_client_under_sched_rr(tmp_path, capsys):

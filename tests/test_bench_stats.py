@@ -262,6 +262,21 @@ def test_isolation_checks_compare_the_stalled_run_with_the_quiet_one():
     assert isolation_checks({}) == []
 
 
+def test_sigstop_scenario_is_judged_like_the_sleep_stall_and_beside_it():
+    checks = isolation_checks({
+        "per-extension": scenario(1.0),
+        "per-extension-stall": scenario(1.1, target_gaps=20),
+        "per-extension-sigstop": scenario(2.4, target_gaps=15),
+    })
+    assert [check["check"].split(":")[0] for check in checks] == [
+        "per-extension + stall"] * 3 + ["per-extension + SIGSTOP"] * 3
+    assert [check["pass"] for check in checks] == [True, True, True, False, True, True]
+    assert "2.400 ms vs 1.000 ms = 2.40x" == checks[3]["measured"]
+    # Alone (no quiet run): only the gaps and the stall showing, no ratio.
+    alone = isolation_checks({"per-extension-sigstop": scenario(1.0, others_gaps=1, target_gaps=0)})
+    assert [(check["measured"], check["pass"]) for check in alone] == [(1, False), ("0", False)]
+
+
 def rounds_of(*others_p99: float, others_gaps: int = 0, target_gaps: int = 5) -> list[dict]:
     return [round_figures(scenario(value, others_gaps=others_gaps, target_gaps=target_gaps)) for value in others_p99]
 

@@ -37,8 +37,9 @@ async def serve_all(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     workers: list[ExtensionWorker] = []
     for slot, extension in enumerate(config.extensions):
-        sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port),
-                   "retorno": bind_listener(config.audiosocket.bind, extension.retorno_port)}
+        backlog = config.audiosocket.listen_backlog
+        sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port, backlog),
+                   "retorno": bind_listener(config.audiosocket.bind, extension.retorno_port, backlog)}
         context = AppContext(extension=extension.id, options=extension.options, base_dir=config.base_dir)
         # Staggered clocks, as the supervisor gives its workers: the same worker code, fairly compared.
         worker = ExtensionWorker(extension.id, create_app(extension.app, context), config.audiosocket,

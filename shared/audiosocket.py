@@ -130,37 +130,49 @@ _AUDIO_LIMITS = {kind: max_payload(kind) for kind in AUDIO_RATES}
 class FrameDecoder:
     """Incremental decoder: feed bytes as they arrive, get whole frames back.
 
-    After an error the stream has lost framing, so the decoder refuses further
-    input: the caller must close the leg.
+    ``limit`` bounds the frames one call decodes, so a peer that floods a leg
+    costs its worker a bounded amount of work per call: what is left waits in
+    the buffer (``backlog`` is then true) until the next ``feed``, which may be
+    ``feed(b"")``. After an error the stream has lost framing, so the decoder
+    refuses further input: the caller must close the leg.
     """
 
-    __slots__ = ("_buffer", "_failed")
+    __slots__ = ("_buffer", "_failed", "backlog")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._failed = False
+        self.backlog = False  # the last feed stopped at its limit with whole frames possibly left
 
     @property
     def pending(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
+        """Bytes held waiting for the rest of a frame (or, with ``backlog``, for the next feed)."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, limit: int = 0) -> list[Frame]:
+        """Whole frames in ``data`` (and what was held before); at most ``limit`` of them if it is set."""
         if self._failed:
             raise AudioSocketError("after_error", "decoder already failed; close the connection")
         buffer = self._buffer
         if not buffer and len(data) > HEADER_SIZE:
             # The common case: exactly one valid audio frame, as Asterisk writes them.
             kind, length = _HEADER.unpack_from(data, 0)
-            limit = _AUDIO_LIMITS.get(kind)
-            if limit is not None and len(data) == HEADER_SIZE + length and 0 < length <= limit and not length & 1:
+            audio_limit = _AUDIO_LIMITS.get(kind)
+            if audio_limit is not None and len(data) == HEADER_SIZE + length and 0 < length <= audio_limit \
+                    and not length & 1:
+                self.backlog = False
                 return [Frame(kind, data[HEADER_SIZE:])]
-        buffer += data
+        if data:
+            buffer += data
         frames: list[Frame] = []
         offset = 0
         end = len(buffer)
+        self.backlog = False
         try:
             while end - offset >= HEADER_SIZE:
+                if limit and len(frames) >= limit:
+                    self.backlog = True
+                    break
                 kind, length = _HEADER.unpack_from(buffer, offset)
                 check_payload(kind, length)
                 start = offset + HEADER_SIZE

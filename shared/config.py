@@ -427,9 +427,14 @@ class AudioSocketSettings:
     outbound_buffer_seconds: float = 2.0
     inbound_buffer_frames: int = 50
     max_write_buffer: int = 65536
-    # SCHED_RR priority of each worker's event-loop thread (the audio clock); 0: normal
-    # scheduling. Set it when Asterisk runs real-time (``asterisk -p``): see worker/realtime.py.
-    realtime_priority: int = 0
+    # SCHED_RR priority of each worker (the audio clock); 0: normal scheduling. On by
+    # default where permitted: beside a busy Asterisk a normal-priority worker waits for
+    # the CPU (see worker/realtime.py); a refused worker serves at normal priority.
+    realtime_priority: int = 10
+    # Live audio (echo, bridge, caller to agent) is cut back to this delay after a stall.
+    max_latency_ms: int = 100
+    # Connections that wait in each listening socket while a worker (re)starts.
+    listen_backlog: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +509,8 @@ _AUDIOSOCKET_KEYS = (
     "inbound_buffer_frames",
     "max_write_buffer",
     "realtime_priority",
+    "max_latency_ms",
+    "listen_backlog",
 )
 _DEFAULTS_KEYS = ("app", "options")
 
@@ -768,7 +775,12 @@ def _parse_audiosocket(table: Mapping[str, Any], file: str | None) -> AudioSocke
         )
     inbound_buffer_frames = _integer(table, "inbound_buffer_frames", 50, file, prefix, minimum=1)
     max_write_buffer = _integer(table, "max_write_buffer", 65536, file, prefix, minimum=MIN_WRITE_BUFFER)
-    realtime_priority = _integer(table, "realtime_priority", 0, file, prefix, minimum=0, maximum=99)
+    realtime_priority = _integer(table, "realtime_priority", 10, file, prefix, minimum=0, maximum=99)
+    max_latency_ms = _integer(table, "max_latency_ms", 100, file, prefix, minimum=20, maximum=10000)
+    if max_latency_ms / 1000 > outbound_buffer_seconds + 1e-9:
+        raise ConfigError(file, "audiosocket.max_latency_ms",
+                          f"{max_latency_ms} ms is more than outbound_buffer_seconds ({outbound_buffer_seconds:g} s) holds")
+    listen_backlog = _integer(table, "listen_backlog", 512, file, prefix, minimum=1, maximum=65535)
     return AudioSocketSettings(
         bind=bind,
         port_range=port_range,
@@ -779,6 +791,8 @@ def _parse_audiosocket(table: Mapping[str, Any], file: str | None) -> AudioSocke
         inbound_buffer_frames=inbound_buffer_frames,
         max_write_buffer=max_write_buffer,
         realtime_priority=realtime_priority,
+        max_latency_ms=max_latency_ms,
+        listen_backlog=listen_backlog,
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 import socket
 
-LISTEN_BACKLOG = 512
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -44,11 +43,11 @@ def free_port_block(size: int, host: str = "127.0.0.1", attempts: int = 200) -> 
     raise OSError(f"no block of {size} free ports found on {host}")
 
 
-def bind_listener(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
+def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     """A non-blocking listening TCP socket; port 0 picks a free port.
 
-    The backlog is generous: while a worker restarts, Asterisk's connections
-    wait in it instead of being refused.
+    The backlog (``audiosocket.listen_backlog``) is generous: while a worker
+    restarts, Asterisk's connections wait in it instead of being refused.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

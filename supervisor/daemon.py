@@ -101,7 +101,7 @@ class Supervisor:
         The state file is written before the worker starts (and before the
         reply), and nothing is left behind when binding or writing fails.
         """
-        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension)
+        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog)
         if persist:
             try:
                 self.store.added[extension.id] = extension
@@ -338,7 +338,7 @@ class Supervisor:
 
     async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig) -> ExtensionRuntime:
         ports_changed = (runtime.config.ia_port, runtime.config.retorno_port) != (extension.ia_port, extension.retorno_port)
-        new_sockets = bind_extension_sockets(self.config.audiosocket.bind, extension) if ports_changed else None
+        new_sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog) if ports_changed else None
         await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=False)
         if new_sockets is not None:
             runtime.close_sockets()

@@ -19,13 +19,13 @@ class PortInUse(OSError):
     pass
 
 
-def bind_extension_sockets(bind: str, extension: ExtensionConfig) -> dict[str, socket.socket]:
+def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) -> dict[str, socket.socket]:
     """Bind both legs' listening sockets, or neither (nothing half-created)."""
     sockets: dict[str, socket.socket] = {}
     try:
         for leg_kind, port in (("ia", extension.ia_port), ("retorno", extension.retorno_port)):
             try:
-                sockets[leg_kind] = bind_listener(bind, port)
+                sockets[leg_kind] = bind_listener(bind, port, backlog)
             except OSError as error:
                 raise PortInUse(
                     error.errno, f"cannot listen on {bind}:{port} ({leg_kind} leg of extension {extension.id}): {error.strerror}"

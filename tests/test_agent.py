@@ -233,7 +233,7 @@ def test_l16_payload_of_odd_length_is_refused(start_worker, agent_server):
         await websocket.send(agent_media_message(sid, samples.astype(">i2").tobytes()).decode())
 
     agent = agent_server(script)
-    worker = start_worker("agent", f"url={agent.url}", "encoding=l16", "rate=16000")
+    worker = start_worker("agent", f"url={agent.url}", "encoding=l16", "media_rate=16000")
     result = call(worker.ia_port, 1.5)
     worker.wait_log("reason=odd_length")
     assert 22 <= loud_frames(result.recorded).sum() <= 27  # 0.5 s at 16 kHz, resampled to the 8 kHz leg

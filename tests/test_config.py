@@ -198,7 +198,9 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         outbound_buffer_seconds=2.0,
         inbound_buffer_frames=50,
         max_write_buffer=65536,
-        realtime_priority=0,
+        realtime_priority=10,
+        max_latency_ms=100,
+        listen_backlog=512,
     )
     assert config.defaults == Defaults(app="echo", options={})
     assert config.extensions == ()

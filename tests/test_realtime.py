@@ -35,7 +35,7 @@ def echoes(port: int) -> bool:
 
 
 def test_realtime_priority_puts_every_worker_thread_under_sched_rr_or_says_why_not(start_worker):
-    normal = start_worker("echo", extension="1202")
+    normal = start_worker("echo", extension="1202", args=("--realtime-priority", "0"))
     worker = start_worker("echo", args=("--realtime-priority", "10"))
     normal.wait_log("worker ready")
     assert set(thread_policies(normal.process.pid).values()) == {os.SCHED_OTHER}

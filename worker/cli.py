@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from audiogw.shared.config import ConfigError, parse_config, parse_option, validate_extension_id
+from audiogw.shared.config import AudioSocketSettings, ConfigError, parse_config, parse_option, validate_extension_id
 
 
 def _extension_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -35,8 +35,9 @@ def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE", help="App option (repeatable).")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--allow", multiple=True, default=("127.0.0.0/8",), show_default=True, help="Peer networks that may connect (repeatable).")
-@click.option("--realtime-priority", type=click.IntRange(0, 99), default=0, show_default=True,
-              help="SCHED_RR priority of the audio clock's thread (audiosocket.realtime_priority); 0: normal.")
+@click.option("--realtime-priority", type=click.IntRange(0, 99), default=AudioSocketSettings().realtime_priority,
+              show_default=True,
+              help="SCHED_RR priority of the worker (audiosocket.realtime_priority); 0: normal. Refused: normal.")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
 def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, options: dict,
                    bind: str, allow: tuple[str, ...], realtime_priority: int, log_format: str) -> None:
@@ -56,7 +57,7 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
     sockets = {}
     for leg_kind, port in (("ia", ia_port), ("retorno", retorno_port)):
         try:
-            sockets[leg_kind] = bind_listener(bind, port)
+            sockets[leg_kind] = bind_listener(bind, port, settings.listen_backlog)
         except OSError as error:
             click.echo(f"cannot listen on {bind}:{port} for the {leg_kind} leg: {error.strerror}", err=True)
             sys.exit(1)

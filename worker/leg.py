@@ -29,6 +29,7 @@ from audiogw.shared.audiosocket import (
 )
 from audiogw.shared.resample import StreamResampler
 from audiogw.worker.clock import FRAME_PERIOD
+from audiogw.worker.flood import InboundGuard
 from audiogw.worker.playout import PlayoutBuffer
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("audiogw.worker.leg")
 
 KERNEL_SEND_BUFFER = 16384  # Linux doubles it: about 1 s of 8 kHz audio in flight
+# Frames decoded per read: a worker's own stall of a second comes back as ~50 frames
+# in one read; more than this only a flood sends, and the rest waits a tick.
+FRAMES_PER_READ = 64
+PARTIAL_FRAME_TIMEOUT = 2.0  # seconds a frame's payload may lag its header
+BYTES_PER_SECOND = {kind: rate * 2 for kind, rate in AUDIO_RATES.items()}
 
 
 class Leg:
@@ -55,18 +61,25 @@ class Leg:
         self._ticker = worker.ticker
         self._loop = worker.loop
         capacity = max(1, round(settings.outbound_buffer_seconds / FRAME_PERIOD))
-        self.outbound = PlayoutBuffer(8000, capacity, settings.lead_frames)
+        # A known rate (extension option ``rate``) is used from the first tick; ``auto``
+        # starts at 8 kHz (the dialplan app's only rate) and learns from the first
+        # inbound audio frame, converting whatever was queued meanwhile.
+        self.outbound = PlayoutBuffer(worker.rate or 8000, capacity, settings.lead_frames)
+        self.outbound.drop_counts = self._stats.frames_dropped
+        self._max_latency_frames = max(1, -(-settings.max_latency_ms // round(FRAME_PERIOD * 1000)))
+        self._configured_rate = worker.rate
+        self._resamplers: dict[tuple[int, int], StreamResampler] = {}
         self._inbound: deque[Frame] = deque(maxlen=settings.inbound_buffer_frames)
         self._inbound_waiter: asyncio.Future[None] | None = None
-        self._forward: Callable[[bytes], None] | None = None
-        self._forward_target: Leg | None = None
-        self._rate_known = asyncio.Event()
+        self._forward: Callable[[bytes, int], int | None] | None = None
+        self._rate_learned = False
         self.closed = asyncio.Event()
         self.started_at = time.monotonic()
         self.frames_received = 0
         self.frames_sent = 0
         self.underruns = 0
         self.late_frames = 0
+        self.flood_dropped = 0
         self.max_send_gap = 0.0
         self.dtmf_received = ""
         self._last_send = 0.0
@@ -79,32 +92,50 @@ class Leg:
     def rate(self) -> int:
         return self.outbound.rate
 
-    async def wait_rate(self, timeout: float = 0.2) -> int:
-        """The leg's sample rate, learned from the first inbound audio frame (8 kHz if none comes)."""
-        try:
-            await asyncio.wait_for(self._rate_known.wait(), timeout)
-        except TimeoutError:
-            pass
+    async def wait_rate(self) -> int:
+        """The leg's current sample rate, at once: audio pushed at another rate is converted.
+
+        With ``rate = "auto"`` it is 8 kHz until the first inbound audio frame
+        says otherwise; audio queued meanwhile is converted then, never lost.
+        """
         return self.rate
 
     # -- outbound -------------------------------------------------------
-    def push(self, pcm: bytes | bytearray | memoryview) -> int:
-        """Queue audio now; when the queue is full the oldest audio is dropped (counted, returned)."""
-        dropped = self.outbound.push(pcm)
+    def push(self, pcm: bytes | bytearray | memoryview, rate: int = 0) -> int:
+        """Queue audio now (at ``rate``, default the leg's); a full queue drops its oldest audio (counted, returned)."""
+        outbound = self.outbound
+        if rate and rate != outbound.rate:
+            pcm = self._convert(pcm, rate, outbound.rate)
+            if not pcm:
+                return 0
+        dropped = outbound.push(pcm)
         if dropped:
             self._stats.frames_dropped["outbound_overflow"] += dropped
         return dropped
 
-    async def play(self, pcm: bytes | bytearray | memoryview) -> None:
-        """Queue audio, waiting while ``lead`` frames are already ahead of the clock."""
+    def _convert(self, pcm: bytes | bytearray | memoryview, in_rate: int, out_rate: int) -> bytes:
+        """A producer's audio at another rate than the leg's: one stream resampler per rate pair."""
+        resampler = self._resamplers.get((in_rate, out_rate))
+        if resampler is None:
+            resampler = self._resamplers[(in_rate, out_rate)] = StreamResampler(in_rate, out_rate)
+        return resampler(numpy.frombuffer(pcm, dtype="<i2")).astype("<i2", copy=False).tobytes()
+
+    async def play(self, pcm: bytes | bytearray | memoryview, rate: int = 0) -> None:
+        """Queue audio (at ``rate``, default the leg's), waiting while ``lead`` frames are already ahead of the clock."""
         outbound = self.outbound
         while not outbound.has_room_for_lead() and not self.closed.is_set():
             await outbound.wait_for_room(self._loop)
         if not self.closed.is_set():
-            self.push(pcm)
+            self.push(pcm, rate)
 
     def finish(self) -> None:
-        """End of a prompt: pad its last partial frame and do not count the silence after it."""
+        """End of a prompt: its converted tail, its last partial frame padded; the silence after it is no underrun."""
+        if self._resamplers:
+            resamplers, self._resamplers = self._resamplers, {}
+            for (_in_rate, out_rate), resampler in resamplers.items():
+                tail = resampler.flush()
+                if tail.size and out_rate == self.outbound.rate:
+                    self.outbound.push(tail.astype("<i2", copy=False).tobytes())
         self.outbound.flush_partial()
         self._finished = True
 
@@ -126,21 +157,21 @@ class Leg:
         """Send this leg's inbound audio straight into ``target``'s queue (echo, bridge).
 
         ``None`` discards inbound audio (an app that only talks). Until an app
-        calls this, inbound audio queues for :meth:`receive`.
+        calls this, inbound audio queues for :meth:`receive`. Forwarded audio is
+        live: ``target``'s queue is held to ``audiosocket.max_latency_ms``, and
+        converted when the two legs' rates differ.
         """
-        self._forward_target = target
         if target is None:
             self._forward = _discard
-        elif target.rate == self.rate:
-            self._forward = target.push
         else:
-            self._forward = _ForwardResampler(self.rate, target.rate, target.push)
+            target.outbound.max_latency_frames = self._max_latency_frames
+            self._forward = target.push
         # Audio that arrived before the app chose a route is not lost.
         if self._inbound:
             kept = [frame for frame in self._inbound if frame.kind not in AUDIO_RATES]
             for frame in self._inbound:
                 if frame.kind in AUDIO_RATES:
-                    self._forward(frame.payload)
+                    self._forward(frame.payload, AUDIO_RATES[frame.kind])
             self._inbound.clear()
             self._inbound.extend(kept)
 
@@ -169,15 +200,11 @@ class Leg:
     def _deliver(self, frame: Frame) -> None:
         if frame.kind in AUDIO_RATES:
             rate = AUDIO_RATES[frame.kind]
-            if not self._rate_known.is_set():
-                if rate != self.outbound.rate:
-                    self.outbound.set_rate(rate)
-                self._rate_known.set()
-                if self._forward_target is not None:
-                    self.forward_to(self._forward_target)
+            if not self._rate_learned:
+                self._learn_rate(rate)
             forward = self._forward
             if forward is not None:
-                forward(frame.payload)
+                forward(frame.payload, rate)
                 return
         else:
             self.dtmf_received += frame.payload.decode("ascii")
@@ -186,6 +213,16 @@ class Leg:
             self._stats.frames_dropped["inbound_overflow"] += 1
         inbound.append(frame)
         self._wake_receiver()
+
+    def _learn_rate(self, rate: int) -> None:
+        """The first inbound audio frame fixes the rate the leg answers at (Asterisk expects its own)."""
+        self._rate_learned = True
+        if rate == self.outbound.rate:
+            return
+        if self._configured_rate:
+            log.warning("extension=%s leg=%s uuid=%s: rate=%d configured, but the peer sends %d Hz: answering at %d Hz",
+                        self.extension, self.kind, self.uuid, self._configured_rate, rate, rate)
+        self.outbound.set_rate(rate)
 
     def _wake_receiver(self) -> None:
         waiter = self._inbound_waiter
@@ -233,23 +270,8 @@ class Leg:
         self.outbound._wake_producer()
 
 
-def _discard(pcm: bytes) -> None:
+def _discard(pcm: bytes, rate: int) -> None:
     return None
-
-
-class _ForwardResampler:
-    """Forwarding between legs at different rates."""
-
-    __slots__ = ("_resample", "_sink")
-
-    def __init__(self, in_rate: int, out_rate: int, sink: Callable[[bytes], None]) -> None:
-        self._resample = StreamResampler(in_rate, out_rate)
-        self._sink = sink
-
-    def __call__(self, pcm: bytes) -> None:
-        out = self._resample(numpy.frombuffer(pcm, dtype="<i2"))
-        if out.size:
-            self._sink(out.astype("<i2", copy=False).tobytes())
 
 
 class LegProtocol(asyncio.Protocol):
@@ -266,6 +288,10 @@ class LegProtocol(asyncio.Protocol):
         self._uuid_timer: asyncio.TimerHandle | None = None
         self._ended = False
         self._app_task: asyncio.Task | None = None
+        self._guard = InboundGuard(time.monotonic())
+        self._held = False  # reading paused: a read's frames beyond FRAMES_PER_READ wait a tick
+        self._partial_since = 0.0  # when the incomplete frame now held began to arrive (0: none)
+        self._partial_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -294,18 +320,36 @@ class LegProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data, FRAMES_PER_READ)
         except AudioSocketError as error:
             self.fail(error.reason, str(error))
             return
+        if decoder.pending:
+            self._note_partial(bool(frames))
+        elif self._partial_since:
+            self._partial_since = 0.0
+        if frames:
+            self._handle(frames)
+        if decoder.backlog and not self._ended:
+            self._hold_reading()
+
+    def _handle(self, frames: list[Frame]) -> None:
         leg = self.leg
+        guard = self._guard
+        now = time.monotonic()
         for frame in frames:
             kind = frame.kind
             if leg is not None and kind in AUDIO_RATES:
                 leg.frames_received += 1
-                leg._stats.frames_received += 1
-                leg._deliver(frame)
+                stats = leg._stats
+                stats.frames_received += 1
+                if guard.admit_audio(len(frame.payload) / BYTES_PER_SECOND[kind], now):
+                    leg._deliver(frame)
+                else:
+                    stats.frames_dropped["inbound_flood"] += 1
+                    leg.flood_dropped += 1
             elif kind == Kind.UUID:
                 if leg is not None:
                     self.fail("duplicate_uuid", "a second UUID frame on a live leg")
@@ -317,13 +361,56 @@ class LegProtocol(asyncio.Protocol):
                 self.fail("no_uuid", f"frame kind 0x{kind:02x} before the UUID frame")
                 return
             elif kind == Kind.DTMF:
-                leg._deliver(frame)
+                if guard.admit_other(now):
+                    leg._deliver(frame)
+                else:
+                    leg._stats.frames_dropped["inbound_flood"] += 1
+                    leg.flood_dropped += 1
             elif kind == Kind.HANGUP:
                 self.end("peer_hangup")
                 return
             elif kind == Kind.ERROR:
                 self.end(f"peer_error: {describe_error(frame.payload)}")
                 return
+
+    def _hold_reading(self) -> None:
+        """A read brought more frames than one turn handles: pause the socket, decode the rest next tick.
+
+        The peer is then held back by TCP itself, and its worker spends at
+        most FRAMES_PER_READ frames' work on it per period.
+        """
+        if self._held:
+            return
+        self._held = True
+        self.transport.pause_reading()
+        self.worker.loop.call_later(FRAME_PERIOD, self._release_reading)
+
+    def _release_reading(self) -> None:
+        self._held = False
+        if self._ended:
+            return
+        self.data_received(b"")  # the next batch of what is already buffered
+        if not self._held and not self._ended:
+            self.transport.resume_reading()
+
+    def _note_partial(self, completed: bool) -> None:
+        """An incomplete frame is held: start its clock (anew if frames completed in this read)."""
+        if completed or not self._partial_since:
+            self._partial_since = time.monotonic()
+        if self._partial_timer is None:
+            self._partial_timer = self.worker.loop.call_later(PARTIAL_FRAME_TIMEOUT, self._check_partial)
+
+    def _check_partial(self) -> None:
+        self._partial_timer = None
+        since = self._partial_since
+        if self._ended or not since:
+            return
+        waited = time.monotonic() - since
+        if waited >= PARTIAL_FRAME_TIMEOUT - 0.001:
+            self.fail("partial_frame_timeout",
+                      f"{self._decoder.pending} bytes of a frame held for {waited:.1f} s waiting for the rest")
+            return
+        self._partial_timer = self.worker.loop.call_later(PARTIAL_FRAME_TIMEOUT - waited, self._check_partial)
 
     def _start_leg(self, payload: bytes) -> Leg | None:
         try:
@@ -343,8 +430,10 @@ class LegProtocol(asyncio.Protocol):
             "leg start extension=%s leg=%s uuid=%s peer=%s app=%s",
             worker.extension, self.leg_kind, call_uuid, self.peer, worker.app.name,
         )
-        worker.ticker.add(leg)
+        # The app's first step runs before the clock's: a prompt that is ready is
+        # queued by then, and the first tick already carries it.
         self._app_task = worker.loop.create_task(self._run_app(leg))
+        worker.ticker.add(leg)
         return leg
 
     async def _run_app(self, leg: Leg) -> None:
@@ -375,6 +464,9 @@ class LegProtocol(asyncio.Protocol):
         if self._uuid_timer is not None:
             self._uuid_timer.cancel()
             self._uuid_timer = None
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
             if abort:
@@ -396,10 +488,10 @@ class LegProtocol(asyncio.Protocol):
             worker.loop.call_later(1.0, self._app_task.cancel)
         log.info(
             "leg end extension=%s leg=%s uuid=%s reason=%s duration=%.2fs frames_in=%d frames_out=%d "
-            "underruns=%d late=%d max_send_gap_ms=%.1f dtmf=%r",
+            "underruns=%d late=%d max_send_gap_ms=%.1f dropped_flood=%d dropped_latency=%d dtmf=%r",
             worker.extension, leg.kind, leg.uuid, reason, time.monotonic() - leg.started_at,
             leg.frames_received, leg.frames_sent, leg.underruns, leg.late_frames,
-            leg.max_send_gap * 1000, leg.dtmf_received,
+            leg.max_send_gap * 1000, leg.flood_dropped, leg.outbound.latency_dropped, leg.dtmf_received[:64],
         )
 
     def connection_lost(self, exc: Exception | None) -> None:

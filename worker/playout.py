@@ -8,23 +8,38 @@ clock never waits and memory never grows.
 Marks (``mark(callback)``) are positions in the frame stream: the callback
 runs once every frame queued before it has left the queue, whether played,
 dropped for room or cleared, which is what an agent's ``mark`` echo means.
+
+Live audio (echo, bridge: a caller's voice relayed as it arrives) has bounded
+latency. A stall anywhere upstream arrives as a burst, and since frames leave
+at exactly one per tick a burst would stay in the queue, as delay, for the rest
+of the call. So while ``max_latency_frames`` is set, the queue's shortest
+length over each ``LATENCY_WINDOW_TICKS`` window is its standing delay; past
+the bound, the oldest frames are dropped down to it (``drop_counts["latency"]``). A
+short burst that drains by itself within the window is left alone. Prompts
+and agent speech (``max_latency_frames = 0``) are never cut.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from typing import Callable
 
-from audiogw.shared.audiosocket import KIND_FOR_RATE, encode_header, frame_bytes
+import numpy
+import soxr
+
+from audiogw.shared.audiosocket import HEADER_SIZE, KIND_FOR_RATE, encode_header, frame_bytes
 
 log = logging.getLogger("audiogw.worker.playout")
+
+LATENCY_WINDOW_TICKS = 20  # 0.4 s: a standing delay is cut within two windows of the burst that made it
 
 
 class PlayoutBuffer:
     __slots__ = (
         "rate", "frame_size", "capacity", "lead", "_frames", "_partial", "_header",
         "_silence", "dropped", "_space_waiter", "appended", "removed", "_marks",
+        "max_latency_frames", "drop_counts", "latency_dropped", "_window_ticks", "_window_min",
     )
 
     def __init__(self, rate: int = 8000, capacity_frames: int = 100, lead_frames: int = 3) -> None:
@@ -37,18 +52,44 @@ class PlayoutBuffer:
         self.appended = 0  # frames ever queued
         self.removed = 0  # frames ever taken off the head (played, dropped or cleared)
         self._marks: deque[tuple[int, Callable[[], None]]] = deque()
+        self.max_latency_frames = 0  # 0: not live audio, never cut for latency
+        self.drop_counts: Counter[str] = Counter()  # the leg's frames_dropped by reason (latency cuts)
+        self.latency_dropped = 0  # this buffer's own share of them
+        self._window_ticks = 0
+        self._window_min = 0
+        self.rate = 0
         self.set_rate(rate)
 
     def set_rate(self, rate: int) -> None:
-        """Change the leg's audio rate (learned from the first inbound frame); drops queued audio."""
+        """Change the leg's audio rate (learned from inbound audio). Queued audio is converted, not lost.
+
+        The queue keeps its length in frames (each is still 20 ms), so marks
+        keep their positions and a waiting producer is woken as before.
+        """
+        old_rate = self.rate
+        if rate == old_rate:
+            return
         self.rate = rate
         self.frame_size = frame_bytes(rate)
         self._header = encode_header(KIND_FOR_RATE[rate], self.frame_size)
         self._silence = self._header + bytes(self.frame_size)
-        self.removed += len(self._frames)
-        self._frames.clear()
-        self._partial.clear()
-        self._fire_marks()
+        frames = self._frames
+        if not old_rate or not (frames or self._partial):
+            return
+        count = len(frames)
+        old_pcm = b"".join(frame[HEADER_SIZE:] for frame in frames) + self._partial
+        # int16 in, int16 out: soxr converts (and clips) in one call, off the per-frame path.
+        converted = soxr.resample(numpy.frombuffer(old_pcm, dtype="<i2"), old_rate, rate).astype("<i2").tobytes()
+        whole = count * self.frame_size
+        if len(converted) < whole:  # the filter may come out a few samples short
+            converted += bytes(whole - len(converted))
+        partial_bytes = round(len(self._partial) / 2 * rate / old_rate) * 2 if self._partial else 0
+        header = self._header
+        frames.clear()
+        for offset in range(0, whole, self.frame_size):
+            frames.append(header + converted[offset : offset + self.frame_size])
+        self._partial = bytearray(converted[whole : whole + partial_bytes])
+        self._wake_producer()
 
     @property
     def silence(self) -> bytes:
@@ -131,6 +172,8 @@ class PlayoutBuffer:
     def pop(self) -> bytes | None:
         """The next wire frame, or None when nothing is ready (the caller sends silence)."""
         frames = self._frames
+        if self.max_latency_frames:
+            self._bound_latency()
         if frames:
             frame = frames.popleft()
             self.removed += 1
@@ -139,7 +182,29 @@ class PlayoutBuffer:
             if self._space_waiter is not None and len(frames) < self.lead:
                 self._wake_producer()
             return frame
+        if self._space_waiter is not None:
+            self._wake_producer()
         return None
+
+    def _bound_latency(self) -> None:
+        """Once a window: cut the queue's standing delay (its shortest length in the window) to the bound."""
+        length = len(self._frames)
+        if self._window_ticks == 0 or length < self._window_min:
+            self._window_min = length
+        self._window_ticks += 1
+        if self._window_ticks < LATENCY_WINDOW_TICKS:
+            return
+        excess = self._window_min - self.max_latency_frames
+        self._window_ticks = 0
+        if excess > 0:
+            frames = self._frames
+            for _ in range(excess):
+                frames.popleft()
+            self.removed += excess
+            self.drop_counts["latency"] += excess
+            self.latency_dropped += excess
+            if self._marks:
+                self._fire_marks()
 
     def has_room_for_lead(self) -> bool:
         return len(self._frames) < self.lead

@@ -37,6 +37,7 @@ class ExtensionWorker:
         self.loop = asyncio.get_running_loop()
         self.stats = WorkerStats()
         self.ticker = FrameTicker(phase=clock_phase)
+        self.rate = app.rate  # the legs' AudioSocket rate; 0: learn it from the first inbound frame
         self.connections: set[LegProtocol] = set()
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self._allow = tuple(ipaddress.ip_network(network, strict=False) for network in settings.allow)
@@ -65,8 +66,10 @@ class ExtensionWorker:
         self._tasks.append(self.loop.create_task(self.ticker.run(), name="ticker"))
         self._tasks.append(self.loop.create_task(self._measure_loop_lag(self.stats.loop_lag), name="loop-lag"))
         for leg_kind, sock in sockets.items():
+            # asyncio listens again with its own backlog (100) unless told ours.
             server = await self.loop.create_server(
                 lambda leg_kind=leg_kind: LegProtocol(self, leg_kind), sock=sock, start_serving=True,
+                backlog=self.settings.listen_backlog,
             )
             self.servers[leg_kind] = server
             self._tasks.append(self.loop.create_task(server.serve_forever(), name=f"serve-{leg_kind}"))

@@ -1,7 +1,7 @@
 """agent: each leg talks to a voice agent over WebSocket, in Twilio Media Streams' format.
 
 Options: ``url`` (ws:// or wss://), ``encoding`` (``mulaw`` at 8 kHz, or ``l16``
-with ``rate`` 8000/16000/24000), ``connect_timeout``, ``headers``, ``barge_in``
+with ``media_rate`` 8000/16000/24000; the extension option ``rate`` is the AudioSocket leg's), ``connect_timeout``, ``headers``, ``barge_in``
 (and ``barge_in_threshold_dbfs``), ``fallback`` (a WAV played while the agent is
 unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``.
 
@@ -76,7 +76,7 @@ class AgentApp(App):
     options_schema = {
         "url": (str, None),
         "encoding": (str, "mulaw"),
-        "rate": (int, 8000),
+        "media_rate": (int, 8000),
         "connect_timeout": ((int, float), 5.0),
         "headers": (dict, {}),
         "barge_in": (bool, False),
@@ -94,7 +94,7 @@ class AgentApp(App):
         if not url.startswith(("ws://", "wss://")):
             raise AppOptionError(f"app 'agent': url {url!r} must start with ws:// or wss://")
         try:
-            self.stream_format = StreamFormat(options["encoding"], options["rate"])
+            self.stream_format = StreamFormat(options["encoding"], options["media_rate"])
         except MediaStreamsError as error:
             raise AppOptionError(f"app 'agent': {error}") from None
         for key in ("connect_timeout", "reconnect_max_delay", "max_buffer_seconds"):
@@ -259,6 +259,11 @@ class AgentLeg:
                 if session is not None:
                     self._enqueue(session.dtmf(frame.payload.decode("ascii")))
                 continue
+            if frame.rate != to_agent.in_rate:  # "auto" learned the leg's rate from this frame
+                to_agent = self.to_agent = StreamResampler(frame.rate, self.stream_format.rate)
+                if vad is not None:
+                    vad = self.vad = EnergyVad(frame.rate, self.options["barge_in_threshold_dbfs"],
+                                               onset_frames=2, hangover_ms=400)
             samples = numpy.frombuffer(frame.payload, dtype="<i2")
             if vad is not None:
                 self._detect_barge_in(vad, samples)
@@ -349,7 +354,7 @@ class AgentLeg:
 
     def _push(self, samples: numpy.ndarray) -> None:
         if samples.size:
-            dropped = self.leg.push(samples.astype("<i2", copy=False).tobytes())
+            dropped = self.leg.push(samples.astype("<i2", copy=False).tobytes(), self.from_agent.out_rate)
             if dropped:
                 self.stats.audio_dropped_seconds["buffer_full"] += dropped * FRAME_PERIOD
 
@@ -393,11 +398,12 @@ class AgentLeg:
             return
         self.fallback_played = True
         try:
-            pcm = await self.app.fallback.pcm(self.leg.rate)
+            rate = self.leg.rate
+            pcm = await self.app.fallback.pcm(rate)
         except Exception as error:
             log.warning("fallback prompt unavailable %s: %s", self.log_prefix, error)
             return
-        self.leg.push(pcm)
+        self.leg.push(pcm, rate)
         self.leg.finish()
 
 

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
+from audiogw.shared.audiosocket import AUDIO_RATES
+
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
     from audiogw.worker.stats import WorkerStats
@@ -21,6 +23,23 @@ if TYPE_CHECKING:
 
 class AppOptionError(ValueError):
     """An app option is missing, unknown or malformed."""
+
+
+# Options every app takes: they shape the legs, not the conversation.
+# ``rate``: the AudioSocket rate the legs answer at. "auto" starts at 8 kHz (the
+# dialplan app's only rate) and follows the first inbound audio frame; a known
+# rate (the channel driver's ``c(slin16)``) sends its first frame on the first tick.
+COMMON_OPTIONS: Mapping[str, tuple[Any, Any]] = {"rate": ((str, int), "auto")}
+
+
+def leg_rate(value: Any) -> int:
+    """The ``rate`` option as Hz, 0 for "auto"; AppOptionError names the allowed values."""
+    if value == "auto":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value in AUDIO_RATES.values():
+        return value
+    allowed = ", ".join(str(rate) for rate in AUDIO_RATES.values())
+    raise AppOptionError(f"option rate must be \"auto\" or one of {allowed}, not {value!r}")
 
 
 @dataclass
@@ -54,19 +73,21 @@ class App:
     def __init__(self, context: AppContext) -> None:
         self.context = context
         self.options = self.validate_options(context.options)
+        self.rate = leg_rate(self.options["rate"])  # Hz the legs start at; 0: learn it (auto)
 
     @classmethod
     def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in; unknown keys, missing required keys and wrong types refused."""
-        unknown = sorted(set(options) - set(cls.options_schema))
+        schema = {**COMMON_OPTIONS, **cls.options_schema}
+        unknown = sorted(set(options) - set(schema))
         if unknown:
-            known = ", ".join(sorted(cls.options_schema)) or "none"
+            known = ", ".join(sorted(schema))
             raise AppOptionError(f"app {cls.name!r}: unknown option(s) {', '.join(unknown)} (known: {known})")
         missing = sorted(cls.required_options - set(options))
         if missing:
             raise AppOptionError(f"app {cls.name!r}: missing option(s) {', '.join(missing)}")
         result: dict[str, Any] = {}
-        for key, (types, default) in cls.options_schema.items():
+        for key, (types, default) in schema.items():
             value = options.get(key, default)
             if key in options and not _type_ok(value, types):
                 raise AppOptionError(f"app {cls.name!r}: option {key} has the wrong type ({type(value).__name__})")

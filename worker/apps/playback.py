@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from audiogw.shared.audiosocket import frame_bytes
 from audiogw.shared.config import resolve_path
 from audiogw.worker.apps.base import App, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
@@ -30,7 +31,7 @@ class PlaybackApp(App):
 
     async def start(self) -> None:
         try:
-            await self.prompt.pcm(8000)
+            await self.prompt.pcm(self.rate or 8000)
         except Exception as error:  # a bad file is refused at start, with the reason
             raise AppOptionError(f"app 'playback': cannot use file {self.path}: {error}") from error
 
@@ -38,10 +39,12 @@ class PlaybackApp(App):
         leg.forward_to(None)
         rate = await leg.wait_rate()
         pcm = await self.prompt.pcm(rate)
-        chunk = CHUNK_FRAMES * leg.outbound.frame_size
+        # The prompt stays at the rate it was converted to; the leg converts it if
+        # the rate changes under it ("auto" learning 16 kHz from the caller).
+        chunk = CHUNK_FRAMES * frame_bytes(rate)
         while not leg.closed.is_set():
             for offset in range(0, len(pcm), chunk):
-                await leg.play(pcm[offset : offset + chunk])
+                await leg.play(pcm[offset : offset + chunk], rate)
                 if leg.closed.is_set():
                     return
             leg.finish()

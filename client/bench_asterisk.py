@@ -56,6 +56,7 @@ from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many
 from audiogw.shared.wav import tone, write_wav
 
 REALTIME_PRIORITY = 10  # as `asterisk -p`
+RECEIVER_PRIORITY = REALTIME_PRIORITY + 1  # the instrument reads before anything it measures
 MODES = ("default", "realtime")
 AMI_USER, AMI_SECRET = "bench", "bench"
 P99_RATIO_TARGET = 1.05
@@ -77,7 +78,10 @@ class Settings:
     echo_extensions: int = 10
     calls_per_receiver: int = 100
     originate_spacing: float = 0.005  # seconds between two originates (no connect storm)
-    receiver_realtime: bool = False
+    # The receivers are the instrument: a receiver that reads late merges frames under one
+    # kernel timestamp (a 0 ms interval beside a long one) and its figures mean nothing. So
+    # they run SCHED_RR one above the workers' priority by default (--receiver-normal: not).
+    receiver_realtime: bool = True
     asterisk_realtime: bool = False
 
 
@@ -255,9 +259,9 @@ class Receivers:
         self.outs = [folder / f"receiver-{index}.npz" for index in range(count)]
         command = [sys.executable, "-m", "audiogw.client.bench_asterisk_receiver", "--port", str(port)]
         if realtime:
-            command += ["--realtime-priority", str(REALTIME_PRIORITY)]
+            command += ["--realtime-priority", str(RECEIVER_PRIORITY)]
         self.processes = [subprocess.Popen(command + ["--out", str(out)], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE) for out in self.outs]
+                                           stdout=subprocess.PIPE, start_new_session=True) for out in self.outs]
         for process in self.processes:
             line = process.stdout.readline()
             if line.strip() != b"ready":
@@ -438,8 +442,11 @@ def _window(run: Run, groups: dict[str, list[int]]) -> dict[str, Any]:
     busy = machine_busy() - busy_before
     host = probe.finish()
     host.pop("events", None)
-    return {"start": start, "wall": wall, "cpu": cpu_summary(before, after, wall),
-            "machine_cpu_percent": 100.0 * busy / wall, "host_wakeups": host}
+    cpu = cpu_summary(before, after, wall)
+    ours = sum(group["cpu_percent"] for group in cpu.values())
+    return {"start": start, "wall": wall, "cpu": cpu, "machine_cpu_percent": 100.0 * busy / wall,
+            # everything else on the host: kernel (loopback softirq), the bench itself, other users' loads
+            "rest_of_host_cpu_percent": 100.0 * busy / wall - ours, "host_wakeups": host}
 
 
 def _groups(run: Run, extra: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -451,13 +458,31 @@ def _groups(run: Run, extra: dict[str, list[int]]) -> dict[str, list[int]]:
             "asterisk": [run.asterisk.process.pid], **extra}
 
 
-def _wait_legs(run: Run, extensions: set[str], count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
+def _wait_legs(run: Run, uuids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The leg-end lines of this scenario's calls (a worker killed mid-call logs none for its legs)."""
+    began = time.monotonic()
     while True:
-        legs = leg_ends(run.supervisor.log()[run.log_offset:], extensions)
-        if len(legs) >= count or time.monotonic() > deadline:
+        # with a worker killed its legs never log: give the others a few seconds, not the whole timeout
+        limit = 8.0 if _kills(run) else timeout
+        legs = [leg for leg in leg_ends(run.supervisor.log()[run.log_offset:], set(run.playback) | set(run.echo))
+                if leg["uuid"] in uuids]
+        if len(legs) >= len(uuids) or time.monotonic() - began > limit:
             return legs
         time.sleep(0.2)
+
+
+def _kills(run: Run) -> list[str]:
+    """Workers the supervisor killed during this scenario (e.g. hung: no heartbeat)."""
+    return [line.split(" WARNING ", 1)[-1] for line in run.supervisor.log()[run.log_offset:].splitlines()
+            if "worker kill " in line]
+
+
+def _legs_summary(legs: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+    return {"legs_logged": len(legs), "legs_expected": calls,
+            "frames_in": sum(leg["frames_in"] for leg in legs), "frames_out": sum(leg["frames_out"] for leg in legs),
+            "max_send_gap_ms": _spread([leg["max_send_gap_ms"] for leg in legs]),
+            "end_reasons": dict(sorted({leg["reason"]: sum(1 for other in legs if other["reason"] == leg["reason"])
+                                        for leg in legs}.items()))}
 
 
 def relay(run: Run, calls: int) -> dict[str, Any]:
@@ -480,7 +505,7 @@ def relay(run: Run, calls: int) -> dict[str, Any]:
     window = _window(run, _groups(run, {"receivers": receivers.pids}))
     drained = hang_up_all(run.asterisk)
     received = receivers.finish()
-    legs = _wait_legs(run, set(run.playback), calls)
+    legs = _wait_legs(run, {key for key, value in sources.items() if value == "audiogw"})
     after = run.supervisor.settled_counters()
     by_source: dict[str, list[dict[str, Any]]] = {"audiogw": [], "milliwatt": []}
     unknown = 0
@@ -492,13 +517,16 @@ def relay(run: Run, calls: int) -> dict[str, Any]:
             by_source[source].append(call)
     summary = {name: source_summary(items, calls, window["start"], settings.seconds)
                for name, items in by_source.items()}
-    sent = sum(after[ext]["frames_sent"] - before[ext]["frames_sent"] for ext in run.playback)
-    summary["audiogw"]["frames_sent_by_workers"] = sent
+    workers = _legs_summary(legs, calls)
+    summary["audiogw"]["frames_sent_by_workers"] = workers["frames_out"]  # by the legs that logged their end
+    summary["audiogw"]["frames_sent_status_delta"] = sum(after[ext]["frames_sent"] - before[ext]["frames_sent"]
+                                                         for ext in run.playback)
     gw, mw = summary["audiogw"]["p99_deviation_ms"], summary["milliwatt"]["p99_deviation_ms"]
     return {
         "scenario": "relay", "calls": calls, "sources": summary,
         "p99_ratio": gw / mw if mw > 0 else None,
-        "worker_max_send_gap_ms": _spread([leg["max_send_gap_ms"] for leg in legs]),
+        "worker_max_send_gap_ms": workers["max_send_gap_ms"], "worker_legs": workers,
+        "worker_kills": _kills(run),
         "window": {key: value for key, value in window.items() if key != "start"},
         "receivers": count, "originate_errors": errors[:5], "originate_error_count": len(errors),
         "unknown_calls": unknown, "asterisk_drained": drained,
@@ -511,26 +539,32 @@ def echo(run: Run, calls: int) -> dict[str, Any]:
     run.log_offset = len(run.supervisor.log())
     before = run.supervisor.counters()
     plan = []
+    uuids = set()
     for index in range(calls):
         call_id = str(uuid.uuid4())
+        uuids.add(call_id)
         ext = run.echo[index % len(run.echo)]
         plan.append((f"Local/{call_id}@bench-gw-{ext}/n", "bench-mw-src", call_id))
     errors = _originate_all(run, plan)
     time.sleep(settings.settle)
     window = _window(run, _groups(run, {}))
     drained = hang_up_all(run.asterisk)
-    legs = _wait_legs(run, set(run.echo), calls)
+    legs = _wait_legs(run, uuids)
     after = run.supervisor.settled_counters()
-    received = sum(after[ext]["frames_received"] - before[ext]["frames_received"] for ext in run.echo)
-    sent = sum(after[ext]["frames_sent"] - before[ext]["frames_sent"] for ext in run.echo)
+    workers = _legs_summary(legs, calls)
+    # Per call, from the workers' own leg-end lines; a killed worker's legs are missing
+    # there, so the status counters (every incarnation, via heartbeats) are kept beside them.
+    received, sent = workers["frames_in"], workers["frames_out"]
     return {
         "scenario": "echo", "calls": calls, "legs_logged": len(legs),
         "frames_received_by_workers": received, "frames_sent_by_workers": sent,
         "sent_over_received": sent / received if received else None,
+        "status_delta": {"frames_received": sum(after[ext]["frames_received"] - before[ext]["frames_received"]
+                                                for ext in run.echo),
+                         "frames_sent": sum(after[ext]["frames_sent"] - before[ext]["frames_sent"] for ext in run.echo)},
         "frames_expected_per_call": int(round(settings.seconds / FRAME_PERIOD)),
-        "worker_max_send_gap_ms": _spread([leg["max_send_gap_ms"] for leg in legs]),
-        "leg_end_reasons": dict(sorted({leg["reason"]: sum(1 for other in legs if other["reason"] == leg["reason"])
-                                        for leg in legs}.items())),
+        "worker_max_send_gap_ms": workers["max_send_gap_ms"],
+        "leg_end_reasons": workers["end_reasons"], "worker_kills": _kills(run),
         "window": {key: value for key, value in window.items() if key != "start"},
         "originate_errors": errors[:5], "originate_error_count": len(errors), "asterisk_drained": drained,
     }
@@ -668,10 +702,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {mode['mode']} | {scenario['calls']} | {scenario['frames_sent_by_workers']} / "
                          f"{scenario['frames_received_by_workers']} | {_fmt(scenario['sent_over_received'], 4)} | "
                          f"{_fmt(gap.get('median'), 1)} / {_fmt(gap.get('p90'), 1)} / {_fmt(gap.get('max'), 1)} | "
-                         f"{scenario['legs_logged']} |")
+                         f"{scenario['legs_logged']} / {scenario['calls']} |")
     lines += ["", "## CPU over each window (% of one core) and run-queue wait (ms per s)", "",
-              "| mode | scenario | workers | Asterisk | receivers | supervisor | machine | workers' wait | "
-              "Asterisk's wait | host wake-ups > 20 ms late |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| mode | scenario | workers | Asterisk | receivers | supervisor | machine (rest) | workers' wait | "
+              "Asterisk's wait | host wake-ups > 20 ms late | workers killed (no heartbeat) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in report["modes"]:
         for scenario in mode["scenarios"]:
             cpu = scenario["window"]["cpu"]
@@ -683,14 +718,21 @@ def markdown(report: dict[str, Any]) -> str:
 
             lines.append(f"| {mode['mode']} | {scenario['scenario']} {scenario['calls']} | {pct(workers_key)} | "
                          f"{pct('asterisk')} | {pct('receivers')} | {pct('supervisor')} | "
-                         f"{scenario['window']['machine_cpu_percent']:.0f} | "
+                         f"{scenario['window']['machine_cpu_percent']:.0f} "
+                         f"({scenario['window']['rest_of_host_cpu_percent']:.0f}) | "
                          f"{_fmt(worker.get('runqueue_wait_ms_per_s'), 0)} | "
                          f"{_fmt(cpu.get('asterisk', {}).get('runqueue_wait_ms_per_s'), 0)} | "
-                         f"{scenario['window']['host_wakeups'].get('late_over_20ms')} |")
+                         f"{scenario['window']['host_wakeups'].get('late_over_20ms')} | {len(scenario['worker_kills'])} |")
     lines += ["", "## Targets (issue 11)", "", "| mode | check | measured | target | pass |", "|---|---|---|---|---|"]
     for check in report["checks"]:
         verdict = "–" if check["pass"] is None else ("yes" if check["pass"] else "**no**")
         lines.append(f"| {check['mode']} | {check['check']} | {check['measured']} | {check['target']} | {verdict} |")
+    lines += ["", "p99 dev: 99th percentile of |inter-arrival - 20 ms| at the receiver (kernel timestamps), pooled "
+              "over the calls, inside the common window. Receiver lag: frames that share a kernel timestamp "
+              "because the receiver read late (should be 0). Frames sent by workers: the legs' own leg-end "
+              "counts (a killed worker logs none). Wait: time runnable but not running (schedstat), summed "
+              "over the group's threads. machine (rest): all CPU busy on the host (the part outside the "
+              "groups listed: kernel, other users)."]
     lines += ["", "Scheduling: " + "; ".join(
         f"{mode['mode']}: workers {mode['scheduling']['workers'][0].get('policy') if mode['scheduling']['workers'] else '?'} "
         f"in {', '.join(mode['scheduling']['worker_autogroups'])}, Asterisk "
@@ -775,18 +817,20 @@ def _calls(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--seconds", type=click.FloatRange(1.0, 600.0), default=None, help="Measurement window per scenario (default 20).")
 @click.option("--extensions", type=click.IntRange(1, 50), default=None,
               help="audiogw extensions (workers) per app, playback and echo (default 10).")
-@click.option("--receiver-realtime", is_flag=True, help="Run the timestamping receivers under SCHED_RR 10.")
+@click.option("--receiver-normal", is_flag=True,
+              help=f"Run the timestamping receivers at normal priority (default: SCHED_RR {REALTIME_PRIORITY + 1}, "
+                   "so they never read late).")
 @click.option("--asterisk-realtime", is_flag=True, help="Run Asterisk under SCHED_RR 10, as `asterisk -p`.")
 @click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.json and report.md here (default: print only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
 def bench_asterisk_command(quick: bool, modes: tuple[str, ...], realtime: bool, relay_calls: tuple[int, ...] | None,
                            echo_calls: int | None, seconds: float | None, extensions: int | None,
-                           receiver_realtime: bool, asterisk_realtime: bool, results_dir: Path | None,
+                           receiver_normal: bool, asterisk_realtime: bool, results_dir: Path | None,
                            as_json: bool) -> None:
     """Benchmark audiogw against Asterisk itself: relayed pacing vs Milliwatt, and echo capacity."""
     base = QUICK if quick else Settings()
-    changes: dict[str, Any] = {"receiver_realtime": receiver_realtime, "asterisk_realtime": asterisk_realtime}
+    changes: dict[str, Any] = {"receiver_realtime": not receiver_normal, "asterisk_realtime": asterisk_realtime}
     if relay_calls is not None:
         changes["relay_calls"] = relay_calls
     if echo_calls is not None:

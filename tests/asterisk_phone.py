@@ -292,3 +292,50 @@ def locate_frames(call: PhoneCall, sent: list[bytes]) -> list[int | None]:
     for index, (_, _, payload) in enumerate(call.audio_frames()):
         position.setdefault(payload, index)
     return [position.get(payload) for payload in sent]
+
+
+def band_limited_noise(seconds: float, rate: int, seed: int, amplitude: float = 4000.0) -> numpy.ndarray:
+    """Noise with nothing above 4 kHz, at ``rate``: it survives a trip through 8 kHz unchanged in
+    substance, so a worker that converts queued 8 kHz audio to a learned 16 kHz rate still plays it."""
+    import soxr
+
+    base = noise(seconds, 8000, seed, amplitude).astype(numpy.float64)
+    samples = base if rate == 8000 else soxr.resample(base, 8000, rate, quality="VHQ")
+    return numpy.clip(numpy.round(samples), -32768, 32767).astype(numpy.int16)
+
+
+@dataclass
+class Tracked:
+    """Where each 20 ms frame of a reference was found in what was heard."""
+
+    scores: numpy.ndarray  # best normalised correlation per frame
+    drift: numpy.ndarray  # samples between where each frame was found and where it was due
+
+    def heard(self, threshold: float = 0.9) -> numpy.ndarray:
+        return self.scores > threshold
+
+
+def track_frames(heard: numpy.ndarray, reference: numpy.ndarray, rate: int, window: int = 8) -> Tracked:
+    """Follow ``reference`` through ``heard`` frame by frame: each frame is looked for within
+    ``window`` samples of where the previous one ended (a rate conversion may shift a few samples;
+    an inserted or missing frame cannot hide), starting where the whole reference matches best."""
+    size = rate // 50
+    offset, _ = find_offset(heard, reference, probe=len(reference))
+    signal = heard.astype(numpy.float64)
+    scores, drift = [], []
+    position = offset
+    for start in range(0, len(reference) - size + 1, size):
+        ref = reference[start : start + size].astype(numpy.float64)
+        best, best_at = 0.0, position
+        for candidate in range(max(0, position - window), position + window + 1):
+            got = signal[candidate : candidate + size]
+            if len(got) < size:
+                break
+            energy = numpy.sqrt(numpy.dot(ref, ref) * numpy.dot(got, got))
+            score = float(numpy.dot(ref, got) / energy) if energy > 0 else 0.0
+            if score > best:
+                best, best_at = score, candidate
+        scores.append(best)
+        drift.append(best_at - (offset + start))
+        position = (best_at if best > 0.9 else position) + size
+    return Tracked(numpy.array(scores), numpy.array(drift))

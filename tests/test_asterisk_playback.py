@@ -1,9 +1,11 @@
 """Prompts through a real Asterisk: the caller hears the whole prompt, frame for frame.
 
-The prompt is seeded noise written as a WAV at the leg's rate, so the worker
-plays it without resampling and every 20 ms frame of it is unique: the test
-finds each one, unchanged, in what the phone heard (or what Asterisk's own
-``Record()`` wrote), in order and back to back.
+The prompt is seeded noise (band-limited to 4 kHz) written as a WAV at the
+leg's rate, so every 20 ms frame of it is unlike any other. At 8 kHz (the app
+form) nothing converts it: each frame must arrive bit-exact. At 16 kHz the
+worker may have queued the start at 8 kHz before it learned the rate (SPEC: a
+learned rate never loses queued audio, it converts it), so there each frame
+must be found, recognisable (correlation > 0.9), in order and back to back.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy
 import pytest
 
 from asterisk_fixture import assert_no_asterisk_errors
-from asterisk_phone import PhoneCall, Script, find_offset, frame_scores, frames_of, locate_frames, noise
+from asterisk_phone import PhoneCall, Script, band_limited_noise, frames_of, noise, track_frames
 from audiogw.shared.wav import read_wav, write_wav
 
 PROMPT_SECONDS = 2.0
@@ -23,27 +25,32 @@ PROMPT_SECONDS = 2.0
 def prompt_file(folder: Path, rate: int) -> tuple[Path, numpy.ndarray]:
     """A noise prompt at ``rate`` and the samples the worker will play from it."""
     path = folder / f"prompt-{rate}.wav"
-    write_wav(path, noise(PROMPT_SECONDS, rate, seed=rate, amplitude=4000.0), rate)
+    write_wav(path, band_limited_noise(PROMPT_SECONDS, rate, seed=rate), rate)
     return path, read_wav(path, rate)
 
 
-def assert_whole_prompt(found: list[int | None], what: str, heard: numpy.ndarray, prompt: numpy.ndarray,
-                        rate: int) -> None:
+def assert_whole_prompt_exact(found: list[int | None], what: str) -> None:
     """Every prompt frame was heard once, unchanged, in order, with nothing between them."""
     located = [index for index in found if index is not None]
     missing = len(found) - len(located)
-    if missing:
-        # How much of it came through at all (resampled, shifted): for the report, not the verdict.
-        offset, _ = find_offset(heard, prompt)
-        alike = int((frame_scores(heard, prompt, offset, rate) > 0.6).sum())
+    assert missing == 0, (
+        f"{what}: {missing} of {len(found)} prompt frames never arrived unchanged "
+        f"(first missing frame {next(i for i, where in enumerate(found) if where is None)})"
+    )
+    assert (numpy.diff(located) == 1).all(), f"{what}: prompt frames out of order or with gaps between them: {found}"
+
+
+def assert_whole_prompt(heard: numpy.ndarray, prompt: numpy.ndarray, rate: int, what: str) -> None:
+    """Every prompt frame recognisable where it was due (within a few samples), none missing."""
+    tracked = track_frames(heard, prompt, rate)
+    ok = tracked.heard()
+    frames = len(ok)
+    if not ok.all():
+        first_lost = int(numpy.argmin(ok))
         raise AssertionError(
-            f"{what}: {missing} of {len(found)} prompt frames never arrived unchanged "
-            f"({len(located) * 20} ms of {len(found) * 20} ms heard bit-exact, {alike * 20} ms recognisable; "
-            f"first missing frame {next(i for i, where in enumerate(found) if where is None)}; "
-            f"{len(heard) / rate:.2f} s of audio received)"
+            f"{what}: {int(ok.sum())} of {frames} prompt frames heard ({int(ok.sum()) * 20} ms of {frames * 20} ms; "
+            f"first missing frame {first_lost} at {first_lost * 20} ms; {len(heard) / rate:.2f} s of audio received)"
         )
-    steps = numpy.diff(located)
-    assert (steps == 1).all(), f"{what}: prompt frames out of order or with gaps between them: {found}"
 
 
 def driver_dialplan(worker_port: int, phone_address: str) -> str:
@@ -71,8 +78,7 @@ def test_channel_driver_slin16_caller_hears_the_whole_prompt(start_worker, priva
     asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@phone")
     heard: PhoneCall = caller.wait_ended(call)
     assert heard.rates() == {16000}, f"the phone got rates {heard.rates()}"
-    assert_whole_prompt(locate_frames(heard, frames_of(prompt, 16000)),
-                        f"channel driver c(slin16), caller silent for {silent_for} s", heard.heard(), prompt, 16000)
+    assert_whole_prompt(heard.heard(), prompt, 16000, f"channel driver c(slin16), caller silent for {silent_for} s")
     worker.wait_log(f"uuid={call} reason=")
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)
@@ -133,5 +139,8 @@ exten => _[0-9a-f].,1,Answer()
     file = Path(f"{recording}.{extension}")
     assert file.exists(), f"Record() wrote nothing; Asterisk's log:\n{asterisk.log_text()}"
     recorded = _Recording(file, rate)
-    assert_whole_prompt(recorded.locate(prompt, rate), f"Record() of a {form} call", recorded.samples, prompt, rate)
+    if rate == 8000:
+        assert_whole_prompt_exact(recorded.locate(prompt, rate), f"Record() of a {form} call")
+    else:
+        assert_whole_prompt(recorded.samples, prompt, rate, f"Record() of a {form} call")
     assert_no_asterisk_errors(asterisk)

@@ -88,7 +88,7 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Failed attempts to open the WebSocket to the voice agent."),
     ("audiogw_agent_audio_received_seconds", "counter", ("extension", "leg"), "Audio received from the agent."),
     ("audiogw_agent_audio_dropped_seconds", "counter", ("extension", "reason"),
-     "Audio dropped by the connector, by reason (buffer_full, barge_in, agent_not_reading)."),
+     "Audio dropped by the connector, by reason (buffer_full, barge_in; caller audio an agent did not read in time is frames_dropped{reason='latency'})."),
     ("audiogw_agent_bad_messages", "counter", ("extension", "reason"), "Agent messages refused, by reason."),
     ("audiogw_agent_playback_buffer_seconds", "gauge", ("extension", "leg"),
      "Agent audio queued for playout on live legs."),

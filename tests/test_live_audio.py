@@ -157,3 +157,28 @@ def test_rate_change_back_and_forth_keeps_frame_count(rate):
     buffer.set_rate(rate)
     buffer.set_rate(8000)
     assert len(buffer) == 15
+
+
+def test_outbox_keeps_the_newest_caller_audio_and_every_control_message():
+    from audiogw.worker.apps.outbox import Outbox
+
+    async def scenario() -> list[bytes]:
+        outbox = Outbox(max_media=5, max_messages=8)
+        for index in range(20):
+            outbox.put(b"media%d" % index, media=True)
+            if index == 10:
+                outbox.put(b"dtmf")
+        assert outbox.dropped_media == 15
+        return [await outbox.get() for _ in range(len(outbox))]
+
+    sent = asyncio.run(scenario())
+    assert sent == [b"dtmf", b"media15", b"media16", b"media17", b"media18", b"media19"]
+
+
+def test_outbox_refuses_control_messages_only_when_full_of_them():
+    from audiogw.worker.apps.outbox import Outbox
+
+    outbox = Outbox(max_media=2, max_messages=3)
+    assert all(outbox.put(b"event") for _ in range(3))
+    assert not outbox.put(b"one too many")
+    assert outbox.put(b"media", media=True) is False and len(outbox) == 3

@@ -36,7 +36,7 @@ from audiogw.supervisor.metrics import (
     sample_runtime,
 )
 from audiogw.worker.stats import WorkerStats
-from conftest import wait_for
+from conftest import realtime_allowed, wait_for
 from audiogw.shared.net import free_port_block
 
 LE = ["0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.04", "0.1", "0.25", "1.0", "+Inf"]
@@ -485,12 +485,14 @@ def test_scrape_has_every_family_with_the_right_types_and_labels(gateway):
         for sample in family.samples:
             assert set(sample.labels) <= ALLOWED_LABELS, sample  # no per-call labels
 
+    rt_allowed = realtime_allowed(10)
     for extension in ("1201", "1202"):
         assert value(families, "audiogw_extension_up", extension=extension) == 1
         assert value(families, "audiogw_worker_restarts_total", extension=extension) is not None
         assert value(families, "audiogw_worker_resident_memory_bytes", extension=extension) > 0
         assert value(families, "audiogw_worker_cpu_seconds_total", extension=extension) >= 0
-        assert value(families, "audiogw_worker_realtime_priority", extension=extension) == 0  # not configured
+        # The default (10) where the kernel allows it, else 0: what the worker really got.
+        assert value(families, "audiogw_worker_realtime_priority", extension=extension) == (10 if rt_allowed else 0)
         assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension=extension) > time.time() - 60
         assert value(families, "audiogw_event_loop_lag_seconds_count", extension=extension) > 0
         for leg in ("ia", "retorno"):

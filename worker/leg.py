@@ -66,7 +66,7 @@ class Leg:
         # inbound audio frame, converting whatever was queued meanwhile.
         self.outbound = PlayoutBuffer(worker.rate or 8000, capacity, settings.lead_frames)
         self.outbound.drop_counts = self._stats.frames_dropped
-        self._max_latency_frames = max(1, -(-settings.max_latency_ms // round(FRAME_PERIOD * 1000)))
+        self.max_latency_frames = max(1, -(-settings.max_latency_ms // round(FRAME_PERIOD * 1000)))
         self._configured_rate = worker.rate
         self._resamplers: dict[tuple[int, int], StreamResampler] = {}
         self._inbound: deque[Frame] = deque(maxlen=settings.inbound_buffer_frames)
@@ -144,6 +144,10 @@ class Leg:
         self._was_playing = False
         return self.outbound.clear()
 
+    def count_dropped(self, reason: str, frames: int = 1) -> None:
+        """Frames of this leg's audio an app dropped (metric ``frames_dropped{reason}``)."""
+        self._stats.frames_dropped[reason] += frames
+
     def mark(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (cheap, non-blocking) once the audio queued so far has played or been dropped."""
         self.outbound.mark(callback)
@@ -164,7 +168,7 @@ class Leg:
         if target is None:
             self._forward = _discard
         else:
-            target.outbound.max_latency_frames = self._max_latency_frames
+            target.outbound.max_latency_frames = self.max_latency_frames
             self._forward = target.push
         # Audio that arrived before the app chose a route is not lost.
         if self._inbound:

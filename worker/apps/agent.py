@@ -57,6 +57,7 @@ from audiogw.shared.vad import EnergyVad, VadEvent
 from audiogw.worker.apps.base import App, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
+from audiogw.worker.apps.outbox import Outbox
 from audiogw.worker.stats import AgentStats
 
 if TYPE_CHECKING:
@@ -64,8 +65,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audiogw.worker.agent")
 
-OUTBOX_MESSAGES = 250  # 5 s of caller audio waiting for a slow agent, then media is dropped
+OUTBOX_CONTROL_MESSAGES = 100  # dtmf, mark echoes and events waiting beside the caller's audio
 FIRST_RETRY_DELAY = 0.5
+WRITE_LIMIT_BYTES = 4096  # about 13 media messages (260 ms of µ-law)
 TAIL_FLUSH_SECONDS = 0.06  # no agent audio for this long: the reply ended, flush the resampler
 BAD_MESSAGES_LOGGED = 5
 MESSAGES_PER_TURN = 8  # agent messages handled before the loop gets a turn (clock ticks, other legs)  # per leg; the rest are only counted
@@ -135,7 +137,9 @@ class AgentLeg:
         self.stream_format = app.stream_format
         self.log_prefix = f"extension={leg.extension} leg={leg.kind} uuid={leg.uuid}"
         self.session: StreamSession | None = None
-        self.outbox: asyncio.Queue[bytes] = asyncio.Queue(OUTBOX_MESSAGES)
+        # Caller audio is live: at most max_latency_ms of it waits for the agent.
+        max_media = leg.max_latency_frames
+        self.outbox = Outbox(max_media, max_media + OUTBOX_CONTROL_MESSAGES)
         self.to_agent: StreamResampler | None = None
         self.from_agent: StreamResampler | None = None
         self.vad: EnergyVad | None = None
@@ -177,6 +181,9 @@ class AgentLeg:
                     additional_headers=self.app.headers or None,
                     open_timeout=self.options["connect_timeout"],
                     max_size=MAX_MESSAGE_BYTES,
+                    # Little in the socket's own buffer: a slow agent shows in the outbox,
+                    # where old caller audio gives way to new, not as hidden seconds of delay.
+                    write_limit=WRITE_LIMIT_BYTES,
                     compression=None,
                     ping_interval=20,
                     ping_timeout=20,
@@ -207,8 +214,7 @@ class AgentLeg:
             self.stream_format, call_sid=str(leg.uuid),
             custom_parameters={"extension": leg.extension, "leg": leg.kind},
         )
-        while not self.outbox.empty():  # caller audio from a previous session is stale
-            self.outbox.get_nowait()
+        self.outbox.clear()  # caller audio from a previous session is stale
         self.session = session
         log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options["url"],
                  session.stream_sid, self.stream_format.encoding, self.stream_format.rate)
@@ -274,13 +280,12 @@ class AgentLeg:
                 self._enqueue(session.media(converted.astype("<i2", copy=False).tobytes()), media=True)
 
     def _enqueue(self, message: bytes, *, media: bool = False) -> None:
-        try:
-            self.outbox.put_nowait(message)
-        except asyncio.QueueFull:
-            if media:
-                self.stats.audio_dropped_seconds["agent_not_reading"] += FRAME_PERIOD
-            else:
-                log.warning("agent not reading %s: control message dropped", self.log_prefix)
+        outbox = self.outbox
+        dropped_before = outbox.dropped_media
+        if not outbox.put(message, media=media):
+            log.warning("agent not reading %s: control message dropped", self.log_prefix)
+        if outbox.dropped_media != dropped_before:
+            self.leg.count_dropped("latency", outbox.dropped_media - dropped_before)
 
     async def _send_outbox(self, websocket: ClientConnection, first: list[bytes]) -> None:
         for message in first:

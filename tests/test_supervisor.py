@@ -106,6 +106,7 @@ def test_refusals_leave_the_supervisor_running(supervisor):
         ("add-extension", {"id": "1" * 33}, "invalid extension id"),
         ("add-extension", {"id": "1500", "ia_port": 70000}, "65535"),
         ("add-extension", {"id": "1201"}, "already exists"),
+        ("add-extension", {"id": "1501", "options": {"rate": 11025}}, "option rate must be"),
         ("remove-extension", {"id": "9999"}, "unknown extension"),
         ("explode", {}, "unknown command"),
         ("list", {"bogus": 1}, "unknown argument"),

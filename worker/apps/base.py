@@ -92,6 +92,7 @@ class App:
             if key in options and not _type_ok(value, types):
                 raise AppOptionError(f"app {cls.name!r}: option {key} has the wrong type ({type(value).__name__})")
             result[key] = value
+        leg_rate(result["rate"])  # refused by the supervisor too, before anything starts
         return result
 
     async def start(self) -> None:

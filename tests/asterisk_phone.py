@@ -266,17 +266,33 @@ def find_offset(heard: numpy.ndarray, reference: numpy.ndarray, probe: int = 160
     return offset, float(score[offset])
 
 
-def frame_scores(heard: numpy.ndarray, reference: numpy.ndarray, offset: int, rate: int) -> numpy.ndarray:
-    """Per 20 ms frame of ``reference``: normalised correlation with ``heard`` at ``offset`` (0 where missing)."""
+def frame_scores(heard: numpy.ndarray, reference: numpy.ndarray, offset: int, rate: int, window: int = 0) -> numpy.ndarray:
+    """Per 20 ms frame of ``reference``: normalised correlation with ``heard`` at ``offset`` (0 where missing).
+
+    With ``window``, each frame may sit up to that many samples from where the previous one
+    put it (a rate conversion shifts audio by a few samples); keep it under half the period of
+    the highest tone in ``reference`` so a frame cannot match one period away.
+    """
     size = rate // 50
     scores = []
+    drift = 0
     for start in range(0, len(reference) - size + 1, size):
         ref = reference[start : start + size].astype(numpy.float64)
-        got = heard[offset + start : offset + start + size].astype(numpy.float64)
-        if len(got) < size or not got.any() or not ref.any():
-            scores.append(0.0 if ref.any() else 1.0)
+        if not ref.any():
+            scores.append(1.0)
             continue
-        scores.append(float(numpy.dot(ref, got) / numpy.sqrt(numpy.dot(ref, ref) * numpy.dot(got, got))))
+        best, best_drift = 0.0, drift
+        for shift in range(drift - window, drift + window + 1):
+            begin = offset + start + shift
+            got = heard[max(begin, 0) : begin + size].astype(numpy.float64)
+            if begin < 0 or len(got) < size or not got.any():
+                continue
+            score = float(numpy.dot(ref, got) / numpy.sqrt(numpy.dot(ref, ref) * numpy.dot(got, got)))
+            if score > best:
+                best, best_drift = score, shift
+        scores.append(best)
+        if best > 0.9:
+            drift = best_drift
     return numpy.array(scores)
 
 
@@ -308,34 +324,41 @@ def band_limited_noise(seconds: float, rate: int, seed: int, amplitude: float = 
 class Tracked:
     """Where each 20 ms frame of a reference was found in what was heard."""
 
-    scores: numpy.ndarray  # best normalised correlation per frame
-    drift: numpy.ndarray  # samples between where each frame was found and where it was due
+    scores: numpy.ndarray  # best normalised correlation of each frame anywhere in what was heard
+    positions: numpy.ndarray  # the sample where that best match starts
+    size: int
 
     def heard(self, threshold: float = 0.9) -> numpy.ndarray:
         return self.scores > threshold
 
+    def breaks(self, window: int = 8) -> list[int]:
+        """Frames that do not start where the previous one ended (within ``window`` samples)."""
+        steps = numpy.diff(self.positions)
+        return [index + 1 for index, step in enumerate(steps) if abs(int(step) - self.size) > window]
 
-def track_frames(heard: numpy.ndarray, reference: numpy.ndarray, rate: int, window: int = 8) -> Tracked:
-    """Follow ``reference`` through ``heard`` frame by frame: each frame is looked for within
-    ``window`` samples of where the previous one ended (a rate conversion may shift a few samples;
-    an inserted or missing frame cannot hide), starting where the whole reference matches best."""
+
+def track_frames(heard: numpy.ndarray, reference: numpy.ndarray, rate: int) -> Tracked:
+    """Find every 20 ms frame of ``reference`` in ``heard`` (best normalised correlation anywhere).
+
+    Recognisable rather than identical: a worker that converts queued audio to a
+    newly learned rate shifts and filters it a little; a lost or inserted frame
+    still shows, as a frame not found or as a break in the positions.
+    """
     size = rate // 50
-    offset, _ = find_offset(heard, reference, probe=len(reference))
     signal = heard.astype(numpy.float64)
-    scores, drift = [], []
-    position = offset
+    if len(signal) < size:
+        frames = len(reference) // size
+        return Tracked(numpy.zeros(frames), numpy.zeros(frames, dtype=int), size)
+    fft_size = 1 << int(numpy.ceil(numpy.log2(len(signal) + size)))
+    spectrum = numpy.fft.rfft(signal, fft_size)
+    energy = numpy.sqrt(numpy.convolve(signal ** 2, numpy.ones(size), "valid"))
+    scores, positions = [], []
     for start in range(0, len(reference) - size + 1, size):
         ref = reference[start : start + size].astype(numpy.float64)
-        best, best_at = 0.0, position
-        for candidate in range(max(0, position - window), position + window + 1):
-            got = signal[candidate : candidate + size]
-            if len(got) < size:
-                break
-            energy = numpy.sqrt(numpy.dot(ref, ref) * numpy.dot(got, got))
-            score = float(numpy.dot(ref, got) / energy) if energy > 0 else 0.0
-            if score > best:
-                best, best_at = score, candidate
-        scores.append(best)
-        drift.append(best_at - (offset + start))
-        position = (best_at if best > 0.9 else position) + size
-    return Tracked(numpy.array(scores), numpy.array(drift))
+        norm = numpy.sqrt(numpy.dot(ref, ref))
+        corr = numpy.fft.irfft(spectrum * numpy.conj(numpy.fft.rfft(ref, fft_size)), fft_size)[: len(energy)]
+        score = numpy.divide(corr, energy * norm, out=numpy.zeros_like(corr), where=energy * norm > 0)
+        best = int(numpy.argmax(score))
+        scores.append(float(score[best]))
+        positions.append(best)
+    return Tracked(numpy.array(scores), numpy.array(positions), size)

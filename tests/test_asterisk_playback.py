@@ -41,7 +41,7 @@ def assert_whole_prompt_exact(found: list[int | None], what: str) -> None:
 
 
 def assert_whole_prompt(heard: numpy.ndarray, prompt: numpy.ndarray, rate: int, what: str) -> None:
-    """Every prompt frame recognisable where it was due (within a few samples), none missing."""
+    """Every prompt frame recognisable, each starting where the previous one ended (a few samples' slack)."""
     tracked = track_frames(heard, prompt, rate)
     ok = tracked.heard()
     frames = len(ok)
@@ -51,6 +51,8 @@ def assert_whole_prompt(heard: numpy.ndarray, prompt: numpy.ndarray, rate: int, 
             f"{what}: {int(ok.sum())} of {frames} prompt frames heard ({int(ok.sum()) * 20} ms of {frames * 20} ms; "
             f"first missing frame {first_lost} at {first_lost * 20} ms; {len(heard) / rate:.2f} s of audio received)"
         )
+    breaks = tracked.breaks()
+    assert not breaks, f"{what}: the prompt is not continuous: frames {breaks[:10]} do not follow their predecessor"
 
 
 def driver_dialplan(worker_port: int, phone_address: str) -> str:

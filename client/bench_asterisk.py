@@ -244,9 +244,16 @@ def make_realtime(pid: int, priority: int) -> None:
             pass
 
 
-def hang_up_all(asterisk: PrivateAsterisk, timeout: float = 15.0) -> bool:
-    asterisk.cli("channel request hangup all")
-    return asterisk.wait_no_channels(timeout)
+def hang_up_all(asterisk: PrivateAsterisk, timeout: float = 30.0) -> bool:
+    """Hang every call up; False if channels are still up after ``timeout`` (a starved Asterisk is slow to answer its CLI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            asterisk.cli("channel request hangup all", timeout=max(1.0, deadline - time.monotonic()))
+            return asterisk.wait_no_channels(max(1.0, deadline - time.monotonic()))
+        except AsteriskError:
+            time.sleep(0.5)
+    return False
 
 
 # --------------------------------------------------------------------------

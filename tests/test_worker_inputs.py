@@ -98,44 +98,40 @@ def test_bad_rate_option_is_refused_at_start(tmp_path):
 
 def test_echo_delay_after_a_stall_comes_back_to_the_bound(start_worker):
     """A 500 ms freeze of the worker queues 25 frames of echo; they must not stay as delay."""
-    worker = start_worker("echo")
+    worker = start_worker("echo", args=("--realtime-priority", "0"))
     sock = raw_connect(worker.ia_port)
-    sock.settimeout(0.05)
-    marker_every = 10
     sent: dict[int, float] = {}
     received: dict[int, float] = {}
-    buffer = bytearray()
     start = time.monotonic()
-    index = 0
-    stopped = False
-    while time.monotonic() - start < 4.0:
-        now = time.monotonic()
-        value = index + 1 if index % marker_every == 0 else 0
-        sock.sendall(encode_audio(int(value).to_bytes(2, "little", signed=True) * 160))
-        if value:
-            sent[value] = now
-        index += 1
-        if not stopped and now - start > 1.0:
-            os.kill(worker.process.pid, signal.SIGSTOP)
-            time.sleep(0.5)
-            os.kill(worker.process.pid, signal.SIGCONT)
-            stopped = True
-        deadline = start + index * 0.02
-        while True:
-            try:
-                buffer += sock.recv(65536)
-            except socket.timeout:
-                pass
-            while len(buffer) >= 3 and len(buffer) >= 3 + int.from_bytes(buffer[1:3], "big"):
-                length = int.from_bytes(buffer[1:3], "big")
-                payload = bytes(buffer[3 : 3 + length])
-                del buffer[: 3 + length]
-                marker = int.from_bytes(payload[:2], "little", signed=True) if payload else 0
-                if marker and marker not in received:
-                    received[marker] = time.monotonic()
-            if time.monotonic() >= deadline:
-                break
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
+
+    def send() -> None:  # the caller keeps talking in real time, marking every 10th frame
+        for index in range(200):
+            value = index + 1 if index % 10 == 0 else 0
+            at = start + index * 0.02
+            time.sleep(max(0.0, at - time.monotonic()))
+            if value:
+                sent[value] = time.monotonic()
+            sock.sendall(encode_audio(int(value).to_bytes(2, "little", signed=True) * 160))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    threading.Timer(1.0, lambda: (os.kill(worker.process.pid, signal.SIGSTOP), time.sleep(0.5),
+                                  os.kill(worker.process.pid, signal.SIGCONT))).start()
+    sock.settimeout(0.05)
+    buffer = bytearray()
+    while time.monotonic() - start < 4.3:
+        try:
+            buffer += sock.recv(65536)
+        except socket.timeout:
+            continue
+        while len(buffer) >= 3 and len(buffer) >= 3 + int.from_bytes(buffer[1:3], "big"):
+            length = int.from_bytes(buffer[1:3], "big")
+            payload = bytes(buffer[3 : 3 + length])
+            del buffer[: 3 + length]
+            marker = int.from_bytes(payload[:2], "little", signed=True) if payload else 0
+            if marker and marker not in received:
+                received[marker] = time.monotonic()
+    sender.join()
     sock.sendall(b"\x00\x00\x00")
     late = [received[m] - sent[m] for m in sorted(received) if sent[m] - start > 3.0]
     assert late, "markers after the stall came back"

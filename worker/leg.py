@@ -42,6 +42,11 @@ KERNEL_SEND_BUFFER = 16384  # Linux doubles it: about 1 s of 8 kHz audio in flig
 # in one read; more than this only a flood sends, and the rest waits a tick.
 FRAMES_PER_READ = 64
 PARTIAL_FRAME_TIMEOUT = 2.0  # seconds a frame's payload may lag its header
+# With rate "auto", how long a new leg sends nothing while it waits for the caller's first
+# audio frame to tell its rate. Asterisk's first frame follows the UUID within ~25 ms when
+# the caller's side has media; waiting spares the channel driver a switch of rates (whose
+# translator drops a few ms) at the start of a prompt. A silent caller hears it 60 ms later.
+AUTO_RATE_GRACE = 0.06
 BYTES_PER_SECOND = {kind: rate * 2 for kind, rate in AUDIO_RATES.items()}
 
 
@@ -73,8 +78,9 @@ class Leg:
         self._inbound_waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[bytes, int], int | None] | None = None
         self._rate_learned = False
-        self.closed = asyncio.Event()
         self.started_at = time.monotonic()
+        self._hold_until = 0.0 if self._configured_rate else self.started_at + AUTO_RATE_GRACE
+        self.closed = asyncio.Event()
         self.frames_received = 0
         self.frames_sent = 0
         self.underruns = 0
@@ -221,12 +227,16 @@ class Leg:
     def _learn_rate(self, rate: int) -> None:
         """The first inbound audio frame fixes the rate the leg answers at (Asterisk expects its own)."""
         self._rate_learned = True
+        self._hold_until = 0.0
         if rate == self.outbound.rate:
             return
         if self._configured_rate:
             log.warning("extension=%s leg=%s uuid=%s: rate=%d configured, but the peer sends %d Hz: answering at %d Hz",
                         self.extension, self.kind, self.uuid, self._configured_rate, rate, rate)
-        self.outbound.set_rate(rate)
+        old_rate = self.outbound.rate
+        # Through the resampler the producer's next pushes (still at the old rate) will
+        # take: what was queued and what follows come out as one continuous stream.
+        self.outbound.set_rate(rate, lambda pcm: self._convert(pcm, old_rate, rate))
 
     def _wake_receiver(self) -> None:
         waiter = self._inbound_waiter
@@ -236,6 +246,10 @@ class Leg:
                 waiter.set_result(None)
 
     def on_tick(self, deadline: float) -> None:
+        if self._hold_until:
+            if deadline < self._hold_until:
+                return  # "auto": the caller's rate is not known yet (AUTO_RATE_GRACE)
+            self._hold_until = 0.0
         protocol = self._protocol
         transport = protocol.transport
         frame = self.outbound.pop()

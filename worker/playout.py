@@ -60,11 +60,14 @@ class PlayoutBuffer:
         self.rate = 0
         self.set_rate(rate)
 
-    def set_rate(self, rate: int) -> None:
+    def set_rate(self, rate: int, convert: Callable[[bytes], bytes] | None = None) -> None:
         """Change the leg's audio rate (learned from inbound audio). Queued audio is converted, not lost.
 
-        The queue keeps its length in frames (each is still 20 ms), so marks
-        keep their positions and a waiting producer is woken as before.
+        ``convert`` turns PCM at the old rate into PCM at ``rate``; the leg
+        passes the stream resampler its producer's later audio will go
+        through, so the prompt continues seamlessly. Without one the queue is
+        converted on its own (one soxr call) and keeps its length. Marks keep
+        their places in the audio; a waiting producer is woken.
         """
         old_rate = self.rate
         if rate == old_rate:
@@ -78,17 +81,25 @@ class PlayoutBuffer:
             return
         count = len(frames)
         old_pcm = b"".join(frame[HEADER_SIZE:] for frame in frames) + self._partial
-        # int16 in, int16 out: soxr converts (and clips) in one call, off the per-frame path.
-        converted = soxr.resample(numpy.frombuffer(old_pcm, dtype="<i2"), old_rate, rate).astype("<i2").tobytes()
-        whole = count * self.frame_size
-        if len(converted) < whole:  # the filter may come out a few samples short
-            converted += bytes(whole - len(converted))
-        partial_bytes = round(len(self._partial) / 2 * rate / old_rate) * 2 if self._partial else 0
+        if convert is not None:
+            converted = convert(old_pcm)
+        else:
+            # int16 in, int16 out: soxr converts (and clips) in one call, off the per-frame path.
+            converted = soxr.resample(numpy.frombuffer(old_pcm, dtype="<i2"), old_rate, rate).astype("<i2").tobytes()
+            whole = count * self.frame_size
+            if len(converted) < whole:  # the filter may come out a few samples short
+                converted += bytes(whole - len(converted))
+        frame_size = self.frame_size
+        whole = len(converted) - len(converted) % frame_size
         header = self._header
         frames.clear()
-        for offset in range(0, whole, self.frame_size):
-            frames.append(header + converted[offset : offset + self.frame_size])
-        self._partial = bytearray(converted[whole : whole + partial_bytes])
+        for offset in range(0, whole, frame_size):
+            frames.append(header + converted[offset : offset + frame_size])
+        self._partial = bytearray(converted[whole:])
+        if len(frames) != count:  # a stream resampler holds a few ms back: positions move with the audio
+            self.appended = self.removed + len(frames)
+            limit = self.appended
+            self._marks = deque((min(position, limit), callback) for position, callback in self._marks)
         self._wake_producer()
 
     @property

@@ -177,6 +177,9 @@ class Supervisor:
     async def _timers(self) -> None:
         """Run lifecycle deadlines (backoff ends, start timeouts, missed heartbeats)."""
         while not self._closing:
+            # Heartbeats already queued count before any worker is judged hung: on a
+            # starved host the supervisor itself may be the one that was late.
+            self._read_bus()
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))

@@ -126,6 +126,26 @@ def markdown(report: dict[str, Any]) -> str:
                        if freeze.get("new_pid") not in (None, freeze.get("pid")) else "") + "."
                 )
                 lines.append("")
+        resumed = [scenario for scenario in scenarios if scenario.get("after_resume")]
+        if resumed:
+            first = resumed[0]["after_resume"]
+            lines.append(
+                f"After the resume — the other extensions' intervals more than {first['deviation_ms']:g} ms off "
+                f"20 ms, in the {first['window_ms']:g} ms after each time the stalled worker ran again (its catch-up) "
+                "vs the rest of the run; the machine's own noise falls anywhere, harm done by the resumed worker "
+                "piles up in that window: "
+                + "; ".join(
+                    f"{scenario['name']} {_number(scenario['after_resume']['disturbed_after_resume_percent'], 2)} % "
+                    f"of {scenario['after_resume']['intervals_after_resume']} vs "
+                    f"{_number(scenario['after_resume']['disturbed_elsewhere_percent'], 2)} % of "
+                    f"{scenario['after_resume']['intervals_elsewhere']} ({scenario['after_resume']['resumes']} resumes)"
+                    + (" per round: " + ", ".join(
+                        f"{_number(entry.get('others_disturbed_after_resume_percent'), 2)} vs "
+                        f"{_number(entry.get('others_disturbed_elsewhere_percent'), 2)} %"
+                        for entry in scenario["rounds"]) if len(scenario.get("rounds") or []) > 1 else "")
+                    for scenario in resumed) + "."
+            )
+            lines.append("")
         repeated = [scenario for scenario in scenarios if len(scenario.get("rounds") or []) > 1]
         if repeated:
             lines.append(

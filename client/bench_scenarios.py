@@ -30,10 +30,12 @@ from audiogw.client.bench_load import PlannedCall, load_outcomes, write_plan
 from audiogw.client.bench_resources import ResourceSampler, SchedulingProbe
 from audiogw.client.bench_stats import (
     CallOutcome,
+    after_resume,
     capacity_held,
     capacity_verdict,
     group_summary,
     resource_summary,
+    resume_instants,
     split_groups,
 )
 from audiogw.client.bench_supervisor import first_frame_after
@@ -386,6 +388,11 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
         freeze["stops_at_s"] = [at - load.start_at for at in stops]
         freeze["stops"] = len(stops)
         summary["freeze"] = freeze
+    if spec.stall or spec.sigstop:
+        # SIGCONT times where the benchmark sent them; for time.sleep, where the stalled calls' audio came back.
+        resumes = ([at + length / 1000.0 for at, length in zip(stops, summary["freeze"]["stopped_ms"])]
+                   if spec.sigstop else resume_instants(groups["target"], settings.seconds))
+        summary["after_resume"] = after_resume(groups["others"], resumes, settings.seconds)
     duration = spread_seconds(len(plan)) + settings.seconds + 0.2
     return ScenarioResult(summary, load.outcomes, load.start_at, duration)
 

@@ -129,6 +129,10 @@ def test_stall_rounds_alternate_and_the_check_compares_median_rounds(tmp_path, c
     assert all(entry["target_gaps_over_40ms"] > 0 for entry in frozen["rounds"])
     assert frozen["groups"]["target"]["max_gap_ms"] > 250
     assert frozen["groups"]["others"]["completed"] == 1
+    # Every SIGCONT is a resume the others' intervals are folded on; the sleep stall's come from its calls' audio.
+    assert frozen["after_resume"]["resumes"] == freeze["stops"]
+    assert by_name["per-extension-stall"]["after_resume"]["resumes"] >= 1
+    assert "After the resume" in (results / "report.md").read_text()
     sigstop_checks = [check for check in report["checks"] if check["check"].startswith("per-extension + SIGSTOP")]
     assert len(sigstop_checks) == 3 and "median of 2 alternating rounds" in sigstop_checks[0]["check"]
 

@@ -20,8 +20,10 @@ from audiogw.client.bench_stats import (
     capacity_verdict,
     expected_frames,
     group_summary,
+    after_resume,
     isolation_checks,
     median_round,
+    resume_instants,
     round_figures,
     resource_summary,
     split_groups,
@@ -275,6 +277,46 @@ def test_sigstop_scenario_is_judged_like_the_sleep_stall_and_beside_it():
     # Alone (no quiet run): only the gaps and the stall showing, no ratio.
     alone = isolation_checks({"per-extension-sigstop": scenario(1.0, others_gaps=1, target_gaps=0)})
     assert [(check["measured"], check["pass"]) for check in alone] == [(1, False), ("0", False)]
+
+
+def paced(start: float, frames: int, late: dict[int, float] | None = None) -> numpy.ndarray:
+    """Arrivals every 20 ms from ``start``; ``late`` moves frame i by that many seconds."""
+    arrivals = start + 0.0195 + numpy.arange(frames) * 0.02
+    for index, delay in (late or {}).items():
+        arrivals[index] += delay
+    return arrivals
+
+
+def test_resume_instants_are_where_the_stalled_calls_audio_came_back():
+    epoch = 1_795_000_000.0
+    stalled = []
+    for shift in (0.0, 0.004):  # two calls of the stalled worker, one resume each time
+        arrivals = paced(epoch + shift, 100)
+        arrivals = numpy.concatenate([arrivals[:20], arrivals[35:60] , arrivals[75:]])  # 300 ms silent, twice
+        stalled.append(CallOutcome("1201", "ia", uuid_sent=epoch, arrivals=arrivals))
+    instants = resume_instants(stalled, 2.0)
+    assert instants.size == 2
+    assert instants[0] == pytest.approx(epoch + 0.0195 + 35 * 0.02)
+    assert instants[1] == pytest.approx(epoch + 0.0195 + 75 * 0.02)
+    assert resume_instants([CallOutcome("1201", "ia", uuid_sent=epoch, arrivals=paced(epoch, 100))], 2.0).size == 0
+
+
+def test_after_resume_separates_harm_right_after_a_resume_from_noise_elsewhere():
+    epoch = 1_795_000_000.0
+    resumes = [epoch + 0.5, epoch + 1.5]
+    # Frame 26 arrives at ~0.54 s (just after the first resume) 4 ms late; frame 80 (1.62 s, elsewhere) 3 ms late.
+    harmed = CallOutcome("1202", "ia", uuid_sent=epoch, arrivals=paced(epoch, 100, {26: 0.004, 80: 0.003}))
+    quiet = CallOutcome("1203", "ia", uuid_sent=epoch, arrivals=paced(epoch, 100))
+    figures = after_resume([harmed, quiet], resumes, 2.0)
+    assert figures["resumes"] == 2
+    # Per call, the intervals ending in [0.5, 0.55) and [1.5, 1.55): 3 + 2 or so; all 198 intervals are counted once.
+    assert figures["intervals_after_resume"] + figures["intervals_elsewhere"] == 2 * 99
+    after = figures["disturbed_after_resume_percent"] * figures["intervals_after_resume"] / 100.0
+    elsewhere = figures["disturbed_elsewhere_percent"] * figures["intervals_elsewhere"] / 100.0
+    assert round(after) == 1 and round(elsewhere) == 3  # frame 26: its interval ends in the window, the next not
+    none = after_resume([quiet], [], 2.0)
+    assert none["intervals_after_resume"] == 0 and none["disturbed_after_resume_percent"] is None
+    assert none["disturbed_elsewhere_percent"] == 0.0
 
 
 def rounds_of(*others_p99: float, others_gaps: int = 0, target_gaps: int = 5) -> list[dict]:

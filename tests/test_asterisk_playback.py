@@ -40,11 +40,22 @@ def assert_whole_prompt_exact(found: list[int | None], what: str) -> None:
     assert (numpy.diff(located) == 1).all(), f"{what}: prompt frames out of order or with gaps between them: {found}"
 
 
-def assert_whole_prompt(heard: numpy.ndarray, prompt: numpy.ndarray, rate: int, what: str) -> None:
-    """Every prompt frame recognisable, each starting where the previous one ended (a few samples' slack)."""
+def assert_whole_prompt(heard: numpy.ndarray, prompt: numpy.ndarray, rate: int, what: str,
+                        asterisk_may_drop: int = 0) -> None:
+    """Every prompt frame recognisable, each starting where the previous one ended (a few samples' slack).
+
+    ``asterisk_may_drop``: frames Asterisk itself may lose (its own rate translator), never
+    more, and never a break in the prompt anywhere but next to them.
+    """
     tracked = track_frames(heard, prompt, rate)
     ok = tracked.heard()
     frames = len(ok)
+    lost = [int(index) for index in numpy.flatnonzero(~ok)]
+    if asterisk_may_drop and len(lost) <= asterisk_may_drop:
+        near_lost = {neighbour for index in lost for neighbour in (index, index + 1)}
+        breaks = [index for index in tracked.breaks() if index not in near_lost]
+        assert not breaks, f"{what}: the prompt is not continuous: frames {breaks[:10]} do not follow their predecessor"
+        return
     if not ok.all():
         first_lost = int(numpy.argmin(ok))
         raise AssertionError(
@@ -68,19 +79,32 @@ exten => _[0-9a-f].,1,Dial(AudioSocket/{phone_address}/${{EXTEN}}/c(slin16))
 """
 
 
-@pytest.mark.parametrize("silent_for", [0.0, 0.3], ids=["caller-talks-at-once", "caller-silent-0.3s"])
-def test_channel_driver_slin16_caller_hears_the_whole_prompt(start_worker, private_asterisk, phone, tmp_path, silent_for):
+# A caller silent at first with rate "auto": the worker plays at 8 kHz until the caller's first
+# frame says 16 kHz, and converts what it queued (tests/test_worker_inputs.py shows every frame
+# leaves the worker, in order). Asterisk, sent 8 kHz on a slin16 channel, translates it; measured
+# with this Asterisk, that translator loses about one frame when the rate changes. So that case
+# allows Asterisk 2 frames; a known rate (option rate=16000) must lose none. The Local channel is
+# not optimised away (/n): its optimisation, between two AudioSocket channels, loses frames of
+# its own that no production call (a SIP caller dialling AudioSocket) goes through.
+@pytest.mark.parametrize(("silent_for", "rate_option", "asterisk_may_drop"), [
+    (0.0, "auto", 0), (0.3, "auto", 2), (0.3, "16000", 0), (0.0, "16000", 0),
+], ids=["auto-caller-talks-at-once", "auto-caller-silent-0.3s", "rate16000-caller-silent-0.3s",
+        "rate16000-caller-talks-at-once"])
+def test_channel_driver_slin16_caller_hears_the_whole_prompt(start_worker, private_asterisk, phone, tmp_path,
+                                                             silent_for, rate_option, asterisk_may_drop):
     path, prompt = prompt_file(tmp_path, 16000)
-    worker = start_worker("playback", f"file={path}")
+    worker = start_worker("playback", f"file={path}", f"rate={rate_option}")
     caller = phone()
     asterisk = private_asterisk(driver_dialplan(worker.ia_port, caller.address))
     call = str(uuid.uuid4())
     caller.expect(call, Script(rate=16000, audio=noise(3.0, 16000, seed=5, amplitude=300.0), silent_for=silent_for,
                                seconds=silent_for + PROMPT_SECONDS + 1.2))
-    asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@phone")
+    asterisk.originate(f"Local/{call}@gateway/n", extension=f"{call}@phone")
     heard: PhoneCall = caller.wait_ended(call)
     assert heard.rates() == {16000}, f"the phone got rates {heard.rates()}"
-    assert_whole_prompt(heard.heard(), prompt, 16000, f"channel driver c(slin16), caller silent for {silent_for} s")
+    assert_whole_prompt(heard.heard(), prompt, 16000,
+                        f"channel driver c(slin16), rate={rate_option}, caller silent for {silent_for} s",
+                        asterisk_may_drop)
     worker.wait_log(f"uuid={call} reason=")
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)

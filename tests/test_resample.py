@@ -37,3 +37,10 @@ def test_chunked_conversion_equals_one_shot(in_rate, out_rate):
     middle = result[result.size // 4 : 3 * result.size // 4].astype(float)
     source = samples.astype(float)
     assert numpy.sqrt(numpy.mean(middle ** 2)) == pytest.approx(numpy.sqrt(numpy.mean(source ** 2)), rel=0.05)
+
+
+def test_stream_answers_each_frame_at_once():
+    """No block buffering: every 20 ms in gives ~20 ms out (soxr's stream held ~120 ms)."""
+    stream = StreamResampler(8000, 16000)
+    sizes = [stream(tone(440, 0.02, 8000)).size for _ in range(10)]
+    assert min(sizes) >= 280 and sum(sizes) >= 10 * 320 - 40

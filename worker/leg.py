@@ -42,11 +42,15 @@ KERNEL_SEND_BUFFER = 16384  # Linux doubles it: about 1 s of 8 kHz audio in flig
 # in one read; more than this only a flood sends, and the rest waits a tick.
 FRAMES_PER_READ = 64
 PARTIAL_FRAME_TIMEOUT = 2.0  # seconds a frame's payload may lag its header
-# With rate "auto", how long a new leg sends nothing while it waits for the caller's first
-# audio frame to tell its rate. Asterisk's first frame follows the UUID within ~25 ms when
-# the caller's side has media; waiting spares the channel driver a switch of rates (whose
-# translator drops a few ms) at the start of a prompt. A silent caller hears it 60 ms later.
-AUTO_RATE_GRACE = 0.06
+# How long a new leg holds its first audio back while it waits for the caller's first frame
+# (Asterisk's follows the UUID within ~25 ms once the call is up). Measured with Asterisk
+# 22.10.1: the channel driver (Dial(AudioSocket/...)) drops a frame that arrives at once
+# after the connect, so a prompt's first frame sent on the first tick was never heard.
+# A known rate sends silence on those ticks (the first frame still leaves on the first
+# tick); "auto" sends nothing, since the wait also tells the caller's rate and spares
+# Asterisk a switch of rates mid-prompt (its translator loses ~20 ms when the rate changes).
+# A silent caller hears the prompt 60 ms after the connect.
+FIRST_AUDIO_GRACE = 0.06
 BYTES_PER_SECOND = {kind: rate * 2 for kind, rate in AUDIO_RATES.items()}
 
 
@@ -78,8 +82,10 @@ class Leg:
         self._inbound_waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[bytes, int], int | None] | None = None
         self._rate_learned = False
+        self._finished_at = -1  # queue position where the app last finished a prompt
+        self._rate_waiter: asyncio.Future[None] | None = None
         self.started_at = time.monotonic()
-        self._hold_until = 0.0 if self._configured_rate else self.started_at + AUTO_RATE_GRACE
+        self._hold_until = self.started_at + FIRST_AUDIO_GRACE
         self.closed = asyncio.Event()
         self.frames_received = 0
         self.frames_sent = 0
@@ -99,11 +105,21 @@ class Leg:
         return self.outbound.rate
 
     async def wait_rate(self) -> int:
-        """The leg's current sample rate, at once: audio pushed at another rate is converted.
+        """The leg's sample rate: a known one at once; with "auto", once the caller's first
+        audio frame tells it, or 8 kHz after FIRST_AUDIO_GRACE (60 ms) without one.
 
-        With ``rate = "auto"`` it is 8 kHz until the first inbound audio frame
-        says otherwise; audio queued meanwhile is converted then, never lost.
+        A rate learned later still converts what was queued, and audio pushed at
+        the old rate from then on; nothing is lost.
         """
+        remaining = self._hold_until - time.monotonic()
+        if not self._rate_learned and not self._configured_rate and remaining > 0:
+            waiter = self._rate_waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._rate_waiter = None
         return self.rate
 
     # -- outbound -------------------------------------------------------
@@ -114,13 +130,16 @@ class Leg:
             pcm = self._convert(pcm, rate, outbound.rate)
             if not pcm:
                 return 0
+        elif self._resamplers:  # the producer follows the new rate now: what the filters hold goes first
+            self._flush_resamplers()
         dropped = outbound.push(pcm)
         if dropped:
             self._stats.frames_dropped["outbound_overflow"] += dropped
         return dropped
 
     def _convert(self, pcm: bytes | bytearray | memoryview, in_rate: int, out_rate: int) -> bytes:
-        """A producer's audio at another rate than the leg's: one stream resampler per rate pair."""
+        """Audio at another rate than the leg's (a voice relayed from a leg at another rate, a
+        producer's audio until it follows the leg's new rate): one stream resampler per rate pair."""
         resampler = self._resamplers.get((in_rate, out_rate))
         if resampler is None:
             resampler = self._resamplers[(in_rate, out_rate)] = StreamResampler(in_rate, out_rate)
@@ -137,13 +156,17 @@ class Leg:
     def finish(self) -> None:
         """End of a prompt: its converted tail, its last partial frame padded; the silence after it is no underrun."""
         if self._resamplers:
-            resamplers, self._resamplers = self._resamplers, {}
-            for (_in_rate, out_rate), resampler in resamplers.items():
-                tail = resampler.flush()
-                if tail.size and out_rate == self.outbound.rate:
-                    self.outbound.push(tail.astype("<i2", copy=False).tobytes())
+            self._flush_resamplers()
         self.outbound.flush_partial()
         self._finished = True
+        self._finished_at = self.outbound.appended
+
+    def _flush_resamplers(self) -> None:
+        resamplers, self._resamplers = self._resamplers, {}
+        for (_in_rate, out_rate), resampler in resamplers.items():
+            tail = resampler.flush()
+            if tail.size and out_rate == self.outbound.rate:
+                self.outbound.push(tail.astype("<i2", copy=False).tobytes())
 
     def clear(self) -> int:
         """Drop all queued audio at once (takes effect on the next tick)."""
@@ -228,15 +251,30 @@ class Leg:
         """The first inbound audio frame fixes the rate the leg answers at (Asterisk expects its own)."""
         self._rate_learned = True
         self._hold_until = 0.0
+        waiter = self._rate_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if rate == self.outbound.rate:
             return
         if self._configured_rate:
             log.warning("extension=%s leg=%s uuid=%s: rate=%d configured, but the peer sends %d Hz: answering at %d Hz",
                         self.extension, self.kind, self.uuid, self._configured_rate, rate, rate)
         old_rate = self.outbound.rate
-        # Through the resampler the producer's next pushes (still at the old rate) will
-        # take: what was queued and what follows come out as one continuous stream.
-        self.outbound.set_rate(rate, lambda pcm: self._convert(pcm, old_rate, rate))
+
+        ends_prompt = self._finished_at == self.outbound.appended
+
+        def convert(pcm: bytes) -> bytes:
+            # The producer's next old-rate pushes continue this stream; if the queue ends
+            # with a finished prompt, nothing follows it and the filter's tail goes out now.
+            stream = self._resamplers[(old_rate, rate)] = StreamResampler(old_rate, rate)
+            converted = stream(numpy.frombuffer(pcm, dtype="<i2"))
+            if ends_prompt:
+                converted = numpy.concatenate((converted, stream.flush()))
+            return converted.astype("<i2", copy=False).tobytes()
+
+        self.outbound.set_rate(rate, convert)
+        if ends_prompt:
+            self.outbound.flush_partial()
 
     def _wake_receiver(self) -> None:
         waiter = self._inbound_waiter
@@ -248,11 +286,16 @@ class Leg:
     def on_tick(self, deadline: float) -> None:
         if self._hold_until:
             if deadline < self._hold_until:
-                return  # "auto": the caller's rate is not known yet (AUTO_RATE_GRACE)
-            self._hold_until = 0.0
+                if not self._configured_rate:
+                    return  # "auto": no frame at a rate the caller may not use (FIRST_AUDIO_GRACE)
+                frame = self.outbound.silence
+            else:
+                self._hold_until = 0.0
+                frame = self.outbound.pop()
+        else:
+            frame = self.outbound.pop()
         protocol = self._protocol
         transport = protocol.transport
-        frame = self.outbound.pop()
         stats = self._stats
         if frame is None:
             frame = self.outbound.silence

@@ -39,7 +39,7 @@ class PlayoutBuffer:
     __slots__ = (
         "rate", "frame_size", "capacity", "lead", "_frames", "_partial", "_header",
         "_silence", "dropped", "_space_waiter", "appended", "removed", "_marks",
-        "max_latency_frames", "drop_counts", "latency_dropped", "_window_ticks", "_window_min",
+        "max_latency_frames", "drop_counts", "latency_dropped", "_last", "_window_ticks", "_window_min",
     )
 
     def __init__(self, rate: int = 8000, capacity_frames: int = 100, lead_frames: int = 3) -> None:
@@ -57,17 +57,19 @@ class PlayoutBuffer:
         self.latency_dropped = 0  # this buffer's own share of them
         self._window_ticks = 0
         self._window_min = 0
+        self._last = b""  # the frame that left last: context for converting what follows it
         self.rate = 0
         self.set_rate(rate)
 
     def set_rate(self, rate: int, convert: Callable[[bytes], bytes] | None = None) -> None:
         """Change the leg's audio rate (learned from inbound audio). Queued audio is converted, not lost.
 
-        ``convert`` turns PCM at the old rate into PCM at ``rate``; the leg
-        passes the stream resampler its producer's later audio will go
-        through, so the prompt continues seamlessly. Without one the queue is
-        converted on its own (one soxr call) and keeps its length. Marks keep
-        their places in the audio; a waiting producer is woken.
+        ``convert`` (old-rate PCM in, new-rate PCM out) is the stream resampler the
+        producer's next old-rate audio will go through, so the queue and what
+        follows it are one continuous stream; it is primed with the frame that
+        left last, so the converted queue starts without a filter transient.
+        Without it, one soxr call converts the queue. Marks keep their places in
+        the audio; a waiting producer is woken.
         """
         old_rate = self.rate
         if rate == old_rate:
@@ -82,7 +84,8 @@ class PlayoutBuffer:
         count = len(frames)
         old_pcm = b"".join(frame[HEADER_SIZE:] for frame in frames) + self._partial
         if convert is not None:
-            converted = convert(old_pcm)
+            primer = self._last[HEADER_SIZE:]
+            converted = convert(primer + old_pcm)[round(len(primer) // 2 * rate / old_rate) * 2:]
         else:
             # int16 in, int16 out: soxr converts (and clips) in one call, off the per-frame path.
             converted = soxr.resample(numpy.frombuffer(old_pcm, dtype="<i2"), old_rate, rate).astype("<i2").tobytes()
@@ -96,7 +99,7 @@ class PlayoutBuffer:
         for offset in range(0, whole, frame_size):
             frames.append(header + converted[offset : offset + frame_size])
         self._partial = bytearray(converted[whole:])
-        if len(frames) != count:  # a stream resampler holds a few ms back: positions move with the audio
+        if len(frames) != count:  # a stream holds its last ~2 ms back: positions move with the audio
             self.appended = self.removed + len(frames)
             limit = self.appended
             self._marks = deque((min(position, limit), callback) for position, callback in self._marks)
@@ -186,7 +189,7 @@ class PlayoutBuffer:
         if self.max_latency_frames:
             self._bound_latency()
         if frames:
-            frame = frames.popleft()
+            frame = self._last = frames.popleft()
             self.removed += 1
             if self._marks and self._marks[0][0] <= self.removed:
                 self._fire_marks()

@@ -349,6 +349,8 @@ class AgentLeg:
         if self.suppressing:
             self.stats.audio_dropped_seconds["barge_in"] += seconds
             return
+        if self.from_agent.out_rate != self.leg.rate:
+            self._follow_leg_rate()
         self._push(self.from_agent(samples))
         if self.from_agent.resampling:
             # The filter holds the last few ms back until more input comes; if none
@@ -367,6 +369,15 @@ class AgentLeg:
         self._tail_timer = None
         if not self.suppressing and not self.leg.closed.is_set():
             self._push(self.from_agent.flush())
+        self._restart_resampler()
+
+    def _follow_leg_rate(self) -> None:
+        """"auto" learned the leg's rate: what the old filter holds goes out (the leg converts
+        it), and the agent's audio is converted for the new rate from here on."""
+        old = self.from_agent
+        tail = old.flush()
+        if tail.size:
+            self.leg.push(tail.astype("<i2", copy=False).tobytes(), old.out_rate)
         self._restart_resampler()
 
     def _restart_resampler(self) -> None:

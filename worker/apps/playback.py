@@ -32,6 +32,8 @@ class PlaybackApp(App):
     async def start(self) -> None:
         try:
             await self.prompt.pcm(self.rate or 8000)
+            if not self.rate:  # "auto": the channel driver's usual rate too, ready before a call needs it
+                await self.prompt.pcm(16000)
         except Exception as error:  # a bad file is refused at start, with the reason
             raise AppOptionError(f"app 'playback': cannot use file {self.path}: {error}") from error
 
@@ -39,8 +41,8 @@ class PlaybackApp(App):
         leg.forward_to(None)
         rate = await leg.wait_rate()
         pcm = await self.prompt.pcm(rate)
-        # The prompt stays at the rate it was converted to; the leg converts it if
-        # the rate changes under it ("auto" learning 16 kHz from the caller).
+        # Pushed at the rate it was converted to: should "auto" learn another rate later
+        # (a caller silent at first), the leg converts the rest on its way in.
         chunk = CHUNK_FRAMES * frame_bytes(rate)
         while not leg.closed.is_set():
             for offset in range(0, len(pcm), chunk):
@@ -51,4 +53,3 @@ class PlaybackApp(App):
             if not self.options["loop"]:
                 break
         await leg.wait_closed()
-

@@ -126,8 +126,9 @@ def _checks(report: dict[str, Any], settings: BenchSettings, quick: bool) -> lis
                    "per-extension-sigstop) this many times, alternately, and compare their median rounds "
                    "(default 3; --quick 1): p99 drifts between runs as much as the 20 %% being judged.")
 @click.option("--realtime", is_flag=True,
-              help=f"Run the workers' clocks (audiosocket.realtime_priority) and the load client under SCHED_RR "
-                   f"{ASTERISK_REALTIME_PRIORITY}, as `asterisk -p` runs Asterisk (needs root or CAP_SYS_NICE).")
+              help=f"Run the load client under SCHED_RR {ASTERISK_REALTIME_PRIORITY}, as `asterisk -p` runs "
+                   "Asterisk, and check the workers are too (needs root or CAP_SYS_NICE). Without it the gateway "
+                   "runs on the default config: its workers are real-time where permitted.")
 @click.option("--calls-per-load-process", type=click.IntRange(1, 1000), default=100, show_default=True,
               help="Calls one load-client process drives; more calls start more load processes.")
 @click.pass_context

@@ -36,9 +36,9 @@ import uvloop
 from audiogw.client import bench_load
 from audiogw.client.softphone import (
     _ANCILLARY_SPACE,
-    _TIMESPEC,
     SO_TIMESTAMPNS,
     _keep_timestamps_on,
+    kernel_stamp,
     kernel_timestamps_supported,
 )
 from audiogw.shared.audiosocket import HEADER_SIZE, KIND_FOR_RATE, Kind, decode_uuid, encode_header, frame_bytes
@@ -96,11 +96,7 @@ class ReceivedCall:
                 self.close("peer")
                 return
             read_at = time.time()
-            stamp = 0.0
-            for level, message_type, payload in ancillary:
-                if level == socket.SOL_SOCKET and message_type == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-                    stamp = seconds + nanoseconds * 1e-9
+            stamp = kernel_stamp(ancillary)
             self.buffer += data
             self._frames(stamp, read_at)
             if self.sock is None or len(data) < want:

@@ -75,6 +75,15 @@ _supported: bool | None = None
 _timestamp_keeper: socket.socket | None = None
 
 
+def kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time in a ``recvmsg`` result's ancillary data (0.0 if it carries none)."""
+    for level, message_type, payload in ancillary:
+        if level == socket.SOL_SOCKET and message_type == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+            return seconds + nanoseconds * 1e-9
+    return 0.0
+
+
 def kernel_timestamps_supported() -> bool:
     """Whether this kernel gives per-read receive timestamps (SO_TIMESTAMPNS)."""
     global _supported
@@ -429,7 +438,6 @@ class _Call:
         if sock is None or self.hung_up_by not in (None, "client"):
             return
         payload_size = self.payload_size
-        option = SO_TIMESTAMPNS
         for _ in range(_READS_PER_WAKEUP):
             # Never read past the end of the frame in progress, so the timestamp
             # of the read that completes a frame is that frame's arrival.
@@ -445,11 +453,7 @@ class _Call:
                 self._finish("closed", None)
                 return
             read_at = time.time()
-            stamp = 0.0
-            for level, message_type, payload in ancillary:
-                if level == socket.SOL_SOCKET and message_type == option and len(payload) >= _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-                    stamp = seconds + nanoseconds * 1e-9
+            stamp = kernel_stamp(ancillary)
             if len(data) == want and not self.left and want == HEADER_SIZE + payload_size \
                     and data[0] == self.kind and (data[1] << 8 | data[2]) == payload_size:
                 # The common case, one whole audio frame of our rate (the read was sized to

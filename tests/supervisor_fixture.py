@@ -73,7 +73,7 @@ class SupervisorProcess:
                 self.process.wait()
 
 
-def write_config(folder: Path, base_port: int, extensions: int = 2) -> Path:
+def write_config(folder: Path, base_port: int, extensions: int = 2, app: str | None = None) -> Path:
     lines = [
         "[supervisor]",
         'control = "ipc://run/control.sock"',
@@ -89,6 +89,8 @@ def write_config(folder: Path, base_port: int, extensions: int = 2) -> Path:
     for index in range(extensions):
         lines += ["[[extension]]", f'id = "{1201 + index}"',
                   f"ia_port = {base_port + 2 * index}", f"retorno_port = {base_port + 2 * index + 1}"]
+        if app is not None:
+            lines.append(f'app = "{app}"')
     path = folder / "audiogw.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy
 import pytest
@@ -21,31 +20,9 @@ from asterisk_fixture import assert_no_asterisk_errors
 from asterisk_phone import PhoneCall, Script, frames_of, locate_frames, noise
 from audiogw.shared.net import free_port_block
 from conftest import wait_for
-from supervisor_fixture import SupervisorProcess
+from supervisor_fixture import SupervisorProcess, write_config
 
 EXTENSION = "1201"
-
-
-def supervisor_config(folder: Path, base_port: int, app: str) -> Path:
-    path = folder / "audiogw.toml"
-    path.write_text("\n".join([
-        "[supervisor]",
-        'control = "ipc://run/control.sock"',
-        'metrics = "127.0.0.1:0"',
-        'state_dir = "state"',
-        "heartbeat_interval = 0.2",
-        "heartbeat_timeout = 1.0",
-        "drain_seconds = 1.0",
-        "[audiosocket]",
-        'bind = "127.0.0.1"',
-        f"port_range = [{base_port}, {base_port + 19}]",
-        "[[extension]]",
-        f'id = "{EXTENSION}"',
-        f"ia_port = {base_port}",
-        f"retorno_port = {base_port + 1}",
-        f'app = "{app}"',
-    ]) + "\n")
-    return path
 
 
 @pytest.fixture
@@ -54,7 +31,7 @@ def real_supervisor(tmp_path):
 
     def start(app: str) -> SupervisorProcess:
         base = free_port_block(20)
-        supervisor = SupervisorProcess(tmp_path, supervisor_config(tmp_path, base, app), base).start()
+        supervisor = SupervisorProcess(tmp_path, write_config(tmp_path, base, extensions=1, app=app), base).start()
         started.append(supervisor)
         return supervisor
 
@@ -169,4 +146,10 @@ exten => _[0-9a-f].,1,Answer()
     assert_heard(next_call, spoken, "echo on the next call")
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert hung_up_after < 5
-    assert_no_asterisk_errors(asterisk)
+    # A process killed with frames still unread in its socket makes the kernel reset the
+    # connection (RST), and Asterisk logs that one read as an ERROR (seen about 1 run in 6:
+    # it depends on where the kill lands between two frames). The call itself ends cleanly,
+    # as asserted above. Any other ERROR, or more than that one, fails.
+    reset = "Failed to read header from AudioSocket because: Connection reset by peer"
+    assert sum(reset in line for line in asterisk.errors()) <= 1
+    assert_no_asterisk_errors(asterisk, expected=(reset,))

@@ -13,7 +13,6 @@ import uuid
 import wave
 
 import numpy
-import pytest
 
 from audiogw.shared.audiosocket import Kind, encode_audio, encode_dtmf
 from conftest import raw_connect, read_frames, wait_for

@@ -58,16 +58,14 @@ from audiogw.shared.wav import tone, write_wav
 REALTIME_PRIORITY = 10  # as `asterisk -p`
 RECEIVER_PRIORITY = REALTIME_PRIORITY + 1  # the instrument reads before anything it measures
 # How the gateway runs. default: the default config, as the invoking user (real-time where
-# permitted, which it is for root); service: an unprivileged user's rights plus the shipped
-# systemd unit's LimitRTPRIO=10 (real-time granted without root); unprivileged: an
-# unprivileged user's scheduling rights and nothing more (real-time refused: normal
-# priority, each worker in its own autogroup); normal: realtime_priority = 0 (the default
-# before 2026-12-01, for comparison). The uid stays: the right to real-time is exactly
-# CAP_SYS_NICE or RLIMIT_RTPRIO (and a Python under a 0700 home can't run as another user).
-MODES = ("default", "service", "unprivileged", "normal")
-WITHOUT_SYS_NICE = ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"]
-AS_USER = {"service": ["prlimit", "--rtprio=10:10", *WITHOUT_SYS_NICE],
-           "unprivileged": ["prlimit", "--rtprio=0:0", *WITHOUT_SYS_NICE]}
+# permitted: for root, or a service user with the shipped unit's LimitRTPRIO=10, since the
+# kernel's rule is CAP_SYS_NICE or RLIMIT_RTPRIO); unprivileged: an unprivileged user's
+# scheduling rights (no CAP_SYS_NICE, RLIMIT_RTPRIO 0: real-time refused, so normal priority,
+# each worker in its own autogroup); normal: realtime_priority = 0 (the default before
+# 2026-12-01, for comparison). The uid stays: the right to real-time is exactly the capability
+# and the limit (and a Python installed under a 0700 home can't run as another user).
+MODES = ("default", "unprivileged", "normal")
+AS_USER = {"unprivileged": ["prlimit", "--rtprio=0:0", "setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"]}
 AMI_USER, AMI_SECRET = "bench", "bench"
 P99_RATIO_TARGET = 1.05
 ECHO_SENT_TARGET = 0.99
@@ -621,7 +619,7 @@ def run_mode(mode: str, asterisk: PrivateAsterisk, settings: Settings, folder: P
     try:
         workers = supervisor.workers()
         policies = {os.sched_getscheduler(pid) for pid in workers}
-        granted = mode == "service" or mode == "default" and os.geteuid() == 0
+        granted = mode == "default" and os.geteuid() == 0
         expected = os.SCHED_RR if granted else os.SCHED_OTHER
         if policies != {expected}:
             raise BenchError(f"mode {mode}: workers' scheduling policies are {sorted(policies)}, not what the mode "
@@ -829,10 +827,9 @@ def _calls(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 @click.command("bench-asterisk")
 @click.option("--quick", is_flag=True, help="Smoke run: 2+2 relayed and 2 echo calls, 2 s windows (< 60 s).")
-@click.option("--modes", callback=_modes, default="default,service,unprivileged,normal", show_default=True,
-              help="default: the default config as this user (real-time where permitted); service: an "
-                   "unprivileged user with the systemd unit's LimitRTPRIO=10; unprivileged: no right to "
-                   "real-time (refused); normal: realtime_priority = 0.")
+@click.option("--modes", callback=_modes, default="default,unprivileged,normal", show_default=True,
+              help="default: the default config as this user (real-time where permitted); unprivileged: "
+                   "an unprivileged user's rights (real-time refused); normal: realtime_priority = 0.")
 @click.option("--relay-calls", callback=_calls, default=None, help="Relay scenario sizes, N audiogw + N Milliwatt (default 1,100,200).")
 @click.option("--echo-calls", type=click.IntRange(0), default=None, help="Echo calls (default 200; 0: skip).")
 @click.option("--seconds", type=click.FloatRange(1.0, 600.0), default=None, help="Measurement window per scenario (default 20).")

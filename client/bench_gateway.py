@@ -57,9 +57,8 @@ def write_bench_config(folder: Path, extensions: list[ExtensionPlan], base_port:
         "[audiosocket]",
         'bind = "127.0.0.1"',
         f"port_range = [{base_port}, {base_port + 2 * len(extensions) + 9}]",
+        f"realtime_priority = {realtime_priority}",
     ]
-    if realtime_priority:  # else the default config's (real-time where permitted)
-        lines.append(f"realtime_priority = {realtime_priority}")
     for index, extension in enumerate(extensions):
         lines += ["[[extension]]", f'id = "{extension.id}"', f'app = "{extension.app}"',
                   f"ia_port = {base_port + 2 * index}", f"retorno_port = {base_port + 2 * index + 1}"]

@@ -50,8 +50,8 @@ def markdown(report: dict[str, Any]) -> str:
         "(SO_TIMESTAMPNS), pooled over the group's calls. Scheduling: "
         + (f"the workers' clocks (`audiosocket.realtime_priority`) and the load client under SCHED_RR "
            f"{settings['realtime_priority']}, as `asterisk -p` runs Asterisk."
-           if settings.get("realtime_priority") else "the gateway on the default config (workers under SCHED_RR 10 "
-           "where permitted), the load client at normal priority."),
+           if settings.get("realtime_priority") else "every process at normal priority (SCHED_OTHER), "
+           "`--normal-priority`."),
         "",
     ]
     scenarios = report["scenarios"]

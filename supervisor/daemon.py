@@ -186,11 +186,22 @@ class Supervisor:
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
+            planned = time.monotonic() + max(0.001, timeout)
             try:
                 async with asyncio.timeout(max(0.001, timeout)):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                self._excuse_if_late(time.monotonic() - planned)
+
+    def _excuse_if_late(self, late: float) -> None:
+        """A wake-up far behind its time means the supervisor (and its ZeroMQ thread) did not
+        run: workers' heartbeats may be stuck on the way. It kills no one for that silence."""
+        if late <= self.config.supervisor.heartbeat_interval:
+            return
+        now = time.monotonic()
+        log.warning("supervisor ran %.1f s late (the host is starved): heartbeat deadlines restart now", late)
+        for runtime in self.extensions.values():
+            runtime.lifecycle.excuse(now)
 
     # -- the worker bus ---------------------------------------------------
     def _read_bus(self) -> None:

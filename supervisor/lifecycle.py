@@ -189,6 +189,7 @@ class WorkerLifecycle:
         self._exit_times: deque[float] = deque()  # unexpected exits within flap_window
         self._retry_at: float | None = None
         self._last_heartbeat: float | None = None
+        self._excused_at = 0.0  # see excuse()
         self._spawned_at: float | None = None
         self._kill_reason: str | None = None
         self._transitions: deque[Transition] = deque(maxlen=HISTORY_LENGTH)
@@ -259,6 +260,11 @@ class WorkerLifecycle:
             raise IllegalTransition(self._state, "heartbeat", "no live process")
         self._maybe_reset(now)
         self._last_heartbeat = now
+
+    def excuse(self, now: float) -> None:
+        """The supervisor itself could not watch until ``now`` (its loop ran late: a starved
+        host): heartbeat silence before ``now`` proves nothing, its clock restarts here."""
+        self._excused_at = now
 
     def ready(self, now: float) -> None:
         if self._state is not WorkerState.STARTING:
@@ -351,8 +357,8 @@ class WorkerLifecycle:
     # -- internals ------------------------------------------------------------
     def _heartbeat_reference(self) -> float:
         if self._last_heartbeat is None:
-            return self._state_since
-        return max(self._last_heartbeat, self._state_since)
+            return max(self._state_since, self._excused_at)
+        return max(self._last_heartbeat, self._state_since, self._excused_at)
 
     def _maybe_reset(self, now: float) -> None:
         """A worker RUNNING for flap_window seconds has proven itself: start the backoff small again."""

@@ -164,8 +164,8 @@ def test_freeze_stops_and_continues_a_process_on_schedule_and_never_leaves_it_st
     assert gone["error"] == "the worker went away" and gone["stops_at"] == []
 
 
-def test_realtime_bench_puts_the_workers_and_the_load_client_under_sched_rr(tmp_path, capsys):
-    args = ["--realtime", "--extensions", "2", "--scenarios", "capacity", "--capacity-start", "2",
+def test_bench_by_default_puts_the_workers_and_the_load_client_under_sched_rr(tmp_path, capsys):
+    args = ["--extensions", "2", "--scenarios", "capacity", "--capacity-start", "2",
             "--capacity-step", "2", "--capacity-max", "2", "--capacity-seconds", "1",
             "--results", str(tmp_path / "results"), "--json"]
     if not realtime_allowed():

@@ -249,6 +249,16 @@ def test_stop_then_start_from_fatal_as_restart_extension_does():
 
 
 # -- hung and late workers ----------------------------------------------------
+def test_a_late_supervisor_excuses_the_silence_it_could_not_watch():
+    life = running(RestartPolicy(heartbeat_timeout=3.0))
+    life.heartbeat(1.0)
+    life.excuse(5.0)  # the supervisor's own loop ran late until 5.0: the silence since 1.0 proves nothing
+    assert life.next_deadline() == 8.0
+    assert life.tick(7.9) is Action.NONE
+    assert life.tick(8.1) is Action.KILL, "a worker that stays silent afterwards is still killed"
+    assert life.kill_reason == "hung: no heartbeat for 3.1 s"
+
+
 def test_hung_worker_is_killed_once_then_respawned():
     life = running(RestartPolicy(heartbeat_timeout=3.0))  # ready + heartbeat at 0.1
     life.heartbeat(1.0)

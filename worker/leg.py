@@ -260,7 +260,6 @@ class Leg:
             log.warning("extension=%s leg=%s uuid=%s: rate=%d configured, but the peer sends %d Hz: answering at %d Hz",
                         self.extension, self.kind, self.uuid, self._configured_rate, rate, rate)
         old_rate = self.outbound.rate
-
         ends_prompt = self._finished_at == self.outbound.appended
 
         def convert(pcm: bytes) -> bytes:
@@ -288,7 +287,7 @@ class Leg:
             if deadline < self._hold_until:
                 if not self._configured_rate:
                     return  # "auto": no frame at a rate the caller may not use (FIRST_AUDIO_GRACE)
-                frame = self.outbound.silence
+                frame = None  # silence, and no underrun: nothing was playing yet
             else:
                 self._hold_until = 0.0
                 frame = self.outbound.pop()

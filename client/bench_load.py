@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         gc.enable()
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
-        # `bench --realtime` ran the calls real-time, as Asterisk's; writing the results is
+        # `bench` ran the calls real-time (its default), as Asterisk's; writing the results is
         # not call work, and real-time it would hold up the calls still running elsewhere.
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     save_records(args.out, records)

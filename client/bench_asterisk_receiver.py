@@ -40,9 +40,9 @@ from audiogw.client.softphone import (
     _keep_timestamps_on,
     kernel_stamp,
     kernel_timestamps_supported,
+    note_arrival,
 )
 from audiogw.shared.audiosocket import HEADER_SIZE, KIND_FOR_RATE, Kind, decode_uuid, encode_header, frame_bytes
-from audiogw.shared.pacing import FRAME_PERIOD
 
 PAYLOAD = frame_bytes(8000)  # AudioSocket() forces slin 8 kHz
 AUDIO_KIND = KIND_FOR_RATE[8000]
@@ -112,13 +112,7 @@ class ReceivedCall:
             if kind == Kind.UUID and self.uuid is None:
                 self.uuid = str(decode_uuid(bytes(buffer[HEADER_SIZE:size])))
             elif kind == AUDIO_KIND:
-                if stamp:
-                    self.arrivals.append(stamp)
-                    if read_at - stamp > FRAME_PERIOD:
-                        self.late_reads += 1
-                else:
-                    self.arrivals.append(read_at)
-                    self.user_timestamps += 1
+                note_arrival(self, stamp, read_at)
             elif kind == Kind.HANGUP:
                 self.close("peer")
                 return

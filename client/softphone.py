@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy
 
@@ -82,6 +83,18 @@ def kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> float:
             seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
             return seconds + nanoseconds * 1e-9
     return 0.0
+
+
+def note_arrival(record: Any, stamp: float, read_at: float) -> None:
+    """Count one audio frame on ``record`` (its ``arrivals``, ``late_reads``, ``user_timestamps``):
+    the kernel's arrival time, or the read time when the kernel gave none."""
+    if stamp:
+        record.arrivals.append(stamp)
+        if read_at - stamp > FRAME_PERIOD:
+            record.late_reads += 1
+    else:
+        record.arrivals.append(read_at)
+        record.user_timestamps += 1
 
 
 def kernel_timestamps_supported() -> bool:
@@ -496,13 +509,7 @@ class _Call:
 
     def _arrived(self, stamp: float, read_at: float) -> None:
         """Count one audio frame: its kernel arrival time, or our read time if the kernel gave none."""
-        if stamp:
-            self.arrivals.append(stamp)
-            if read_at - stamp > FRAME_PERIOD:
-                self.late_reads += 1
-        else:
-            self.arrivals.append(read_at)
-            self.user_timestamps += 1
+        note_arrival(self, stamp, read_at)
         self.frames_received += 1
 
     def _track(self, data: bytes) -> None:

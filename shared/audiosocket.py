@@ -12,7 +12,18 @@ import uuid as uuid_module
 from typing import NamedTuple
 
 HEADER_SIZE = 3
+# The one declaration of the frame period: Asterisk sends (and plays) one frame every 20 ms.
 FRAME_MS = 20
+FRAME_PERIOD = FRAME_MS / 1000
+# The two legs of an extension: the visitor's (answered by the agent) and the resident's.
+LEG_KINDS: tuple[str, ...] = ("ia", "retorno")
+
+
+def other_leg(kind: str) -> str:
+    """The leg a bridge pairs with ``kind``."""
+    first, second = LEG_KINDS
+    return second if kind == first else first
+
 _HEADER = struct.Struct(">BH")
 
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from audiogw.shared.audiosocket import FRAME_PERIOD, LEG_KINDS
+
 __all__ = [
     "KNOWN_APPS",
     "EXTENSION_ID_PATTERN",
@@ -51,7 +53,6 @@ CONFIG_ENV = "AUDIOGW_CONFIG"
 
 # Linux sun_path holds 108 bytes including the terminating NUL.
 IPC_PATH_MAX_BYTES = 107
-FRAME_SECONDS = 0.020
 MIN_WRITE_BUFFER = 4096
 LOG_FORMATS = ("human", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -337,6 +338,10 @@ class ExtensionConfig:
         if not isinstance(self.app, str) or not self.app:
             raise ConfigError(None, "extension.app", f"expected an app name, got {self.app!r}")
         object.__setattr__(self, "options", _validate_options(self.options, None, "extension.options"))
+
+    def ports(self) -> dict[str, int]:
+        """Each leg kind's listening port, in LEG_KINDS order."""
+        return {kind: getattr(self, f"{kind}_port") for kind in LEG_KINDS}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state file and ZeroMQ replies."""
@@ -766,12 +771,12 @@ def _parse_audiosocket(table: Mapping[str, Any], file: str | None) -> AudioSocke
     uuid_timeout = _number(table, "uuid_timeout", 5.0, file, prefix, positive=True)
     lead_frames = _integer(table, "lead_frames", 3, file, prefix, minimum=1, maximum=50)
     outbound_buffer_seconds = _number(table, "outbound_buffer_seconds", 2.0, file, prefix, positive=True)
-    if lead_frames * FRAME_SECONDS > outbound_buffer_seconds + 1e-9:
+    if lead_frames * FRAME_PERIOD > outbound_buffer_seconds + 1e-9:
         raise ConfigError(
             file,
             "audiosocket.outbound_buffer_seconds",
             f"{outbound_buffer_seconds:g} s cannot hold lead_frames ({lead_frames} frames = "
-            f"{lead_frames * FRAME_SECONDS:g} s)",
+            f"{lead_frames * FRAME_PERIOD:g} s)",
         )
     inbound_buffer_frames = _integer(table, "inbound_buffer_frames", 50, file, prefix, minimum=1)
     max_write_buffer = _integer(table, "max_write_buffer", 65536, file, prefix, minimum=MIN_WRITE_BUFFER)

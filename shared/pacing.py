@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy
 
-FRAME_PERIOD = 0.020
+from audiogw.shared.audiosocket import FRAME_PERIOD
+
 GAP_THRESHOLD = 0.040
 
 

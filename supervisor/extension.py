@@ -23,7 +23,7 @@ def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) 
     """Bind both legs' listening sockets, or neither (nothing half-created)."""
     sockets: dict[str, socket.socket] = {}
     try:
-        for leg_kind, port in (("ia", extension.ia_port), ("retorno", extension.retorno_port)):
+        for leg_kind, port in extension.ports().items():
             try:
                 sockets[leg_kind] = bind_listener(bind, port, backlog)
             except OSError as error:

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.histogram import LATENCY_BUCKETS
 from audiogw.supervisor.lifecycle import WorkerState
 
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
     from audiogw.supervisor.extension import ExtensionRuntime
 
 log = logging.getLogger("audiogw.supervisor")
-
-LEG_KINDS = ("ia", "retorno")
 
 # Per-leg plain counters: snapshot key -> family name (without "_total", which
 # CounterMetricFamily adds) and help text.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy
 
-FRAME_PERIOD = 0.020
+from audiogw.shared.audiosocket import FRAME_PERIOD
 KIND_FOR_RATE = {8000: 0x10, 12000: 0x11, 16000: 0x12, 24000: 0x13, 32000: 0x14, 48000: 0x16}
 RATE_FOR_KIND = {kind: rate for rate, kind in KIND_FOR_RATE.items()}
 UUID_KIND, DTMF_KIND, HANGUP_KIND = 0x01, 0x03, 0x00

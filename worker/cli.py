@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.config import AudioSocketSettings, ConfigError, parse_config, parse_option, validate_extension_id
 
 
@@ -55,7 +56,7 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
     sockets = {}
-    for leg_kind, port in (("ia", ia_port), ("retorno", retorno_port)):
+    for leg_kind, port in zip(LEG_KINDS, (ia_port, retorno_port)):
         try:
             sockets[leg_kind] = bind_listener(bind, port, settings.listen_backlog)
         except OSError as error:

@@ -7,7 +7,8 @@ sending a catch-up burst.
 """
 from __future__ import annotations
 
-FRAME_PERIOD = 0.020
+from audiogw.shared.audiosocket import FRAME_PERIOD
+
 GOLDEN_FRACTION = 0.6180339887498949
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.histogram import Histogram
-
-LEG_KINDS = ("ia", "retorno")
 
 
 class LegKindStats:

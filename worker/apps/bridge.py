@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from audiogw.shared.audiosocket import other_leg
 from audiogw.worker.apps.base import App
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ class BridgeApp(App):
             previous.hangup("replaced_by_new_leg")
         pair[leg.kind] = leg
         await leg.wait_rate()
-        partner = pair.get("retorno" if leg.kind == "ia" else "ia")
+        partner = pair.get(other_leg(leg.kind))
         if partner is not None and not partner.closed.is_set():
             leg.forward_to(partner)
             partner.forward_to(leg)
@@ -39,7 +40,7 @@ class BridgeApp(App):
         finally:
             if pair.get(leg.kind) is leg:
                 del pair[leg.kind]
-            partner = pair.get("retorno" if leg.kind == "ia" else "ia")
+            partner = pair.get(other_leg(leg.kind))
             if partner is not None:
                 partner.forward_to(None)
             if not pair:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from audiogw.shared.apps import BUILTIN_APPS
 from audiogw.shared.audiosocket import FRAME_PERIOD, LEG_KINDS
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "resolve_path",
 ]
 
-KNOWN_APPS: tuple[str, ...] = ("echo", "playback", "bridge", "agent")
+KNOWN_APPS: tuple[str, ...] = tuple(BUILTIN_APPS)
 
 # \A and \Z (not ^ and $) so that match(), search() and fullmatch() all agree and
 # a trailing newline is not silently accepted.

@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 import socket
-import time
 import uuid as uuid_module
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
@@ -69,6 +68,7 @@ class Leg:
         self._lateness = worker.stats.send_lateness
         self._ticker = worker.ticker
         self._loop = worker.loop
+        self._clock = clock = worker.clock
         capacity = max(1, round(settings.outbound_buffer_seconds / FRAME_PERIOD))
         # A known rate (extension option ``rate``) is used from the first tick; ``auto``
         # starts at 8 kHz (the dialplan app's only rate) and learns from the first
@@ -84,7 +84,7 @@ class Leg:
         self._rate_learned = False
         self._finished_at = -1  # queue position where the app last finished a prompt
         self._rate_waiter: asyncio.Future[None] | None = None
-        self.started_at = time.monotonic()
+        self.started_at = clock()
         self._hold_until = self.started_at + FIRST_AUDIO_GRACE
         self.closed = asyncio.Event()
         self.frames_received = 0
@@ -111,7 +111,7 @@ class Leg:
         A rate learned later still converts what was queued, and audio pushed at
         the old rate from then on; nothing is lost.
         """
-        remaining = self._hold_until - time.monotonic()
+        remaining = self._hold_until - self._clock()
         if not self._rate_learned and not self._configured_rate and remaining > 0:
             waiter = self._rate_waiter = self._loop.create_future()
             try:
@@ -305,7 +305,7 @@ class Leg:
             self._finished = False
         else:
             self._was_playing = True
-        now = time.monotonic()
+        now = self._clock()
         transport.write(frame)
         self.frames_sent += 1
         stats.frames_sent += 1
@@ -348,7 +348,8 @@ class LegProtocol(asyncio.Protocol):
         self._uuid_timer: asyncio.TimerHandle | None = None
         self._ended = False
         self._app_task: asyncio.Task | None = None
-        self._guard = InboundGuard(time.monotonic())
+        self._clock = worker.clock
+        self._guard = InboundGuard(worker.clock())
         self._held = False  # reading paused: a read's frames beyond FRAMES_PER_READ wait a tick
         self._partial_since = 0.0  # when the incomplete frame now held began to arrive (0: none)
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -398,7 +399,7 @@ class LegProtocol(asyncio.Protocol):
     def _handle(self, frames: list[Frame]) -> None:
         leg = self.leg
         guard = self._guard
-        now = time.monotonic()
+        now = self._clock()
         for frame in frames:
             kind = frame.kind
             if leg is not None and kind in AUDIO_RATES:
@@ -456,7 +457,7 @@ class LegProtocol(asyncio.Protocol):
     def _note_partial(self, completed: bool) -> None:
         """An incomplete frame is held: start its clock (anew if frames completed in this read)."""
         if completed or not self._partial_since:
-            self._partial_since = time.monotonic()
+            self._partial_since = self._clock()
         if self._partial_timer is None:
             self._partial_timer = self.worker.loop.call_later(PARTIAL_FRAME_TIMEOUT, self._check_partial)
 
@@ -465,7 +466,7 @@ class LegProtocol(asyncio.Protocol):
         since = self._partial_since
         if self._ended or not since:
             return
-        waited = time.monotonic() - since
+        waited = self._clock() - since
         if waited >= PARTIAL_FRAME_TIMEOUT - 0.001:
             self.fail("partial_frame_timeout",
                       f"{self._decoder.pending} bytes of a frame held for {waited:.1f} s waiting for the rest")
@@ -549,7 +550,7 @@ class LegProtocol(asyncio.Protocol):
         log.info(
             "leg end extension=%s leg=%s uuid=%s reason=%s duration=%.2fs frames_in=%d frames_out=%d "
             "underruns=%d late=%d max_send_gap_ms=%.1f dropped_flood=%d dropped_latency=%d dtmf=%r",
-            worker.extension, leg.kind, leg.uuid, reason, time.monotonic() - leg.started_at,
+            worker.extension, leg.kind, leg.uuid, reason, self._clock() - leg.started_at,
             leg.frames_received, leg.frames_sent, leg.underruns, leg.late_frames,
             leg.max_send_gap * 1000, leg.flood_dropped, leg.outbound.latency_dropped, leg.dtmf_received[:64],
         )

@@ -10,7 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from audiogw.shared.histogram import Histogram
 from audiogw.worker.apps import App
@@ -30,8 +30,10 @@ LOOP_LAG_INTERVAL = 0.05
 
 class ExtensionWorker:
     def __init__(self, extension: str, app: App, settings: "AudioSocketSettings",
-                 clock_phase: float | None = None) -> None:
+                 clock_phase: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.extension = extension
+        # The legs read time through this (tests drive a manual clock); the ticker keeps its own.
+        self.clock = clock
         self.app = app
         self.settings = settings
         self.loop = asyncio.get_running_loop()

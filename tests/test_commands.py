@@ -299,6 +299,11 @@ def test_top_takes_the_status_id_argument(fake, monkeypatch):
     assert bad.exit_code == 2 and "contains 'a'" in bad.stderr
 
 
+def test_every_declared_command_keeps_its_human_output():
+    """Today's commands each have a formatter; an entry for an undeclared command would never run."""
+    assert set(ctl.HUMAN) == set(DECLARATIONS.values())
+
+
 def test_check_errors_name_the_cli_spelling():
     with pytest.raises(ArgumentInvalid) as caught:
         DECLARATIONS["add-extension"].check({"ia_port": 5, "retorno_port": 5}, lambda name: f"--{name}")

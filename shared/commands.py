@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -243,7 +243,7 @@ class Dialplan(msgspec.Struct):
 # -- the commands ----------------------------------------------------------------------
 
 _ID = Arg("id", str, extension_id, "ID", required=True, refusal="invalid extension id {value!r}: {reason}")
-_OPTIONAL_ID = Arg("id", str, extension_id, "[ID]", refusal="invalid extension id {value!r}: {reason}")
+_OPTIONAL_ID = replace(_ID, cli="[ID]", required=False)
 _DRAIN = Arg("drain", float, drain_seconds, "--drain", "Seconds to let calls in progress finish",
              default=ConfigDefault("supervisor.drain_seconds"), refusal="{name} {reason}")
 

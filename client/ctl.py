@@ -4,8 +4,11 @@ One request, one reply: a DEALER socket sends ``{"id", "command", "args"}`` to t
 supervisor's ROUTER and waits (with a deadline) for the reply carrying the same
 id; replies with another id are stale answers to an earlier, timed-out request
 and are skipped. :func:`request` is the whole protocol and is importable on its
-own (tests, the benchmark); the click commands below are thin wrappers that
-validate arguments, call it once and print the result.
+own (tests, the benchmark). The supervisor's commands are not written here: each
+is built from its declaration in ``shared/commands.py`` (arguments, validators,
+help) by :func:`declared_command`, which checks the arguments with the same
+validators the supervisor runs, calls :func:`request` once and prints the result
+(``HUMAN`` says how it reads for a person). ``top`` and ``keygen`` are ctl's own.
 
 Exit statuses (SPEC.md): 0 done, 1 refused by the supervisor (``error: ...`` on
 stderr), 2 usage or configuration error, 3 no reply within the timeout (the
@@ -26,15 +29,21 @@ import click
 import orjson
 import zmq
 
-from audiogw.shared.config import (
-    Config,
-    ConfigError,
-    default_config_path,
-    load_config,
-    parse_option,
-    validate_extension_id,
-    validate_port,
+from audiogw.shared.commands import (
+    ADD_EXTENSION,
+    DECLARATIONS,
+    DIALPLAN,
+    LIST,
+    RELOAD,
+    REMOVE_EXTENSION,
+    RESTART_EXTENSION,
+    STATUS,
+    STOP,
+    Arg,
+    ArgumentInvalid,
+    CommandSpec,
 )
+from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
 from audiogw.shared.messages import MessageError, decode, encode
 
 __all__ = [
@@ -574,57 +583,19 @@ def _settings(ctx: click.Context, json_flag: bool) -> _Settings:
     return settings
 
 
-def _emit(settings: _Settings, result: Any, human: Callable[[Any], str]) -> None:
-    if settings.json:
-        click.echo(_dump_json(result))
-    else:
-        click.echo(human(result))
+def _echo(text: str) -> None:
+    click.echo(text, nl=not text.endswith("\n"))  # a dialplan already ends its lines
 
 
-# ---- parameter callbacks: a bad value is a usage error (exit 2) before anything is sent
+# ---- client-only parameter callbacks: a bad value is a usage error (exit 2) before anything is sent
 
 
-def _extension_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is None:
         return None
-    try:
-        return validate_extension_id(value)
-    except ConfigError as error:
-        raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
-
-
-def _port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return validate_port(value, param.opts[0] if param.opts else "port")
-    except ConfigError as error:
-        raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
-
-
-def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for text in values:
-        try:
-            key, value = parse_option(text)
-        except ConfigError as error:
-            raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
-        if key in options:
-            raise click.BadParameter(f"option {key!r} given twice", ctx=ctx, param=param)
-        options[key] = value
-    return options
-
-
-def _seconds(*, allow_zero: bool) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
-    def check(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-        if value is None:
-            return None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise click.BadParameter(f"{value:g} is not a number of seconds {bound}", ctx=ctx, param=param)
-        return float(value)
-
-    return check
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value:g} is not a number of seconds > 0", ctx=ctx, param=param)
+    return float(value)
 
 
 def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -637,12 +608,12 @@ def _endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+JSON_HELP = "Print the result as JSON."
+
+
 def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     """``--json`` is accepted after the subcommand too (``ctl list --json``)."""
-    return click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")(function)
-
-
-_EXTENSION_ID = click.argument("extension_id", metavar="ID", callback=_extension_id)
+    return click.option("--json", "json_flag", is_flag=True, help=JSON_HELP)(function)
 
 
 @click.group(name="ctl")
@@ -670,7 +641,7 @@ _EXTENSION_ID = click.argument("extension_id", metavar="ID", callback=_extension
     type=float,
     default=DEFAULT_TIMEOUT,
     show_default=True,
-    callback=_seconds(allow_zero=False),
+    callback=_positive_seconds,
     help="Seconds to wait for the supervisor's reply.",
 )
 @click.pass_context
@@ -700,91 +671,13 @@ def ctl_group(
     )
 
 
-@ctl_group.command("add-extension", short_help="Add an extension; prints its two ports.")
-@_EXTENSION_ID
-@click.option("--ia-port", type=int, callback=_port, help="Port for the visitor's call [default: from port_range].")
-@click.option(
-    "--retorno-port", type=int, callback=_port, help="Port for the resident's leg [default: from port_range]."
-)
-@click.option("--app", help="App answering the calls [default: defaults.app].")
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    callback=_options,
-    help="App option (repeatable); VALUE is read like TOML (true, 3, \"text\"), else kept as text.",
-)
-@_json_option
-@click.pass_context
-def add_extension(
-    ctx: click.Context,
-    extension_id: str,
-    ia_port: int | None,
-    retorno_port: int | None,
-    app: str | None,
-    options: dict[str, Any],
-    json_flag: bool,
-) -> None:
-    """Add extension ID and start its worker; prints its two ports.
+# ---- the supervisor's commands, built from their declarations (shared/commands.py)
 
-    The change is persisted: it survives a supervisor restart.
-    """
-    if ia_port is not None and ia_port == retorno_port:
-        raise click.BadParameter(
-            f"same port as --ia-port ({ia_port}); the two legs need two ports", ctx=ctx, param_hint="'--retorno-port'"
-        )
-    if app is not None and not app.strip():
-        raise click.BadParameter("empty app name", ctx=ctx, param_hint="'--app'")
-    args: dict[str, Any] = {"id": extension_id}
-    if ia_port is not None:
-        args["ia_port"] = ia_port
-    if retorno_port is not None:
-        args["retorno_port"] = retorno_port
-    if app is not None:
-        args["app"] = app
-    if options:
-        args["options"] = options
-    settings = _settings(ctx, json_flag)
-    _emit(settings, _call(settings, "add-extension", args), format_extension)
+Human = Callable[[Any, Mapping[str, Any]], str]
 
 
-@ctl_group.command("remove-extension")
-@_EXTENSION_ID
-@click.option(
-    "--drain",
-    type=float,
-    callback=_seconds(allow_zero=True),
-    help="Seconds to let calls in progress finish [default: supervisor.drain_seconds].",
-)
-@_json_option
-@click.pass_context
-def remove_extension(ctx: click.Context, extension_id: str, drain: float | None, json_flag: bool) -> None:
-    """Stop extension ID's worker and forget it. Persisted."""
-    args: dict[str, Any] = {"id": extension_id}
-    if drain is not None:
-        args["drain"] = drain
-    settings = _settings(ctx, json_flag)
-    result = _call(settings, "remove-extension", args)
-    _emit(settings, result, lambda r: f"extension {_result_id(r, extension_id)} removed")
-
-
-@ctl_group.command("restart-extension")
-@_EXTENSION_ID
-@_json_option
-@click.pass_context
-def restart_extension(ctx: click.Context, extension_id: str, json_flag: bool) -> None:
-    """Restart extension ID's worker (its calls are dropped)."""
-    settings = _settings(ctx, json_flag)
-    result = _call(settings, "restart-extension", {"id": extension_id})
-
-    def human(r: Any) -> str:
-        text = f"extension {_result_id(r, extension_id)} restarted"
-        if isinstance(r, Mapping) and r.get("pid") is not None:
-            text += f" (pid {r['pid']})"
-        return text
-
-    _emit(settings, result, human)
+def _mapping(result: Any) -> Mapping[str, Any]:
+    return result if isinstance(result, Mapping) else {}
 
 
 def _result_id(result: Any, fallback: str) -> str:
@@ -801,24 +694,81 @@ def _rows(result: Any) -> list[Mapping[str, Any]]:
     return []
 
 
-@ctl_group.command("list")
-@_json_option
-@click.pass_context
-def list_command(ctx: click.Context, json_flag: bool) -> None:
-    """List the extensions: ports, app, worker state and pid."""
-    settings = _settings(ctx, json_flag)
-    _emit(settings, _call(settings, "list", {}), lambda r: format_list_table(_rows(r)))
+def _restarted(result: Any, args: Mapping[str, Any]) -> str:
+    text = f"extension {_result_id(result, args['id'])} restarted"
+    if _mapping(result).get("pid") is not None:
+        text += f" (pid {result['pid']})"
+    return text
 
 
-@ctl_group.command("status")
-@click.argument("extension_id", metavar="[ID]", required=False, callback=_extension_id)
-@_json_option
-@click.pass_context
-def status_command(ctx: click.Context, extension_id: str | None, json_flag: bool) -> None:
-    """Health and audio timing of all extensions, or of ID."""
-    settings = _settings(ctx, json_flag)
-    args = {"id": extension_id} if extension_id is not None else {}
-    _emit(settings, _call(settings, "status", args), lambda r: format_status_table(_rows(r)))
+def _dialplan_text(result: Any, args: Mapping[str, Any]) -> str:
+    text = result.get("text") if isinstance(result, Mapping) else result
+    return "" if text is None else str(text)
+
+
+# How each command's result reads for a person (the declaration says what it is);
+# a command with no entry prints its result as JSON, so a new command needs none.
+HUMAN: dict[CommandSpec, Human] = {
+    ADD_EXTENSION: lambda result, args: format_extension(_mapping(result)),
+    REMOVE_EXTENSION: lambda result, args: f"extension {_result_id(result, args['id'])} removed",
+    RESTART_EXTENSION: _restarted,
+    LIST: lambda result, args: format_list_table(_rows(result)),
+    STATUS: lambda result, args: format_status_table(_rows(result)),
+    RELOAD: lambda result, args: format_reload(_mapping(result)),
+    STOP: lambda result, args: "supervisor stopping" + (f" (drain {args['drain']:g} s)" if "drain" in args else ""),
+    DIALPLAN: _dialplan_text,
+}
+
+
+def declared_param(arg: Arg) -> click.Parameter:
+    """The click argument or option for a declared argument; the declared validator is its callback."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or value == ():
+            return None  # not given: not sent (the supervisor applies its default)
+        try:
+            return arg.validate(arg.from_cli(value) if arg.from_cli is not None else value)
+        except ArgumentInvalid as error:
+            raise click.BadParameter(error.reason, ctx=ctx, param=param) from None
+
+    if not arg.is_option:
+        return click.Argument([arg.name], metavar=arg.cli, required=arg.required, type=arg.type, callback=check)
+    if arg.from_cli is not None:
+        return click.Option([arg.cli, arg.name], multiple=True, metavar=arg.metavar, help=arg.help_text(),
+                            callback=check)
+    return click.Option([arg.cli, arg.name], type=arg.type, metavar=arg.metavar, help=arg.help_text(),
+                        callback=check)
+
+
+def declared_command(spec: CommandSpec, human: Human | None = None) -> click.Command:
+    """``ctl NAME``: check the arguments as the supervisor will, send them once, print the result."""
+
+    def spell(name: str) -> str:
+        return spec.arg(name).cli
+
+    @click.pass_context
+    def run(ctx: click.Context, json_flag: bool, **values: Any) -> None:
+        args = {name: value for name, value in values.items() if value is not None}
+        if spec.check is not None:
+            try:
+                spec.check(args, spell)
+            except ArgumentInvalid as error:
+                hint = f"'{spell(error.arg)}'" if error.arg else None
+                raise click.BadParameter(error.reason, ctx=ctx, param_hint=hint) from None
+        settings = _settings(ctx, json_flag)
+        result = _call(settings, spec.name, args)
+        _echo(_dump_json(result) if settings.json or human is None else human(result, args))
+
+    params = [*map(declared_param, spec.args), click.Option(["--json", "json_flag"], is_flag=True, help=JSON_HELP)]
+    return click.Command(spec.name, callback=run, params=params, help=spec.help or spec.summary,
+                         short_help=spec.summary if spec.help else None)
+
+
+for _spec in DECLARATIONS.values():
+    ctl_group.add_command(declared_command(_spec, HUMAN.get(_spec)))
+
+
+# ---- client-only commands
 
 
 def _stdout_is_tty() -> bool:
@@ -832,35 +782,32 @@ _sleep = time.sleep  # tests replace it
 
 
 @ctl_group.command("top", short_help="Status, refreshed in place until Ctrl-C.")
-@click.argument("extension_id", metavar="[ID]", required=False, callback=_extension_id)
 @click.option(
     "--interval",
     type=float,
     default=1.0,
     show_default=True,
-    callback=_seconds(allow_zero=False),
+    callback=_positive_seconds,
     help="Seconds between refreshes.",
 )
 @click.option("--iterations", type=click.IntRange(min=1), help="Stop after N refreshes [default: until Ctrl-C].")
 @_json_option
 @click.pass_context
-def top_command(
-    ctx: click.Context, extension_id: str | None, interval: float, iterations: int | None, json_flag: bool
-) -> None:
+def top_command(ctx: click.Context, interval: float, iterations: int | None, json_flag: bool, **target: Any) -> None:
     """Status, refreshed in place every --interval seconds until Ctrl-C.
 
     On a terminal the screen is redrawn; otherwise one table per refresh is
     printed, separated by a blank line. With --json, one JSON line per refresh.
     """
     settings = _settings(ctx, json_flag)
-    args = {"id": extension_id} if extension_id is not None else {}
+    args = {name: value for name, value in target.items() if value is not None}
     endpoint = settings.target().endpoint  # config problems surface before the loop
     tty = _stdout_is_tty()
     count = 0
     try:
         while True:
             started = time.monotonic()
-            result = _call(settings, "status", args)
+            result = _call(settings, STATUS.name, args)
             count += 1
             if settings.json:
                 click.echo(_dump_json(result, indent=False))
@@ -882,48 +829,7 @@ def top_command(
             click.echo("")
 
 
-@ctl_group.command("reload", short_help="Re-read the config file (like SIGHUP).")
-@_json_option
-@click.pass_context
-def reload_command(ctx: click.Context, json_flag: bool) -> None:
-    """Re-read the config file and apply the changes (like SIGHUP)."""
-    settings = _settings(ctx, json_flag)
-    result = _call(settings, "reload", {})
-    _emit(settings, result, lambda r: format_reload(r if isinstance(r, Mapping) else {}))
-
-
-@ctl_group.command("stop")
-@click.option(
-    "--drain",
-    type=float,
-    callback=_seconds(allow_zero=True),
-    help="Seconds to let calls in progress finish [default: supervisor.drain_seconds].",
-)
-@_json_option
-@click.pass_context
-def stop_command(ctx: click.Context, drain: float | None, json_flag: bool) -> None:
-    """Stop the supervisor and every worker, gracefully."""
-    settings = _settings(ctx, json_flag)
-    args = {"drain": drain} if drain is not None else {}
-    result = _call(settings, "stop", args)
-    suffix = f" (drain {drain:g} s)" if drain is not None else ""
-    _emit(settings, result, lambda r: f"supervisor stopping{suffix}")
-
-
-@ctl_group.command("dialplan")
-@_EXTENSION_ID
-@_json_option
-@click.pass_context
-def dialplan_command(ctx: click.Context, extension_id: str, json_flag: bool) -> None:
-    """Print the Asterisk dialplan lines for extension ID."""
-    settings = _settings(ctx, json_flag)
-    result = _call(settings, "dialplan", {"id": extension_id})
-    if settings.json:
-        click.echo(_dump_json(result))
-        return
-    text = result.get("text") if isinstance(result, Mapping) else result
-    text = "" if text is None else str(text)
-    click.echo(text, nl=not text.endswith("\n"))
+top_command.params.insert(0, declared_param(STATUS.arg("id")))  # `top [ID]` takes status's ID
 
 
 @ctl_group.command("keygen", short_help="Write CURVE certificates for a tcp:// control.")

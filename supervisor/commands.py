@@ -1,6 +1,11 @@
-"""Control commands: one small async function each, with its arguments declared next to it.
+"""Control commands: one small async handler each, paired with its declaration.
 
-``COMMANDS`` is the explicit registry the control server dispatches through.
+What a command takes and answers is declared once in ``shared/commands.py``
+(ctl builds its CLI from the same declarations); ``HANDLERS`` pairs each
+declaration with its handler, and ``COMMANDS`` (by name) is what the control
+server dispatches through (:func:`dispatch`). Arguments reach a handler already
+validated, with config defaults filled in.
+
 A handler raises :class:`CommandRefused` with a reason for a person; it never
 returns an error value. Commands on one extension hold that extension's lock;
 there is no global lock, so a slow drain never blocks ``list`` or ``status``.
@@ -12,7 +17,20 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
-from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports, validate_extension_id, validate_port
+from audiogw.shared.commands import (
+    ADD_EXTENSION,
+    DECLARATIONS,
+    DIALPLAN,
+    LIST,
+    RELOAD,
+    REMOVE_EXTENSION,
+    RESTART_EXTENSION,
+    STATUS,
+    STOP,
+    ArgumentInvalid,
+    CommandSpec,
+)
+from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.shared.histogram import quantile
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
@@ -29,67 +47,31 @@ class CommandRefused(Exception):
     """The request is understood but refused (unknown extension, port in use, ...)."""
 
 
-# -- argument validators: value -> clean value, raising CommandRefused -------------
-def _extension_id(value: Any) -> str:
-    try:
-        return validate_extension_id(value)
-    except ConfigError as error:
-        raise CommandRefused(f"invalid extension id {value!r}: {error.reason}") from None
-
-
-def _port(value: Any) -> int:
-    try:
-        return validate_port(value)
-    except ConfigError as error:
-        raise CommandRefused(error.reason) from None
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
-        raise CommandRefused(f"drain must be a number of seconds from 0 to 86400, got {value!r}")
-    return float(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise CommandRefused(f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _options(value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise CommandRefused(f"options must be an object of KEY: VALUE, got {type(value).__name__}")
-    return value
-
-
-@dataclass(frozen=True)
-class Arg:
-    validate: Callable[[Any], Any]
-    required: bool = False
+Handler = Callable[["Supervisor", dict[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
 class Command:
-    handler: Callable[["Supervisor", dict[str, Any]], Awaitable[Any]]
-    args: Mapping[str, Arg]
-    summary: str
+    """A declaration paired with the handler that carries it out."""
+
+    spec: CommandSpec
+    handler: Handler
 
 
-def parse_args(command_name: str, command: Command, raw: Any) -> dict[str, Any]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise CommandRefused(f"{command_name}: args must be an object")
-    unknown = sorted(set(raw) - set(command.args))
-    if unknown:
-        raise CommandRefused(f"{command_name}: unknown argument(s) {', '.join(unknown)}")
-    clean = {}
-    for name, arg in command.args.items():
-        if name in raw and raw[name] is not None:
-            clean[name] = arg.validate(raw[name])
-        elif arg.required:
-            raise CommandRefused(f"{command_name}: missing argument {name!r}")
-    return clean
+def parse_args(command_name: str, command: Command, raw: Any, config: Any = None) -> dict[str, Any]:
+    """The request's args checked by the command's declared validators (the same ones ctl runs)."""
+    try:
+        return command.spec.parse(raw, config)
+    except ArgumentInvalid as error:
+        raise CommandRefused(error.reason) from None
+
+
+async def dispatch(supervisor: "Supervisor", name: Any, raw_args: Any) -> Any:
+    """Run one control request: find the command, validate its args, call its handler."""
+    command = COMMANDS.get(name) if isinstance(name, str) else None
+    if command is None:
+        raise CommandRefused(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
+    return await command.handler(supervisor, parse_args(name, command, raw_args, supervisor.config))
 
 
 def _runtime(supervisor: "Supervisor", extension_id: str) -> "ExtensionRuntime":
@@ -170,7 +152,7 @@ async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> An
     runtime = _runtime(supervisor, args["id"])
     async with runtime.lock:
         supervisor.forget_extension(runtime.id)
-        await supervisor.stop_extension(runtime, args.get("drain", 0.0), remove=True)
+        await supervisor.stop_extension(runtime, args["drain"], remove=True)
     return {"id": runtime.id}
 
 
@@ -223,7 +205,7 @@ async def reload(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 
 async def stop(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
-    supervisor.request_stop(args.get("drain", supervisor.config.supervisor.drain_seconds))
+    supervisor.request_stop(args["drain"])
     return {"stopping": True}
 
 
@@ -232,18 +214,25 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
 
 
-COMMANDS: dict[str, Command] = {
-    "add-extension": Command(add_extension, {
-        "id": Arg(_extension_id, required=True), "ia_port": Arg(_port), "retorno_port": Arg(_port),
-        "app": Arg(_text), "options": Arg(_options),
-    }, "Add an extension and start its worker (persisted)."),
-    "remove-extension": Command(remove_extension, {"id": Arg(_extension_id, required=True), "drain": Arg(_seconds)},
-                                "Drain and remove an extension (persisted)."),
-    "restart-extension": Command(restart_extension, {"id": Arg(_extension_id, required=True)},
-                                 "Restart an extension's worker (also clears a failed state)."),
-    "list": Command(list_extensions, {}, "Extensions with ports, app, state and pid."),
-    "status": Command(status, {"id": Arg(_extension_id)}, "Per-extension state and counters."),
-    "reload": Command(reload, {}, "Apply the config file's differences."),
-    "stop": Command(stop, {"drain": Arg(_seconds)}, "Drain every extension and stop the supervisor."),
-    "dialplan": Command(dialplan, {"id": Arg(_extension_id, required=True)}, "Asterisk dialplan for an extension."),
+def pair(handlers: Mapping[CommandSpec, Handler]) -> dict[str, Command]:
+    """Each declaration with its handler, by name; a declaration without a handler (or the reverse) is a bug."""
+    declared = set(DECLARATIONS.values())
+    missing = sorted(spec.name for spec in declared - set(handlers))
+    undeclared = sorted(getattr(spec, "name", repr(spec)) for spec in set(handlers) - declared)
+    if missing or undeclared:
+        raise RuntimeError(f"control commands out of step: declared without a handler {missing}, "
+                           f"handled without a declaration {undeclared} (see shared/commands.py)")
+    return {spec.name: Command(spec, handlers[spec]) for spec in DECLARATIONS.values()}
+
+
+HANDLERS: dict[CommandSpec, Handler] = {
+    ADD_EXTENSION: add_extension,
+    REMOVE_EXTENSION: remove_extension,
+    RESTART_EXTENSION: restart_extension,
+    LIST: list_extensions,
+    STATUS: status,
+    RELOAD: reload,
+    STOP: stop,
+    DIALPLAN: dialplan,
 }
+COMMANDS: dict[str, Command] = pair(HANDLERS)

@@ -23,7 +23,7 @@ from zmq.utils import z85
 
 from audiogw.shared.config import Config, ConfigError
 from audiogw.shared.messages import MessageError, decode, encode
-from audiogw.supervisor.commands import COMMANDS, CommandRefused, parse_args
+from audiogw.supervisor.commands import CommandRefused, dispatch
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -228,12 +228,7 @@ class ControlServer:
         try:
             request = decode(raw, required=("command",))
             request_id = request.get("id")
-            name = request["command"]
-            command = COMMANDS.get(name) if isinstance(name, str) else None
-            if command is None:
-                raise CommandRefused(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
-            args = parse_args(name, command, request.get("args"))
-            result = await command.handler(self.supervisor, args)
+            result = await dispatch(self.supervisor, request["command"], request.get("args"))
             reply = {"id": request_id, "ok": True, "result": result}
         except (MessageError, CommandRefused) as error:
             self.refused["bad_request"] += 1

@@ -55,6 +55,7 @@ __all__ = [
     "parse_config",
     "default_config_path",
     "resolve_path",
+    "reserved_ports",
 ]
 
 KNOWN_APPS: tuple[str, ...] = tuple(BUILTIN_APPS)
@@ -323,6 +324,25 @@ def _addresses_overlap(first: str, second: str) -> bool:
     return first_ip.is_unspecified or second_ip.is_unspecified or first_ip == second_ip
 
 
+def reserved_ports(supervisor: SupervisorSettings, audiosocket: AudioSocketSettings,
+                   file: str | None = None) -> dict[int, str]:
+    """The other listeners that share the AudioSocket address (port -> dotted key): an
+    extension may not take their port. Also checked by the reload plan, whose running
+    values of these keys may differ from the file's."""
+    reserved: dict[int, str] = {}
+    if supervisor.metrics_port and _addresses_overlap(audiosocket.bind, supervisor.metrics_host):
+        reserved[supervisor.metrics_port] = "supervisor.metrics"
+    if supervisor.control.startswith("tcp://"):
+        control_host, control_port = _parse_host_port(
+            supervisor.control[len("tcp://") :], file, "supervisor.control", allow_port_zero=False
+        )
+        if _addresses_overlap(audiosocket.bind, control_host):
+            reserved.setdefault(control_port, "supervisor.control")
+    if supervisor.demo_agent is not None and _addresses_overlap(audiosocket.bind, supervisor.demo_agent[0]):
+        reserved.setdefault(supervisor.demo_agent[1], "supervisor.demo_agent")
+    return reserved
+
+
 def _parse_extensions(
     value: object,
     defaults: Defaults,
@@ -382,19 +402,7 @@ def parse_config(
         **parse_section("audiosocket", _expect_table(table.get("audiosocket", {}), file, "audiosocket"), context))
     defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), known_apps, file)
 
-    # Other listeners that share the AudioSocket address: an extension may not take their port.
-    reserved: dict[int, str] = {}
-    if supervisor.metrics_port and _addresses_overlap(audiosocket.bind, supervisor.metrics_host):
-        reserved[supervisor.metrics_port] = "supervisor.metrics"
-    if supervisor.control.startswith("tcp://"):
-        control_host, control_port = _parse_host_port(
-            supervisor.control[len("tcp://") :], file, "supervisor.control", allow_port_zero=False
-        )
-        if _addresses_overlap(audiosocket.bind, control_host):
-            reserved.setdefault(control_port, "supervisor.control")
-    if supervisor.demo_agent is not None and _addresses_overlap(audiosocket.bind, supervisor.demo_agent[0]):
-        reserved.setdefault(supervisor.demo_agent[1], "supervisor.demo_agent")
-
+    reserved = reserved_ports(supervisor, audiosocket, file)
     extensions = _parse_extensions(table.get("extension", []), defaults, known_apps, file, reserved)
     return Config(
         path=path,

@@ -4,6 +4,10 @@ Pure logic, no sockets. Every refusal is a :class:`ConfigError` naming the file,
 the dotted key (``supervisor.metrics``, ``extension[2].id``) and a reason a person
 can act on, because a gateway that starts on a half-understood config drops calls
 later, at a worse time.
+
+The ``[supervisor]`` and ``[audiosocket]`` keys are declared in ``shared/settings.py``
+(one ``Setting`` each); this module adds ``[defaults]``, the ``[[extension]]`` tables
+and the checks across sections (ports reserved by other listeners).
 """
 from __future__ import annotations
 

@@ -36,6 +36,28 @@ MIN_WRITE_BUFFER = 4096
 LOG_FORMATS = ("human", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+__all__ = [
+    "ConfigError",
+    "Reload",
+    "RELOAD_NOTES",
+    "ParseContext",
+    "Setting",
+    "SUPERVISOR",
+    "AUDIOSOCKET",
+    "SECTIONS",
+    "Check",
+    "CHECKS",
+    "SupervisorSettings",
+    "AudioSocketSettings",
+    "parse_section",
+    "setting_names",
+    "reference_text",
+    "toml_value",
+    "resolve_path",
+    "validate_port",
+]
+
+
 class ConfigError(ValueError):
     """A refused configuration value: where it is (file, key) and why."""
 
@@ -238,7 +260,6 @@ def _parse_control(value: object, base_dir: str, file: str | None, key: str) -> 
         _parse_host_port(rest, file, key, allow_port_zero=False)
         return text
     raise ConfigError(file, key, f"{text!r} must start with ipc:// or tcp://")
-
 
 
 def _check_folder(path: str, file: str | None, key: str) -> None:

@@ -270,3 +270,21 @@ def test_reload_applies_the_policy_to_every_runtime_and_healthz_agrees(tmp_path:
     finally:
         supervisor._bus.close(linger=0)
         supervisor._zmq.term()
+
+
+def test_reload_applies_a_new_log_level_to_the_supervisor(tmp_path: Path) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    old = config(folder, supervisor='log_level = "info"', extensions="")
+    supervisor = Supervisor(old, NoZygote(), ("echo",))
+    try:
+        config(folder, supervisor='log_level = "debug"', extensions="")
+        asyncio.run(supervisor.reload())
+        assert supervisor.config.supervisor.log_level == "debug" and root.level == logging.DEBUG
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        supervisor._bus.close(linger=0)
+        supervisor._zmq.term()

@@ -336,16 +336,18 @@ class Supervisor:
         for runtime in self.extensions.values():
             runtime.lifecycle.set_policy(policy, now)
         self._wake.set()  # deadlines may have moved
+        # A drain awaits: a ctl command may add or remove an extension meanwhile.
         for extension_id in plan.remove:
-            runtime = self.extensions[extension_id]
-            async with runtime.lock:
-                await self.stop_extension(runtime, settings.drain_seconds, remove=True)
+            if (runtime := self.extensions.get(extension_id)) is not None:
+                async with runtime.lock:
+                    await self.stop_extension(runtime, settings.drain_seconds, remove=True)
         for extension in plan.replace:  # before the additions: a moved extension frees its old ports
-            runtime = self.extensions[extension.id]
-            async with runtime.lock:
-                await self.replace_extension(runtime, extension)
+            if (runtime := self.extensions.get(extension.id)) is not None:
+                async with runtime.lock:
+                    await self.replace_extension(runtime, extension)
         for extension in plan.add:
-            self.add_runtime(extension)
+            if extension.id not in self.extensions:
+                self.add_runtime(extension)
         result = plan.result()
         log.info("reload done: %s", {key: value for key, value in result.items() if value and key != "unchanged"})
         return result

@@ -3,19 +3,29 @@ Supervisor.reload carrying a plan out in-process (no worker is started)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import re
+import signal
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
+from audiogw.shared.net import free_port_block
 from audiogw.shared.settings import RELOAD_NOTES, SECTIONS, Reload, Setting
 from audiogw.supervisor.daemon import Supervisor, restart_policy
 from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy, WorkerLifecycle, WorkerState
 from audiogw.supervisor.metrics import heartbeat_timeout_of
 from audiogw.supervisor.reload_plan import plan_reload
+from supervisor_fixture import SupervisorProcess, kill_tree, write_config
 
 BASE = """
 [supervisor]
@@ -288,3 +298,57 @@ def test_reload_applies_a_new_log_level_to_the_supervisor(tmp_path: Path) -> Non
         root.handlers[:] = saved[1]
         supervisor._bus.close(linger=0)
         supervisor._zmq.term()
+
+
+# ---------------------------------------------- a real supervisor carries it out
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    base = free_port_block(20)
+    process = SupervisorProcess(tmp_path, write_config(tmp_path, base), base)
+    process.start()
+    yield process
+    process.stop()
+    if process.process is not None:
+        kill_tree(process.process.pid)
+
+
+def _healthz(gateway) -> tuple[int, dict]:
+    url = re.search(r"metrics listening on (http://\S+)/metrics", gateway.log()).group(1) + "/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_reloaded_heartbeat_timeout_governs_lifecycle_and_healthz_alike(gateway) -> None:
+    """A worker silent for longer than the old timeout (1 s) but well within the reloaded one
+    is neither killed nor reported down; an extension moved away frees its ports for a new
+    one listed before it; a moved metrics listener waits for a restart."""
+    assert _healthz(gateway)[0] == 200
+    base = gateway.base_port
+    text = gateway.config_path.read_text().replace("heartbeat_timeout = 1.0", "heartbeat_timeout = 30.0")
+    text = text.replace('metrics = "127.0.0.1:0"', 'metrics = "127.0.0.1:1"')
+    text = text.replace(f'id = "1202"\nia_port = {base + 2}\nretorno_port = {base + 3}',
+                        f'id = "1203"\nia_port = {base + 2}\nretorno_port = {base + 3}\n'
+                        f'[[extension]]\nid = "1202"\nia_port = {base + 4}\nretorno_port = {base + 5}')
+    gateway.config_path.write_text(text)
+    result = gateway.ctl("reload")
+    assert result == {"added": ["1203"], "removed": [], "changed": ["1202"], "unchanged": ["1201"]}
+    log = gateway.log()
+    assert "reload: supervisor.heartbeat_timeout changed; applied" in log
+    assert "reload: supervisor.metrics changed; it takes effect at the next start" in log
+
+    pid = gateway.pids()["1201"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # twice the old timeout
+        status, body = _healthz(gateway)  # the old listener still answers (a restart setting)
+        rows = {row["id"]: row for row in gateway.ctl("list")}
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed as hung: the assertion below says so
+            os.kill(pid, signal.SIGCONT)
+    assert rows["1201"]["pid"] == pid and rows["1201"]["state"] == "running", rows["1201"]
+    assert status == 200 or "1201" not in body.get("down", []), body

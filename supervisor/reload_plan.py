@@ -174,8 +174,8 @@ def plan_reload(
     by_policy = {policy: tuple(c for c in changes if c.setting.reload is policy) for policy in Reload}
     config = _effective(old, new, by_policy[Reload.RESTART])
     # Workers that go on running without a restart: the ones not replaced or removed.
-    kept_running = tuple(extension_id for extension_id in running
-                         if extension_id not in remove and extension_id not in {e.id for e in replace})
+    restarting = set(remove) | {extension.id for extension in replace}
+    kept_running = tuple(extension_id for extension_id in running if extension_id not in restarting)
     keep_old = kept_running if by_policy[Reload.NEW_WORKERS] else ()
     if any(change.key == "supervisor.heartbeat_interval" for change in by_policy[Reload.NEW_WORKERS]):
         _check_heartbeat(config, old, keep_old)

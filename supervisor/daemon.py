@@ -8,7 +8,6 @@ per request), signals (the handler only enqueues), and the lifecycle timers
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -19,10 +18,12 @@ import zmq
 import zmq.asyncio
 
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
+from audiogw.shared.logs import configure_logging
 from audiogw.shared.messages import MessageError, decode, encode
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
 from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
+from audiogw.supervisor.reload_plan import plan_reload
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
 from audiogw.worker.main import WorkerSpec
@@ -316,37 +317,38 @@ class Supervisor:
 
     # -- reload -------------------------------------------------------------
     async def reload(self) -> dict[str, list[str]]:
-        """Apply the config file's differences; unchanged extensions are not touched."""
+        """Apply the config file's differences as planned by ``plan_reload``: unchanged
+        extensions are not touched, live settings (the restart policy) reach every
+        extension at once, restart settings keep their running values."""
         if self.config.path is None:
             raise ConfigError(None, "", "no config file to reload")
         new_config = load_config(self.config.path, known_apps=self.known_apps)
-        old_wanted = self.store.effective(self.config.extensions)
-        wanted = self.store.effective(new_config.extensions)
-        for field in ("control", "metrics_host", "metrics_port", "state_dir"):
-            if getattr(new_config.supervisor, field) != getattr(self.config.supervisor, field):
-                log.warning("reload: supervisor.%s changed; it takes effect at the next start", field)
-        for field in dataclasses.fields(new_config.audiosocket):
-            if getattr(new_config.audiosocket, field.name) != getattr(self.config.audiosocket, field.name):
-                log.warning("reload: audiosocket.%s changed; running workers keep the old value until they restart",
-                            field.name)
-        self.config = new_config
-        result: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
-        for extension_id, runtime in list(self.extensions.items()):
-            if extension_id not in wanted and extension_id in old_wanted:
+        plan = plan_reload(self.config, new_config, {i: r.config for i, r in self.extensions.items()},
+                           self.store.effective)
+        for level, line in plan.log_lines():
+            log.log(level, line)
+        old_logging = (self.config.supervisor.log_format, self.config.supervisor.log_level)
+        self.config = plan.config
+        settings = self.config.supervisor
+        if (settings.log_format, settings.log_level) != old_logging:
+            configure_logging(settings.log_format, settings.log_level)
+        policy, now = restart_policy(self.config), time.monotonic()
+        for runtime in self.extensions.values():
+            runtime.lifecycle.set_policy(policy, now)
+        self._wake.set()  # deadlines may have moved
+        # A drain awaits: a ctl command may add or remove an extension meanwhile.
+        for extension_id in plan.remove:
+            if (runtime := self.extensions.get(extension_id)) is not None:
                 async with runtime.lock:
-                    await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=True)
-                result["removed"].append(extension_id)
-        for extension_id, extension in wanted.items():
-            runtime = self.extensions.get(extension_id)
-            if runtime is None:
-                self.add_runtime(extension)
-                result["added"].append(extension_id)
-            elif runtime.config != extension:
+                    await self.stop_extension(runtime, settings.drain_seconds, remove=True)
+        for extension in plan.replace:  # before the additions: a moved extension frees its old ports
+            if (runtime := self.extensions.get(extension.id)) is not None:
                 async with runtime.lock:
                     await self.replace_extension(runtime, extension)
-                result["changed"].append(extension_id)
-            else:
-                result["unchanged"].append(extension_id)
+        for extension in plan.add:
+            if extension.id not in self.extensions:
+                self.add_runtime(extension)
+        result = plan.result()
         log.info("reload done: %s", {key: value for key, value in result.items() if value and key != "unchanged"})
         return result
 

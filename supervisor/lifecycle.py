@@ -315,6 +315,15 @@ class WorkerLifecycle:
             return self._respawn(now)
         return Action.NONE
 
+    def set_policy(self, policy: RestartPolicy, now: float) -> None:
+        """Apply a reloaded policy from ``now`` on, without a restart: the heartbeat and
+        start deadlines, the flap count and the next backoff use it at once (unexpected
+        exits already counted stay counted). A BACKOFF wait already running is cut to
+        the new ``backoff_max``, never lengthened. Not a transition: nothing is recorded."""
+        self.policy = policy
+        if self._state is WorkerState.BACKOFF and self._retry_at is not None:
+            self._retry_at = min(self._retry_at, now + policy.backoff_max)
+
     def mark_fatal(self, now: float, reason: str) -> None:
         """Give up on a worker that has no live process (e.g. it cannot start with its config)."""
         if not (self._state in (WorkerState.BACKOFF, WorkerState.FATAL)

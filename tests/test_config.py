@@ -31,6 +31,8 @@ from audiogw.shared.config import (
     validate_extension_id,
     validate_port,
 )
+from audiogw.shared.settings import REFERENCE_VALUES, RELOAD_NOTES, SECTIONS, reference_text, toml_value
+from audiogw.shared.settings import main as settings_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -991,3 +993,68 @@ def test_demo_agent_address_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, clash))
     assert "supervisor.demo_agent" in info.value.reason
+
+
+# ------------------------------------------------- declarations and the reference
+
+
+def test_shipped_config_is_the_generated_reference() -> None:
+    """etc/audiogw.toml is generated from the declarations: a new key cannot go undocumented.
+    Regenerate with `python -m audiogw.shared.settings etc/audiogw.toml`."""
+    assert (REPO / "etc" / "audiogw.toml").read_text(encoding="utf-8") == reference_text()
+
+
+def test_reference_defaults_are_the_parsed_defaults(tmp_path: Path) -> None:
+    """Uncommenting every default the reference shows changes nothing: the doc tells the truth."""
+    text = reference_text()
+    commented_defaults = [
+        f"# {setting.name} = {toml_value(setting.default)}"
+        for settings_ in SECTIONS.values() for setting in settings_
+        if setting.default is not None and setting.key not in REFERENCE_VALUES
+    ]
+    assert commented_defaults and all(line in text.splitlines() for line in commented_defaults)
+    uncommented = text
+    for line in commented_defaults:
+        uncommented = uncommented.replace(f"\n{line}\n", f"\n{line[2:]}\n")
+    assert load_config(write(tmp_path, uncommented, "a.toml")) == dataclasses.replace(
+        load_config(write(tmp_path, text, "b.toml")), path=str(tmp_path / "a.toml"))
+
+
+def test_every_declared_key_is_documented_in_the_reference() -> None:
+    text = reference_text()
+    for section, settings_ in SECTIONS.items():
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+        for setting in settings_:
+            assert f"\n{setting.name} = " in f"\n{body}" or f"\n# {setting.name} = " in f"\n{body}", setting.key
+            assert f"reload: {RELOAD_NOTES[setting.reload]}" in body
+
+
+def test_dataclass_defaults_are_the_declared_defaults(tmp_path: Path) -> None:
+    empty = load_config(write(tmp_path, ""))
+    assert empty.audiosocket == AudioSocketSettings()
+    built = SupervisorSettings(control=empty.supervisor.control, state_dir=empty.supervisor.state_dir)
+    assert built == empty.supervisor
+    declared = [name for settings_ in SECTIONS.values() for setting in settings_ for name, _ in setting.fields]
+    assert declared == [f.name for f in dataclasses.fields(SupervisorSettings)] + [
+        f.name for f in dataclasses.fields(AudioSocketSettings)]
+
+
+def test_known_keys_come_from_the_declarations(tmp_path: Path) -> None:
+    for section, settings_ in SECTIONS.items():
+        error = refused(tmp_path, f"[{section}]\nzzzzzz = 1\n")
+        assert error.reason == f"unknown key 'zzzzzz'; known keys: {', '.join(s.name for s in settings_)}"
+
+
+def test_first_mistake_in_key_order_is_reported(tmp_path: Path) -> None:
+    """Cross-key checks run as soon as their keys are read: the same error as before wins."""
+    error = refused(tmp_path, "[supervisor]\nheartbeat_interval = 5\nbackoff_initial = -1\n")
+    assert error.key == "supervisor.heartbeat_timeout"
+    error = refused(tmp_path, "[audiosocket]\noutbound_buffer_seconds = 0.02\nmax_latency_ms = 5\n")
+    assert error.key == "audiosocket.outbound_buffer_seconds"
+
+
+def test_settings_entry_writes_the_reference(tmp_path: Path) -> None:
+    target = tmp_path / "ref.toml"
+    assert settings_main([str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == reference_text()
+    assert settings_main(["--help"]) == 2

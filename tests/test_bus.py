@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import types
+from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 
@@ -16,7 +19,10 @@ from audiogw.shared.messages import (
     Drain, Heartbeat, Ready, Stop, Stopping, decode_worker_message, encode_worker_command,
 )
 from audiogw.worker.link import SupervisorLink
+from audiogw.shared.net import free_port_block
 from audiogw.worker.stats import WorkerStats
+from conftest import wait_for
+from supervisor_fixture import SupervisorProcess, kill_tree, write_config
 
 WORKER_ONLY = ("numpy", "soxr", "websockets", "audiogw.worker")  # packages the supervisor must not load
 
@@ -191,3 +197,52 @@ def test_zygote_start_logs_an_error_when_the_private_name_is_gone(monkeypatch, c
     assert record.levelno == logging.ERROR
     assert says in record.getMessage() and "kill -9" in record.getMessage()
     assert f"Python {sys.version_info[0]}.{sys.version_info[1]}" in record.getMessage()
+
+
+# -- a real supervisor whose workers cannot release the forkserver's pipe ----------
+class KeptPipeSupervisor(SupervisorProcess):
+    """The fixture's supervisor, its forkserver preloading tests/forkserver_keeps_alive_fd.py."""
+
+    def start(self) -> "KeptPipeSupervisor":
+        # The forkserver imports its preload list from PYTHONPATH (it ignores the parent's sys.path)
+        # and skips a module it cannot import: the test checks the module's mark in the log.
+        code = ("from audiogw.supervisor import zygote\n"
+                "zygote.PRELOAD = zygote.PRELOAD + ['forkserver_keeps_alive_fd']\n"
+                "from audiogw.supervisor.cli import main; main()")
+        tests = str(Path(__file__).parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+        log = open(self.folder / "supervisor.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-c", code, "start", "--config", str(self.config_path)],
+                                        stdout=log, stderr=log, cwd=self.folder, env=env)
+        wait_for(lambda: self.running_states(), 15, what="supervisor to serve every extension")
+        return self
+
+
+def _alive(pid: int) -> bool:
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_without_the_pipe_release_a_kill_9_still_leaves_no_worker(tmp_path):
+    base = free_port_block(20)
+    supervisor = KeptPipeSupervisor(tmp_path, write_config(tmp_path, base), base).start()
+    workers: list[int] = []
+    forkservers: list[int] = []
+    try:
+        workers = list(supervisor.pids().values())
+        from forkserver_keeps_alive_fd import KEPT
+
+        assert supervisor.log().count(KEPT) == 2, supervisor.log()
+        forkservers = [p.pid for p in psutil.Process(supervisor.process.pid).children()
+                       if "forkserver" in " ".join(p.cmdline())]
+        assert len(workers) == 2 and len(forkservers) == 1
+        supervisor.process.kill()
+        supervisor.process.wait()
+        wait_for(lambda: not any(_alive(pid) for pid in workers + forkservers), 10,
+                 what="workers and forkserver to exit after the supervisor died")
+        # They ended through their pid watch (the kernel's parent-death kill needs the released pipe).
+        assert supervisor.log().count(f"supervisor pid {supervisor.process.pid} is gone: stopping") == 2
+    finally:
+        kill_tree(supervisor.process.pid)
+        for pid in workers + forkservers:  # a failure here is exactly the orphans this test is about
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

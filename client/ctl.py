@@ -1,6 +1,6 @@
 """`audiogw ctl`: control a running supervisor over ZeroMQ.
 
-One request, one reply: a DEALER socket sends ``{"id", "command", "args"}`` to the
+One request, one reply: a DEALER socket sends a ``Request`` (shared/messages.py) to the
 supervisor's ROUTER and waits (with a deadline) for the reply carrying the same
 id; replies with another id are stale answers to an earlier, timed-out request
 and are skipped. :func:`request` is the whole protocol and is importable on its

@@ -169,12 +169,12 @@ class ClientAuthenticator(AsyncioAuthenticator):
             return True
         self.refused += 1
         try:
-            self._log_refusal(client_key.decode("ascii", "replace"), "Unknown key")
+            self._log_refusal(client_key.decode("ascii", "replace"))
         except Exception:
             log.exception("control: could not log a refused tcp client")
         return False
 
-    def _log_refusal(self, public_key: str, reason: str) -> None:
+    def _log_refusal(self, public_key: str) -> None:
         """Name every refused key, but a client retrying with the same key only once per interval."""
         now = time.monotonic()
         if now - self._logged.get(public_key, -REFUSAL_LOG_INTERVAL) < REFUSAL_LOG_INTERVAL:
@@ -187,9 +187,9 @@ class ClientAuthenticator(AsyncioAuthenticator):
                         "clients in %s (see the error above)", self._peer, public_key, self.folder)
             return
         log.warning(
-            "control: refused a tcp client from %s: public key %s is not authorized (%s); "
+            "control: refused a tcp client from %s: public key %s is not authorized (Unknown key); "
             "to allow it, put its .key certificate in %s",
-            self._peer, public_key, reason, self.folder,
+            self._peer, public_key, self.folder,
         )
 
 

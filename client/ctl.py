@@ -1,6 +1,6 @@
 """`audiogw ctl`: control a running supervisor over ZeroMQ.
 
-One request, one reply: a DEALER socket sends ``{"id", "command", "args"}`` to the
+One request, one reply: a DEALER socket sends a ``Request`` (shared/messages.py) to the
 supervisor's ROUTER and waits (with a deadline) for the reply carrying the same
 id; replies with another id are stale answers to an earlier, timed-out request
 and are skipped. :func:`request` is the whole protocol and is importable on its
@@ -44,7 +44,7 @@ from audiogw.shared.commands import (
     CommandSpec,
 )
 from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
-from audiogw.shared.messages import MessageError, decode, encode
+from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -256,7 +256,7 @@ def request(
         client_keys = _client_keypair(client_secret_key)
 
     request_id = uuid.uuid4().hex
-    payload = encode({"id": request_id, "command": command, "args": dict(args or {})})
+    payload = encode_request(Request(command=command, id=request_id, args=dict(args or {})))
     deadline = time.monotonic() + timeout
 
     own_context = context is None
@@ -295,11 +295,13 @@ def request(
             frames = socket.recv_multipart(zmq.NOBLOCK)
             # One frame from a ROUTER reply; tolerate a REQ-style empty delimiter before it.
             try:
-                reply = decode(frames[-1], required=("id",))
-            except MessageError:
+                reply = decode_reply(frames[-1])
+            except MessageError as error:
+                if error.request_id == request_id:
+                    raise CtlProtocolError(f"malformed reply from the supervisor: {error}") from None
                 skipped += 1
                 continue
-            if reply.get("id") != request_id:
+            if reply.id != request_id:
                 skipped += 1  # stale: the answer to an earlier request that timed out
                 continue
             return _result_of(reply)
@@ -309,16 +311,10 @@ def request(
             ctx.term()
 
 
-def _result_of(reply: Mapping[str, Any]) -> Any:
-    ok = reply.get("ok")
-    if ok is True:
-        return reply.get("result")
-    if ok is False:
-        error = reply.get("error")
-        if not isinstance(error, str) or not error:
-            error = "refused (the supervisor gave no reason)"
-        raise CtlRefused(error)
-    raise CtlProtocolError(f"malformed reply from the supervisor: 'ok' is {ok!r}, expected true or false")
+def _result_of(reply: Reply) -> Any:
+    if reply.ok:
+        return reply.result
+    raise CtlRefused(reply.error or "refused (the supervisor gave no reason)")
 
 
 # ------------------------------------------------------------------- formatting

@@ -1,41 +1,203 @@
-"""Messages between supervisor, workers and `audiogw ctl`, as JSON over ZeroMQ.
+"""Every message between the supervisor, its workers and `audiogw ctl`: typed, declared once.
 
-Worker <-> supervisor ("worker bus", DEALER -> ROUTER):
-  worker:     {"type": "ready"|"heartbeat"|"stopping", "extension", "pid", "seq", "time", "stats"}
-  supervisor: {"type": "drain", "seconds": S} | {"type": "stop"}
-ctl -> supervisor (REQ-like DEALER -> ROUTER, multipart [id, body]):
-  request: {"id": str, "command": str, "args": {...}}
-  reply:   {"id": str, "ok": true, "result": ...} | {"id": str, "ok": false, "error": str}
-Every inbound message is parsed by :func:`decode` and refused with MessageError
-when it is not a JSON object of the expected shape.
+Three channels, each JSON over ZeroMQ, each with one ``encode_*`` and one
+``decode_*`` function below; the structs are the only place a field is named:
+
+- worker bus, worker -> supervisor (DEALER -> ROUTER): :data:`WorkerMessage`,
+  tagged on ``type``: :class:`Ready`, :class:`Heartbeat`, :class:`Stopping`.
+- worker bus, supervisor -> worker: :data:`WorkerCommand`: :class:`Drain`, :class:`Stop`.
+- control, ctl -> supervisor (DEALER -> ROUTER, multipart [identity, body]):
+  :class:`Request`; the answer is a :class:`Reply`.
+
+Every decode validates the whole message (msgspec's typed decoder, one pass over
+the bytes) and raises :class:`MessageError` naming what is wrong. The bus is
+private to one installation (both ends are the same code), so an unknown field
+there is a bug and is refused; the control channel may cross machines and
+versions, so unknown fields there are ignored.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Union
 
-import orjson
+import msgspec
 
 MAX_MESSAGE_BYTES = 1 << 20
 
+# A pid as the kernel hands them out; an extension id is checked against the
+# supervisor's own table (it is looked up, never trusted), so only non-empty here.
+Pid = Annotated[int, msgspec.Meta(gt=0)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
 
 class MessageError(ValueError):
-    """A message that is not JSON, not an object, or lacks a required field."""
+    """A message that is too big, not JSON, or not of its channel's shape; ``str()`` says which.
+
+    ``request_id`` is the control request's ``id`` when one could be read, so
+    even a refused request gets an answer its client recognises.
+    """
+
+    def __init__(self, reason: str, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    return orjson.dumps(message)
+# -- worker -> supervisor ------------------------------------------------------
+class _FromWorker(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
+    """What every worker message carries: who sent it and its cumulative counters.
+
+    ``stats`` is the worker's snapshot (its schema belongs to the stats module);
+    here it is only required to be a JSON object.
+    """
+
+    extension: NonEmpty
+    pid: Pid
+    stats: dict[str, Any]
 
 
-def decode(raw: bytes, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
+class Ready(_FromWorker, frozen=True, tag="ready"):
+    """Both listening sockets serve: the supervisor moves the worker to RUNNING."""
+
+
+class Heartbeat(_FromWorker, frozen=True, tag="heartbeat"):
+    """Sent every ``heartbeat_interval`` from the worker's own loop: a stuck loop stops them."""
+
+
+class Stopping(_FromWorker, frozen=True, tag="stopping"):
+    """The worker's last message (its final counters), sent as it exits."""
+
+
+WorkerMessage = Union[Ready, Heartbeat, Stopping]
+
+
+# -- supervisor -> worker ------------------------------------------------------
+class Drain(msgspec.Struct, frozen=True, tag_field="type", tag="drain", forbid_unknown_fields=True, omit_defaults=True):
+    """Stop accepting calls, hang up the remaining ones after ``seconds``, then exit."""
+
+    seconds: Seconds
+    reason: str = "drain"  # for the worker's log line (a signal's name when it drains itself)
+
+
+class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop", forbid_unknown_fields=True, omit_defaults=True):
+    """Exit now, hanging up every call."""
+
+    reason: str = "stop"
+
+
+WorkerCommand = Union[Drain, Stop]
+
+
+# -- ctl <-> supervisor --------------------------------------------------------
+class Request(msgspec.Struct, frozen=True):
+    """One control command; ``args`` are checked against the command's own declaration."""
+
+    command: str
+    id: str | None = None
+    args: dict[str, Any] | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The answer to the request with the same ``id``: ``result`` when ``ok``, else ``error``.
+
+    Only the one that applies is sent (a null ``result`` reads the same as none).
+    """
+
+    id: str | None
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+    @classmethod
+    def success(cls, request_id: str | None, result: Any) -> "Reply":
+        return cls(id=request_id, ok=True, result=result)
+
+    @classmethod
+    def failure(cls, request_id: str | None, error: str) -> "Reply":
+        return cls(id=request_id, ok=False, error=error)
+
+
+# -- codecs ---------------------------------------------------------------------
+_json = msgspec.json.Encoder()
+_from_worker = msgspec.json.Decoder(WorkerMessage)
+_to_worker = msgspec.json.Decoder(WorkerCommand)
+_request = msgspec.json.Decoder(Request)
+_reply = msgspec.json.Decoder(Reply)
+
+
+def _decode(decoder: msgspec.json.Decoder, raw: bytes, what: str) -> Any:
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        raise MessageError(f"{what} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise MessageError(f"not JSON: {error}") from None
-    if not isinstance(message, dict):
-        raise MessageError(f"expected a JSON object, got {type(message).__name__}")
-    for field in required:
-        if field not in message:
-            raise MessageError(f"missing field {field!r}")
-    return message
+        return decoder.decode(raw)
+    except msgspec.ValidationError as error:
+        raise MessageError(f"{what}: {error}") from None
+    except msgspec.DecodeError as error:
+        raise MessageError(f"{what} is not JSON: {error}") from None
+
+
+def encode_worker_message(message: WorkerMessage) -> bytes:
+    return _json.encode(message)
+
+
+def decode_worker_message(raw: bytes) -> WorkerMessage:
+    """A worker's ready/heartbeat/stopping, validated (the supervisor's side of the bus)."""
+    return _decode(_from_worker, raw, "worker message")
+
+
+def encode_worker_command(command: WorkerCommand) -> bytes:
+    return _json.encode(command)
+
+
+def decode_worker_command(raw: bytes) -> WorkerCommand:
+    """The supervisor's drain/stop, validated (the worker's side of the bus)."""
+    return _decode(_to_worker, raw, "worker command")
+
+
+def encode_request(request: Request) -> bytes:
+    return _json.encode(request)
+
+
+def decode_request(raw: bytes) -> Request:
+    """A control request; a refused one still names its ``id`` (``MessageError.request_id``) if it had one."""
+    try:
+        return _decode(_request, raw, "request")
+    except MessageError as error:
+        error.request_id = _id_of(raw)
+        raise
+
+
+def encode_reply(reply: Reply) -> bytes:
+    return _json.encode(reply)
+
+
+def decode_reply(raw: bytes) -> Reply:
+    """A control reply; as for requests, ``MessageError.request_id`` names the id when readable."""
+    try:
+        reply = _decode(_reply, raw, "reply")
+    except MessageError as error:
+        error.request_id = _id_of(raw)
+        raise
+    if not reply.ok and reply.result is not None:
+        raise MessageError("reply: a refusal carries an error, not a result", reply.id)
+    return reply
+
+
+def _id_of(raw: bytes) -> str | None:
+    """The ``id`` of a message refused for another field (the error path only: a second parse)."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    found = value.get("id") if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
+
+
+__all__ = [
+    "MAX_MESSAGE_BYTES", "MessageError", "Ready", "Heartbeat", "Stopping", "WorkerMessage", "Drain", "Stop",
+    "WorkerCommand", "Request", "Reply", "encode_worker_message", "decode_worker_message",
+    "encode_worker_command", "decode_worker_command", "encode_request", "decode_request",
+    "encode_reply", "decode_reply",
+]

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.asyncio
@@ -22,7 +22,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 
 from audiogw.shared.config import Config, ConfigError
-from audiogw.shared.messages import MessageError, decode, encode
+from audiogw.shared.messages import MessageError, Reply, decode_request, encode_reply
 from audiogw.supervisor.commands import CommandRefused, dispatch
 
 if TYPE_CHECKING:
@@ -102,9 +102,12 @@ def check_control_keys(config: Config) -> None:
 class ClientAuthenticator(AsyncioAuthenticator):
     """ZAP handler of the control socket: only CURVE clients whose public key is in ``folder``.
 
-    The folder is re-read when its ``*.key`` files change (checked at each
-    handshake; ctl connects once per request), so adding or revoking a client
-    needs no restart. A folder that cannot be read refuses everyone until fixed.
+    It is its own CURVE credentials provider (pyzmq's public
+    ``configure_curve_callback`` hook): :meth:`callback` decides each handshake
+    from the key set this class loads. The folder is re-read when its ``*.key``
+    files change (checked at each handshake; ctl connects once per request), so
+    adding or revoking a client needs no restart. A folder that cannot be read
+    refuses everyone until fixed.
     """
 
     def __init__(self, context: zmq.Context, folder: str, file: str | None) -> None:
@@ -113,8 +116,10 @@ class ClientAuthenticator(AsyncioAuthenticator):
         self.file = file
         self._peer = "?"
         self._seen: tuple[tuple[str, int, int, int], ...] | None = None
+        self._keys: frozenset[bytes] | None = None  # Z85 public keys; None: no usable list, admit nobody
         self._logged: dict[str, float] = {}  # refused public key -> when it was last logged
         self.refused = 0  # tcp clients refused (every attempt, logged or not)
+        self.configure_curve_callback(domain="*", credentials_provider=self)
 
     def _signature(self) -> tuple[tuple[str, int, int, int], ...]:
         """Changes whenever a ``*.key`` file is added, removed or rewritten (one stat per file)."""
@@ -133,38 +138,43 @@ class ClientAuthenticator(AsyncioAuthenticator):
         if signature == self._seen:
             return
         self._seen = signature
-        self.certs.pop("*", None)  # from here a failure admits nobody (configure_curve keeps a stale list on error)
+        self._keys = None  # from here a failure admits nobody
         try:
-            count = len(load_authorized_keys(self.folder, self.file))
+            keys = load_authorized_keys(self.folder, self.file)
         except ConfigError as error:
             log.error("control: %s; refusing every tcp client until it is fixed", error)
             return
-        self.configure_curve(domain="*", location=self.folder)
-        if "*" not in self.certs:  # the folder changed between the two reads; pyzmq logged why
-            self._seen = None  # so the next handshake tries again
-            return
-        if count:
-            log.info("control: %d authorized client key(s) in %s", count, self.folder)
+        self._keys = frozenset(keys)
+        if keys:
+            log.info("control: %d authorized client key(s) in %s", len(keys), self.folder)
         else:
             log.warning("control: no client *.key certificate in %s: every tcp request is refused", self.folder)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
-        try:
-            self.refresh()
-        except Exception:  # the ZAP loop must not die: without it no client gets in
-            self.certs.pop("*", None)
-            log.exception("control: could not re-read %s; refusing every tcp client", self.folder)
+        self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"  # the address, for the log
         await super().handle_zap_message(msg)
 
-    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
-        allowed, reason = await super()._authenticate_curve(domain, client_key)
-        if not allowed:
-            self.refused += 1
-            self._log_refusal(z85.encode(client_key).decode("ascii"), reason.decode("utf-8", "replace"))
-        return allowed, reason
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """pyzmq's CURVE credentials hook: admit ``client_key`` (Z85) or count and log its refusal.
 
-    def _log_refusal(self, public_key: str, reason: str) -> None:
+        It never raises: the ZAP loop must not die, or no client gets in.
+        """
+        try:
+            self.refresh()
+        except Exception:
+            self._keys = None
+            self._seen = None  # so the next handshake tries again
+            log.exception("control: could not re-read %s; refusing every tcp client", self.folder)
+        if self._keys is not None and client_key in self._keys:
+            return True
+        self.refused += 1
+        try:
+            self._log_refusal(client_key.decode("ascii", "replace"))
+        except Exception:
+            log.exception("control: could not log a refused tcp client")
+        return False
+
+    def _log_refusal(self, public_key: str) -> None:
         """Name every refused key, but a client retrying with the same key only once per interval."""
         now = time.monotonic()
         if now - self._logged.get(public_key, -REFUSAL_LOG_INTERVAL) < REFUSAL_LOG_INTERVAL:
@@ -172,14 +182,14 @@ class ClientAuthenticator(AsyncioAuthenticator):
         if len(self._logged) >= REFUSAL_LOG_KEYS:
             self._logged.clear()
         self._logged[public_key] = now
-        if "*" not in self.certs:
+        if self._keys is None:
             log.warning("control: refused a tcp client from %s (public key %s): no usable list of authorized "
                         "clients in %s (see the error above)", self._peer, public_key, self.folder)
             return
         log.warning(
-            "control: refused a tcp client from %s: public key %s is not authorized (%s); "
+            "control: refused a tcp client from %s: public key %s is not authorized (Unknown key); "
             "to allow it, put its .key certificate in %s",
-            self._peer, public_key, reason, self.folder,
+            self._peer, public_key, self.folder,
         )
 
 
@@ -216,7 +226,7 @@ class ControlServer:
                 self.refused["malformed"] += 1
                 log.warning("control: refused a message of %d frames (expected identity + body)", len(frames))
                 if frames:
-                    await self._reply(frames[0], {"id": None, "ok": False, "error": "expected exactly one message frame"})
+                    await self._reply(frames[0], Reply.failure(None, "expected exactly one message frame"))
                 continue
             task = asyncio.get_running_loop().create_task(self._handle(frames[0], frames[1]))
             self._tasks.add(task)
@@ -224,20 +234,23 @@ class ControlServer:
 
     async def _handle(self, identity: bytes, raw: bytes) -> None:
         self.requests += 1
-        request_id: Any = None
+        request_id: str | None = None
         try:
-            request = decode(raw, required=("command",))
-            request_id = request.get("id")
-            result = await dispatch(self.supervisor, request["command"], request.get("args"))
-            reply = {"id": request_id, "ok": True, "result": result}
+            try:
+                request = decode_request(raw)
+            except MessageError as error:
+                request_id = error.request_id
+                raise
+            request_id = request.id
+            reply = Reply.success(request_id, await dispatch(self.supervisor, request.command, request.args))
         except (MessageError, CommandRefused) as error:
             self.refused["bad_request"] += 1
             log.warning("control: refused: %s", error)
-            reply = {"id": request_id, "ok": False, "error": str(error)}
+            reply = Reply.failure(request_id, str(error))
         except Exception as error:  # a bug in one command must not take the supervisor down
             self.refused["internal_error"] += 1
             log.exception("control: command failed")
-            reply = {"id": request_id, "ok": False, "error": f"internal error: {error}"}
+            reply = Reply.failure(request_id, f"internal error: {error}")
         await self._reply(identity, reply)
 
     def refusals(self) -> dict[str, int]:
@@ -246,9 +259,9 @@ class ControlServer:
         counts["unauthorized"] = self.authenticator.refused if self.authenticator is not None else 0
         return counts
 
-    async def _reply(self, identity: bytes, reply: dict[str, Any]) -> None:
+    async def _reply(self, identity: bytes, reply: Reply) -> None:
         try:
-            await self.socket.send_multipart([identity, encode(reply)])
+            await self.socket.send_multipart([identity, encode_reply(reply)])
         except zmq.ZMQError as error:
             log.warning("control: could not reply: %s", error)
 

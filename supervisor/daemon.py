@@ -12,22 +12,22 @@ import logging
 import os
 import signal
 import time
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
 from audiogw.shared.logs import configure_logging
-from audiogw.shared.messages import MessageError, decode, encode
+from audiogw.shared.messages import (
+    Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
+)
+from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
 from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
 from audiogw.supervisor.reload_plan import plan_reload
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
-from audiogw.worker.main import WorkerSpec
-from audiogw.worker.clock import clock_phase
 
 # Plain ints: pyzmq's enum flags cost an enum construction per ``&`` on the heartbeat path.
 _EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE), int(zmq.NOBLOCK)
@@ -93,7 +93,8 @@ class Supervisor:
             drain_seconds=settings.drain_seconds,
             log_format=settings.log_format,
             log_level=settings.log_level,
-            clock_phase=clock_phase(self._clock_slots.setdefault(extension.id, len(self._clock_slots))),
+            clock_slot=self._clock_slots.setdefault(extension.id, len(self._clock_slots)),
+            supervisor_pid=os.getpid(),
         )
 
     def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:
@@ -245,25 +246,21 @@ class Supervisor:
 
     def _on_bus_message(self, raw: bytes) -> None:
         try:
-            message = decode(raw, required=("type", "extension", "pid"))
+            message = decode_worker_message(raw)
         except MessageError as error:
             log.warning("refused worker bus message: %s", error)
             return
-        runtime = self.extensions.get(str(message["extension"]))
-        if runtime is None or runtime.pid != message["pid"]:
+        runtime = self.extensions.get(message.extension)
+        if runtime is None or runtime.pid != message.pid:
             return  # from a worker that is gone or being replaced
         now = time.monotonic()
-        kind = message["type"]
-        stats = message.get("stats")
-        if isinstance(stats, dict):
-            runtime.stats = stats
-        runtime.active_legs = int(message.get("active_legs") or 0)
+        runtime.stats = message.stats
         runtime.last_heartbeat_wall = time.time()
         try:
             runtime.lifecycle.heartbeat(now)
         except IllegalTransition:
             return  # a late message from a worker already counted as gone
-        if kind == "ready" and runtime.lifecycle.state == WorkerState.STARTING:
+        if isinstance(message, Ready) and runtime.lifecycle.state == WorkerState.STARTING:
             runtime.lifecycle.ready(now)
             runtime.ready_event.set()
             log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
@@ -271,11 +268,11 @@ class Supervisor:
             self._notify_ready_if_all_serving()
             self._wake.set()  # its deadlines changed; a heartbeat only pushes them later
 
-    def send_to_worker(self, runtime: ExtensionRuntime, message: dict[str, Any]) -> bool:
+    def send_to_worker(self, runtime: ExtensionRuntime, command: WorkerCommand) -> bool:
         if runtime.identity is None:
             return False
         try:
-            self._bus.send_multipart([runtime.identity, encode(message)], zmq.NOBLOCK)
+            self._bus.send_multipart([runtime.identity, encode_worker_command(command)], zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
         # A send can consume the FD's edge for messages already queued: look again.
@@ -297,7 +294,7 @@ class Supervisor:
         process = runtime.process
         runtime.lifecycle.request_stop(time.monotonic())
         if process is not None and process.exitcode is None:
-            if not self.send_to_worker(runtime, {"type": "drain", "seconds": drain}):
+            if not self.send_to_worker(runtime, Drain(seconds=drain)):
                 process.terminate()
             try:
                 await asyncio.wait_for(runtime.exited_event.wait(), drain + 5.0)

@@ -44,7 +44,8 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
                    bind: str, allow: tuple[str, ...], realtime_priority: int, log_format: str) -> None:
     """Serve one extension's ia and retorno AudioSocket ports in this process."""
     from audiogw.shared.net import bind_listener
-    from audiogw.worker.main import WorkerSpec, run_worker
+    from audiogw.shared.worker_spec import WorkerSpec
+    from audiogw.worker.main import run_worker
 
     if ia_port and ia_port == retorno_port:
         raise click.BadParameter("--ia-port and --retorno-port must differ", param_hint="--retorno-port")

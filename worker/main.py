@@ -14,37 +14,20 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
-from typing import Any
 
 import uvloop
 
-from audiogw.shared.config import AudioSocketSettings
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.messages import Drain, Ready, WorkerCommand
+from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.worker.apps import AppContext, AppOptionError, create_app
+from audiogw.worker.clock import clock_phase
 from audiogw.worker.realtime import realtime_before_logging
 from audiogw.worker.server import ExtensionWorker
 
 log = logging.getLogger("audiogw.worker")
 
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, picklable so the supervisor can hand it to a zygote child."""
-
-    extension: str
-    app: str
-    settings: AudioSocketSettings
-    options: dict[str, Any] = field(default_factory=dict)
-    base_dir: str = "."
-    bus_endpoint: str | None = None
-    heartbeat_interval: float = 1.0
-    drain_seconds: float = 10.0
-    log_format: str = "human"
-    log_level: str = "info"
-    clock_phase: float | None = None  # offset of this worker's 20 ms ticks, staggered by the supervisor
 
 
 def set_parent_death_signal() -> None:
@@ -59,37 +42,36 @@ def set_parent_death_signal() -> None:
 async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
     """The worker's whole life on the running loop; returns the exit status."""
     loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[dict] = asyncio.Queue()
+    commands: asyncio.Queue[WorkerCommand] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, commands.put_nowait, {"type": "drain", "seconds": spec.drain_seconds, "reason": signal.Signals(signum).name})
+        loop.add_signal_handler(signum, commands.put_nowait,
+                                Drain(seconds=spec.drain_seconds, reason=signal.Signals(signum).name))
     context = AppContext(extension=spec.extension, options=spec.options, base_dir=spec.base_dir)
     app = create_app(spec.app, context)
-    worker = ExtensionWorker(spec.extension, app, spec.settings, spec.clock_phase)
+    phase = clock_phase(spec.clock_slot) if spec.clock_slot is not None else None
+    worker = ExtensionWorker(spec.extension, app, spec.settings, phase)
     context.counters = worker.stats.app_counters
     context.stats = worker.stats
     link = None
     if spec.bus_endpoint:
         from audiogw.worker.link import SupervisorLink
 
-        link = SupervisorLink(spec.bus_endpoint, worker, spec.heartbeat_interval, commands.put_nowait)
+        link = SupervisorLink(spec.bus_endpoint, worker, spec.heartbeat_interval, commands.put_nowait,
+                              supervisor_pid=spec.supervisor_pid)
     await worker.serve(sockets)
     # Everything loaded so far lives for the whole process: keep it out of the
     # collector's scans so a collection pause on the audio loop stays short.
     gc.freeze()
     if link is not None:
         link.start()
-        link.send("ready")
+        link.send(Ready)
     log.info("worker ready extension=%s pid=%d", spec.extension, os.getpid())
-    while True:
-        command = await commands.get()
-        if command["type"] == "drain":
-            seconds = float(command.get("seconds", spec.drain_seconds))
-            log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.get("reason", "drain"), seconds)
-            await worker.drain(seconds)
-            break
-        if command["type"] == "stop":
-            log.info("worker stopping extension=%s reason=%s", spec.extension, command.get("reason", "stop"))
-            break
+    command = await commands.get()
+    if isinstance(command, Drain):
+        log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.reason, command.seconds)
+        await worker.drain(command.seconds)
+    else:  # Stop
+        log.info("worker stopping extension=%s reason=%s", spec.extension, command.reason)
     await worker.close()
     if link is not None:
         await link.close()

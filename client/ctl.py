@@ -44,6 +44,7 @@ from audiogw.shared.commands import (
     CommandSpec,
 )
 from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
+from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
 __all__ = [
@@ -847,12 +848,8 @@ def keygen_command(folder: str) -> None:
     finally:
         os.umask(old_umask)
     click.echo("# [supervisor] lines for a tcp:// control; the ctl host needs server.key and client.key_secret")
-    for key, name in zip(_CURVE_CONFIG_KEYS, ("server.key_secret", "server.key", "authorized_clients", "client.key_secret")):
+    for key, name in zip(CURVE_KEYS, ("server.key_secret", "server.key", "authorized_clients", "client.key_secret")):
         click.echo(f"{key} = {orjson.dumps(os.path.abspath(os.path.join(folder, name))).decode()}")
-
-
-_CURVE_CONFIG_KEYS = ("curve_server_secret_key", "curve_server_public_key", "curve_authorized_clients",
-                      "curve_client_secret_key")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -124,21 +124,27 @@ class Section:
 
     def snapshot(self, stats: object) -> dict[str, Any]:
         """One stats object's figures (or, per leg, a mapping of them) as plain JSON-able values."""
+        plan = self._plan
         if self.per_leg:
-            return {leg: _export(self.fields, leg_stats) for leg, leg_stats in stats.items()}  # type: ignore[attr-defined]
-        return _export(self.fields, stats)
+            return {leg: _export(plan, leg_stats) for leg, leg_stats in stats.items()}  # type: ignore[attr-defined]
+        return _export(plan, stats)
+
+    @property
+    def _plan(self) -> tuple[tuple[str, str, int], ...]:
+        """(key, attribute, 0 number | 1 mapping | 2 histogram) per field, built once."""
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None:
+            plan = tuple((field.key, field.attribute, 2 if field.kind == "histogram" else int(field.by is not None))
+                         for field in self.fields)
+            object.__setattr__(self, "_plan_cache", plan)
+        return plan
 
 
-def _export(fields: tuple[Field, ...], stats: object) -> dict[str, Any]:
+def _export(plan: tuple[tuple[str, str, int], ...], stats: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in fields:
-        value = getattr(stats, field.attribute)
-        if field.kind == "histogram":
-            out[field.key] = value.snapshot()
-        elif field.by is not None:
-            out[field.key] = dict(value)
-        else:
-            out[field.key] = value
+    for key, attribute, mode in plan:
+        value = getattr(stats, attribute)
+        out[key] = value if mode == 0 else dict(value) if mode == 1 else value.snapshot()
     return out
 
 
@@ -285,8 +291,8 @@ def section_data(section: Section, snapshot: Mapping[str, Any]) -> Mapping[str, 
 
 def _combine_field(field: Field, base: Any, live: Any, gauges: bool) -> Any:
     if field.kind == "gauge":
-        if not gauges:
-            return None
+        if not gauges or live is None:
+            return None  # a gauge is the live worker's, or nothing
         if field.by is not None:
             return {str(k): _value(v) for k, v in mapping(live).items()}
         return _value(live)
@@ -330,6 +336,10 @@ def combine(base: Mapping[str, Any], live: Mapping[str, Any], *, gauges: bool) -
     Fields the schema does not know are dropped; malformed values count as 0.
     """
     base, live = mapping(base), mapping(live)
+    if gauges and not base:
+        # Nothing carried (no restart yet): the live snapshot is the total as it stands.
+        # Readers tolerate what it may hold that the schema does not know, or malformed values.
+        return live  # type: ignore[return-value]
     out: dict[str, Any] = {}
     for section in sections():
         old, new = section_data(section, base), section_data(section, live)

@@ -258,8 +258,11 @@ def test_malformed_counters_never_break_a_scrape():
 
 
 class FakeSupervisor:
+    """What take_snapshot() and MetricsServer read of a Supervisor."""
+
     def __init__(self, runtimes):
         self.extensions = {runtime.id: runtime for runtime in runtimes}
+        self.control = None
 
         class Settings:
             heartbeat_timeout = 3.0

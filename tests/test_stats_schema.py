@@ -38,6 +38,7 @@ from audiogw.supervisor.lifecycle import RestartPolicy
 from audiogw.supervisor.metrics import ExtensionSample, MetricsServer, SupervisorCollector, build_families, take_snapshot
 from audiogw.worker.agent_stats import SECTION as AGENT_SECTION, AgentStats
 from audiogw.worker.stats import WorkerStats
+from test_metrics import FakeSupervisor
 
 
 def filled_stats(seed: int = 1) -> WorkerStats:
@@ -222,22 +223,6 @@ def test_supervisor_figures_are_declared_in_the_schema():
     assert {"audiogw_extension_up", "audiogw_worker_restarts", "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
             "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused"} == names
-
-
-class FakeSupervisor:
-    def __init__(self, runtimes):
-        self.extensions = {runtime.id: runtime for runtime in runtimes}
-        self.control = None
-
-        class Settings:
-            heartbeat_timeout = 3.0
-            metrics_host = "127.0.0.1"
-            metrics_port = 0
-
-        class Config:
-            supervisor = Settings
-
-        self.config = Config
 
 
 def test_the_scrape_thread_formats_only_the_published_snapshot():

@@ -271,6 +271,11 @@ def number(value: Any) -> float:
 
 def _value(value: Any) -> int | float:
     """Like :func:`number`, but an int stays an int (ctl status shows counts as integers)."""
+    kind = type(value)
+    if kind is int:  # the usual case first: this runs for every figure of every heartbeat
+        return value
+    if kind is float:
+        return value if value - value == 0.0 else 0  # inf - inf and nan - nan are nan
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0
     return value
@@ -299,11 +304,11 @@ def _combine_field(field: Field, base: Any, live: Any, gauges: bool) -> Any:
     if field.kind == "histogram":
         old, new = mapping(base), mapping(live)
         old_counts, new_counts = old.get("counts"), new.get("counts")
-        old_counts = old_counts if isinstance(old_counts, (list, tuple)) else ()
-        new_counts = new_counts if isinstance(new_counts, (list, tuple)) else ()
-        size = max(len(old_counts), len(new_counts))
-        counts = [(_value(old_counts[i]) if i < len(old_counts) else 0) + (_value(new_counts[i]) if i < len(new_counts) else 0)
-                  for i in range(size)]
+        old_counts = [_value(c) for c in old_counts] if isinstance(old_counts, (list, tuple)) else []
+        new_counts = [_value(c) for c in new_counts] if isinstance(new_counts, (list, tuple)) else []
+        if len(old_counts) < len(new_counts):
+            old_counts, new_counts = new_counts, old_counts
+        counts = [count + new_counts[i] if i < len(new_counts) else count for i, count in enumerate(old_counts)]
         out = {"counts": counts, "sum": _value(old.get("sum")) + _value(new.get("sum")),
                "count": _value(old.get("count")) + _value(new.get("count"))}
         if gauges and "max" in new:

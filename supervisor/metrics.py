@@ -56,9 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audiogw.supervisor")
 
-# psutil and sched_* readings are refreshed at most this often (seconds); the
-# snapshot itself is rebuilt every time heartbeats are read.
-KERNEL_FIGURES_MAX_AGE = 1.0
+# psutil and sched_* readings (~0.1 ms a worker) are refreshed at most this often
+# (seconds), and at once when a worker starts, stops or changes state; the snapshot
+# itself is rebuilt every time heartbeats are read. Memory and CPU seconds a few
+# seconds old are plenty for a scrape every 15-60 s.
+KERNEL_FIGURES_MAX_AGE = 5.0
 
 
 @dataclass(frozen=True)

@@ -385,9 +385,15 @@ def _status_value(section: Section, field: Field, data: Mapping[str, Any] | None
             return None  # an app section this extension's worker does not have
         data = {}
     parts = [mapping(leg) for leg in data.values()] if section.per_leg else [data]
-    if field.kind == "histogram":
-        snapshot = mapping(parts[0].get(field.key)) if parts else {}
-        return quantile(dict(snapshot), column.quantile if column.quantile is not None else 0.99) if snapshot else None
+    if field.kind == "histogram":  # over every leg, for a per-leg section
+        counts: list[int | float] = []
+        for part in parts:
+            raw = mapping(part.get(field.key)).get("counts")
+            for index, count in enumerate(raw if isinstance(raw, (list, tuple)) else ()):
+                if index == len(counts):
+                    counts.append(0)
+                counts[index] += _value(count)
+        return quantile({"counts": counts}, column.quantile if column.quantile is not None else 0.99, field.buckets)
     total = 0
     for part in parts:
         value = part.get(field.key, 0)

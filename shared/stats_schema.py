@@ -333,7 +333,8 @@ def _combine_fields(fields: tuple[Field, ...], base: Mapping[str, Any], live: Ma
 
 
 def combine(base: Mapping[str, Any], live: Mapping[str, Any], *, gauges: bool) -> dict[str, Any]:
-    """``base`` (previous incarnations) plus a live snapshot, field by field, as a new snapshot.
+    """``base`` (previous incarnations) plus a live snapshot, field by field, as a new snapshot
+    (the live one itself when nothing is carried: snapshots are never changed in place).
 
     Counters add, histograms add bucket by bucket; with ``gauges`` the live
     worker's gauges (and histogram maxima) are kept, without them they are

@@ -266,3 +266,19 @@ def test_the_scrape_thread_formats_only_the_published_snapshot():
 def test_collector_describes_every_declared_family():
     collector = SupervisorCollector(lambda: take_snapshot(FakeSupervisor([])))
     assert [family.name for family in collector.describe()] == [field.name for _labels, field in metric_fields()]
+
+
+def test_kernel_figures_are_cached_but_read_again_on_a_state_change():
+    runtime = ExtensionRuntime(ExtensionConfig("1201", 40000, 40001, "echo"), {}, RestartPolicy())
+    reads = []
+
+    def resources():
+        reads.append(1)
+        return len(reads), 1.0
+
+    runtime.resources = resources  # type: ignore[method-assign]
+    assert runtime.kernel_figures(100.0, 5.0)[0] == 1
+    assert runtime.kernel_figures(104.9, 5.0)[0] == 1  # within max_age: the cached reading
+    runtime.lifecycle.start(105.0)  # STOPPED -> STARTING: a worker is coming, read at once
+    assert runtime.kernel_figures(105.0, 5.0)[0] == 2
+    assert runtime.kernel_figures(110.0, 5.0)[0] == 3  # max_age passed

@@ -36,7 +36,6 @@ from audiogw.shared.config import (
     validate_port,
 )
 from audiogw.shared.messages import MessageError, decode, encode
-from audiogw.shared.stats_schema import status_columns
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -431,6 +430,8 @@ def format_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """
     if not rows:
         return "no extensions"
+    from audiogw.shared.stats_schema import status_columns  # loads the apps' sections: only when a table is drawn
+
     columns = status_columns()
     cells = [[_COLUMN_FORMATS[column.format](row.get(column.key)) for column in columns] for row in rows]
     return format_table([column.header for column in columns], cells,

@@ -422,46 +422,26 @@ def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return format_table(LIST_HEADERS, cells, right=(1, 2, 5))
 
 
-STATUS_HEADERS = (
-    "EXT",
-    "STATE",
-    "PID",
-    "UPTIME",
-    "RESTARTS",
-    "CALLS",
-    "IN",
-    "OUT",
-    "UNDERRUNS",
-    "LATE_P99",
-    "LAG_P99",
-    "MEM",
-    "CPU",
-)
+# How each stats_schema Column format is shown.
+_COLUMN_FORMATS: dict[str, Callable[[object], str]] = {
+    "text": _plain, "plain": _plain, "duration": format_duration, "ms": format_seconds_ms,
+    "bytes": format_bytes, "percent": format_percent,
+}
 
 
 def format_status_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``ctl status`` / ``ctl top`` for people; missing or null values show as ``-``."""
+    """``ctl status`` / ``ctl top`` for people; missing or null values show as ``-``.
+
+    The columns (header, format, alignment) are the stats schema's (``status_columns()``).
+    """
     if not rows:
         return "no extensions"
-    cells = [
-        [
-            _plain(row.get("id")),
-            _plain(row.get("state")),
-            _plain(row.get("pid")),
-            format_duration(row.get("uptime")),
-            _plain(row.get("restarts")),
-            _plain(row.get("calls_active")),
-            _plain(row.get("frames_received")),
-            _plain(row.get("frames_sent")),
-            _plain(row.get("underruns")),
-            format_seconds_ms(row.get("send_lateness_p99")),
-            format_seconds_ms(row.get("loop_lag_p99")),
-            format_bytes(row.get("memory_bytes")),
-            format_percent(row.get("cpu_percent")),
-        ]
-        for row in rows
-    ]
-    return format_table(STATUS_HEADERS, cells, right=range(2, len(STATUS_HEADERS)))
+    from audiogw.shared.stats_schema import status_columns  # loads the apps' sections: only when a table is drawn
+
+    columns = status_columns()
+    cells = [[_COLUMN_FORMATS[column.format](row.get(column.key)) for column in columns] for row in rows]
+    return format_table([column.header for column in columns], cells,
+                        right=[index for index, column in enumerate(columns) if column.right_aligned])
 
 
 def _format_option_value(value: object) -> str:

@@ -31,7 +31,7 @@ from audiogw.shared.commands import (
     CommandSpec,
 )
 from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
-from audiogw.shared.histogram import quantile
+from audiogw.shared.stats_schema import status_figures
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
 from audiogw.worker.apps import APPS, AppOptionError
@@ -169,22 +169,14 @@ async def list_extensions(supervisor: "Supervisor", args: dict[str, Any]) -> Any
 
 
 def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
-    totals = runtime.totals()
-    legs = (totals.get("legs") or {}).values()
+    """One ``ctl status`` row: the extension, its supervisor-side figures, and the schema's columns."""
     rss, cpu_seconds = runtime.resources()
-    lateness = totals.get("send_lateness") or {}
-    live_stats = runtime.stats.get("loop_lag") or {}
     uptime = time.monotonic() - runtime.started_at if runtime.started_at and runtime.pid else None
     return {
         **_summary(runtime),
         "uptime": uptime,
         "restarts": runtime.lifecycle.restarts,
-        "calls_active": sum(leg.get("calls_active", 0) for leg in legs),
-        "frames_received": sum(leg.get("frames_received", 0) for leg in legs),
-        "frames_sent": sum(leg.get("frames_sent", 0) for leg in legs),
-        "underruns": sum(leg.get("underruns", 0) for leg in legs),
-        "send_lateness_p99": quantile(lateness, 0.99) if lateness else None,
-        "loop_lag_p99": quantile(live_stats, 0.99) if live_stats else None,
+        **status_figures(runtime.totals(), runtime.stats),
         "memory_bytes": rss,
         "cpu_seconds": cpu_seconds,
         "cpu_percent": runtime.cpu_percent(),

@@ -228,6 +228,8 @@ class Supervisor:
                     log.exception("worker bus message failed")
         except zmq.ZMQError as error:
             log.warning("worker bus read failed: %s", error)
+        if self.metrics_server is not None:
+            self.metrics_server.publish()  # what the heartbeats just read changed; the scrape thread reads this
         if self._closing:
             return
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import psutil
 
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.net import bind_listener
+from audiogw.shared.stats_schema import combine
 from audiogw.supervisor.lifecycle import RestartPolicy, WorkerLifecycle
 
 
@@ -37,21 +38,6 @@ def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) 
     return sockets
 
 
-def _add_counts(total: dict[str, Any], part: dict[str, Any]) -> None:
-    """Add a stats snapshot into running totals (numbers add, dicts merge, lists add element-wise)."""
-    for key, value in part.items():
-        if isinstance(value, dict):
-            _add_counts(total.setdefault(key, {}), value)
-        elif isinstance(value, list):
-            current = total.setdefault(key, [0] * len(value))
-            for index, item in enumerate(value):
-                current[index] += item
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            if key in ("calls_active", "max"):
-                continue  # gauges and maxima are not carried across incarnations
-            total[key] = total.get(key, 0) + value
-
-
 class ExtensionRuntime:
     def __init__(self, config: ExtensionConfig, sockets: dict[str, socket.socket], policy: RestartPolicy) -> None:
         self.config = config
@@ -63,8 +49,9 @@ class ExtensionRuntime:
         self.pid: int | None = None
         self.identity: bytes | None = None  # the worker's ZeroMQ identity, for commands
         self.started_at: float | None = None  # monotonic, current incarnation
-        self.stats: dict[str, Any] = {}  # latest heartbeat's cumulative counters (this incarnation)
-        self.carried: dict[str, Any] = {}  # counters of previous incarnations
+        self._stats: dict[str, Any] = {}  # latest heartbeat's snapshot (this incarnation)
+        self.carried: dict[str, Any] = {}  # what previous incarnations leave: their counters and histograms
+        self._totals: dict[str, Any] | None = None  # carried + live, built on first use after a change
         self.last_heartbeat_wall: float | None = None
         self.active_legs = 0
         self.lock = asyncio.Lock()  # one command at a time per extension, never a global lock
@@ -73,10 +60,22 @@ class ExtensionRuntime:
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations
+        # ((pid, state), monotonic time, (rss, cpu seconds, real-time priority)) of the last kernel reading.
+        self._kernel_figures: tuple[tuple, float, tuple[int | None, float | None, int | None]] | None = None
 
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    @stats.setter
+    def stats(self, snapshot: dict[str, Any]) -> None:
+        """A heartbeat's snapshot; replaced whole, never changed in place (a published total may share it)."""
+        self._stats = snapshot
+        self._totals = None
 
     def attach(self, process: BaseProcess) -> None:
         self.process = process
@@ -93,8 +92,8 @@ class ExtensionRuntime:
             self._psutil = None
 
     def detach(self) -> None:
-        """The process exited: keep its counters so totals never go backwards."""
-        _add_counts(self.carried, self.stats)
+        """The process exited: keep its counters so totals never go backwards (gauges go)."""
+        self.carried = combine(self.carried, self._stats, gauges=False)
         self.stats = {}
         self.active_legs = 0
         self.cpu_carried += self._last_cpu
@@ -106,18 +105,13 @@ class ExtensionRuntime:
         self.exited_event.set()
 
     def totals(self) -> dict[str, Any]:
-        """Counters over every incarnation of this extension's worker."""
-        total: dict[str, Any] = {}
-        _add_counts(total, self.carried)
-        _add_counts(total, self.stats)
-        # calls_active is a gauge: only the live worker's value counts.
-        for leg_kind, leg_stats in (self.stats.get("legs") or {}).items():
-            total.setdefault("legs", {}).setdefault(leg_kind, {})["calls_active"] = leg_stats.get("calls_active", 0)
-        # So is the agent's playback buffer depth.
-        if "agent" in total:
-            live = (self.stats.get("agent") or {}).get("playback_buffer_seconds") or {}
-            total["agent"]["playback_buffer_seconds"] = dict(live) if isinstance(live, dict) else {}
-        return total
+        """Figures over every incarnation of this extension's worker (the schema says what carries).
+
+        Built once per heartbeat at most; callers must not change the result.
+        """
+        if self._totals is None:
+            self._totals = combine(self.carried, self._stats, gauges=True)
+        return self._totals
 
     def resources(self) -> tuple[int | None, float | None]:
         """(resident bytes, cpu seconds over every incarnation) from psutil."""
@@ -132,6 +126,21 @@ class ExtensionRuntime:
             return None, self.cpu_carried or None
         self._last_cpu = times.user + times.system
         return rss, self.cpu_carried + self._last_cpu
+
+    def kernel_figures(self, now: float, max_age: float) -> tuple[int | None, float | None, int | None]:
+        """(resident bytes, cpu seconds, real-time priority), read from the kernel at most every ``max_age`` s.
+
+        The metrics snapshot is rebuilt several times a second; reading /proc and
+        sched_* for every worker each time would cost more than everything else.
+        A new or gone worker, or a new state, is read at once: a worker takes its
+        real-time priority itself before it reports ready.
+        """
+        key = (self.pid, self.lifecycle.state)
+        cached = self._kernel_figures
+        if cached is None or cached[0] != key or now - cached[1] >= max_age:
+            rss, cpu_seconds = self.resources()
+            cached = self._kernel_figures = (key, now, (rss, cpu_seconds, self.realtime_priority()))
+        return cached[2]
 
     def realtime_priority(self) -> int | None:
         """The worker's real-time priority as the kernel has it (0: normal scheduling); None without a worker.

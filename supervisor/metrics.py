@@ -1,17 +1,19 @@
 """Prometheus ``/metrics`` and ``/healthz`` for the supervisor.
 
-Nothing is stored here: a custom collector (on its own registry, never the
-process-wide default one, never multiprocess mode) reads the supervisor's
-:class:`ExtensionRuntime` objects at scrape time and turns their counters into
-metric families. Workers ship cumulative counters in every heartbeat and the
-runtime adds up every incarnation (``totals()``), so counters never go
+Nothing is declared here: every family (name, type, unit, help, labels) comes
+from :mod:`audiogw.shared.stats_schema`, sections of apps included, and is
+converted generically. A custom collector (on its own registry, never the
+process-wide default one, never multiprocess mode) turns the supervisor's
+figures into metric families. Workers ship cumulative figures in every heartbeat
+and the runtime adds up every incarnation (``totals()``), so counters never go
 backwards across worker restarts.
 
 The HTTP server runs in a daemon thread so a scrape never waits for the
-supervisor's event loop and the loop never waits for a scrape. That thread only
-reads: it copies the extension list, and whatever it cannot read on one scrape
-(an extension removed meanwhile, a malformed heartbeat) is logged and skipped,
-never turned into a failed scrape.
+supervisor's event loop and the loop never waits for a scrape. The thread reads
+nothing the loop owns: the loop builds a :class:`MetricsSnapshot` (totals, psutil
+readings, real-time priority, state) as heartbeats are read and publishes it by
+swapping one reference (:meth:`MetricsServer.publish`); the thread formats the
+snapshot it finds.
 
 The conversion is a pure function (:func:`build_families`) of plain
 :class:`ExtensionSample` values, tested without HTTP.
@@ -19,13 +21,13 @@ The conversion is a pure function (:func:`build_families`) of plain
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -35,8 +37,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.histogram import LATENCY_BUCKETS
+from audiogw.shared.stats_schema import (
+    EXTENSION_FIGURES,
+    Field,
+    legs_of,
+    mapping as _mapping,
+    metric_fields,
+    number as _number,
+    section_data,
+    sections,
+)
 from audiogw.supervisor.lifecycle import WorkerState
 
 if TYPE_CHECKING:
@@ -45,64 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audiogw.supervisor")
 
-# Per-leg plain counters: snapshot key -> family name (without "_total", which
-# CounterMetricFamily adds) and help text.
-LEG_COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("calls_total", "audiogw_calls", "Calls (AudioSocket connections) accepted on this leg."),
-    ("frames_received", "audiogw_frames_received", "Audio frames received from Asterisk."),
-    ("frames_sent", "audiogw_frames_sent", "Audio frames sent to Asterisk (silence included)."),
-    ("underruns", "audiogw_underruns", "Ticks with no audio ready while playing: silence was sent instead."),
-    ("late_frames", "audiogw_late_frames", "Outbound frames sent more than one frame period (20 ms) after their deadline."),
-)
-# Per-leg counters with a reason label: snapshot key -> family name, help.
-LEG_REASON_COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("protocol_errors", "audiogw_protocol_errors", "AudioSocket protocol errors, by reason."),
-    ("frames_dropped", "audiogw_frames_dropped", "Frames dropped by the gateway, by reason."),
-)
-
-# (name as exposed without _total for counters, type, labels, help): the single
-# list of what /metrics carries, used by collect() and describe().
-FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
-    ("audiogw_extension_up", "gauge", ("extension",),
-     "1 while the extension's worker is running and heartbeating, else 0."),
-    ("audiogw_worker_restarts", "counter", ("extension",), "Worker restarts by the supervisor."),
-    ("audiogw_calls_active", "gauge", ("extension", "leg"), "Calls in progress."),
-    *((name, "counter", ("extension", "leg"), doc) for _key, name, doc in LEG_COUNTERS),
-    *((name, "counter", ("extension", "leg", "reason"), doc) for _key, name, doc in LEG_REASON_COUNTERS),
-    ("audiogw_send_lateness_seconds", "histogram", ("extension",),
-     "How late each outbound frame left versus its 20 ms deadline (all legs share the worker's clock)."),
-    ("audiogw_event_loop_lag_seconds", "histogram", ("extension",),
-     "How late a short timer fired in the worker's event loop."),
-    ("audiogw_worker_resident_memory_bytes", "gauge", ("extension",), "Resident memory of the worker process."),
-    ("audiogw_worker_cpu_seconds", "counter", ("extension",),
-     "CPU time (user + system) of the extension's worker, over every incarnation."),
-    ("audiogw_worker_realtime_priority", "gauge", ("extension",),
-     "SCHED_RR priority the worker runs at, read from the kernel; 0: normal scheduling "
-     "(also when audiosocket.realtime_priority was refused)."),
-    ("audiogw_last_heartbeat_timestamp_seconds", "gauge", ("extension",),
-     "Unix time the supervisor last heard from the extension's worker."),
-    ("audiogw_app_events", "counter", ("extension", "event"), "Events counted by the extension's app, by name."),
-    # The agent connector (only extensions running the `agent` app have these series).
-    ("audiogw_agent_connect_failures", "counter", ("extension", "leg"),
-     "Failed attempts to open the WebSocket to the voice agent."),
-    ("audiogw_agent_audio_received_seconds", "counter", ("extension", "leg"), "Audio received from the agent."),
-    ("audiogw_agent_audio_dropped_seconds", "counter", ("extension", "reason"),
-     "Audio dropped by the connector, by reason (buffer_full, barge_in; caller audio an agent did not read in time is frames_dropped{reason='latency'})."),
-    ("audiogw_agent_bad_messages", "counter", ("extension", "reason"), "Agent messages refused, by reason."),
-    ("audiogw_agent_playback_buffer_seconds", "gauge", ("extension", "leg"),
-     "Agent audio queued for playout on live legs."),
-    ("audiogw_agent_barge_in_reaction_seconds", "histogram", ("extension",),
-     "From the caller's speech onset to the stop of agent playback (gateway barge-in)."),
-    # The supervisor's own control socket (not per extension).
-    ("audiogw_control_refused", "counter", ("reason",),
-     "Control requests refused: malformed, bad_request, internal_error, or unauthorized (a tcp client "
-     "whose CURVE key is not in curve_authorized_clients)."),
-)
-
-_UNITS = {"audiogw_send_lateness_seconds": "seconds", "audiogw_event_loop_lag_seconds": "seconds",
-          "audiogw_agent_audio_received_seconds": "seconds", "audiogw_agent_audio_dropped_seconds": "seconds",
-          "audiogw_agent_playback_buffer_seconds": "seconds", "audiogw_agent_barge_in_reaction_seconds": "seconds",
-          "audiogw_worker_resident_memory_bytes": "bytes", "audiogw_worker_cpu_seconds": "seconds"}
+# psutil and sched_* readings (~0.1 ms a worker) are refreshed at most this often
+# (seconds), and at once when a worker starts, stops or changes state; the snapshot
+# itself is rebuilt every time heartbeats are read. Memory and CPU seconds a few
+# seconds old are plenty for a scrape every 15-60 s.
+KERNEL_FIGURES_MAX_AGE = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,18 +82,16 @@ class ExtensionSample:
                 and now - self.last_heartbeat <= heartbeat_timeout)
 
 
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Everything a scrape or /healthz reads, built on the event loop and never changed after."""
+
+    samples: tuple[ExtensionSample, ...] = ()
+    control_refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    heartbeat_timeout: float = 3.0
+
+
 # ----------------------------------------------------------------- pure conversion
-def _number(value: Any) -> float:
-    """A counter value from a heartbeat, or 0 for anything that is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0
-    return float(value)
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 def cumulative_buckets(snapshot: Mapping[str, Any] | None,
                        bounds: tuple[float, ...] = LATENCY_BUCKETS) -> list[tuple[str, float]]:
     """Non-cumulative bucket counts (+Inf last) -> Prometheus ``(le, cumulative count)`` pairs.
@@ -150,7 +106,7 @@ def cumulative_buckets(snapshot: Mapping[str, Any] | None,
     if len(counts) > slots:
         counts = counts[: slots - 1] + [sum(counts[slots - 1:])]
     counts += [0.0] * (slots - len(counts))
-    labels = [floatToGoString(bound) for bound in bounds] + ["+Inf"]
+    labels = _le_labels(bounds)
     buckets: list[tuple[str, float]] = []
     running = 0.0
     for le, count in zip(labels, counts):
@@ -159,77 +115,77 @@ def cumulative_buckets(snapshot: Mapping[str, Any] | None,
     return buckets
 
 
+_LE_LABELS: dict[tuple[float, ...], list[str]] = {}
+
+
+def _le_labels(bounds: tuple[float, ...]) -> list[str]:
+    labels = _LE_LABELS.get(bounds)
+    if labels is None:
+        labels = _LE_LABELS[bounds] = [floatToGoString(bound) for bound in bounds] + ["+Inf"]
+    return labels
+
+
 def histogram_sum(snapshot: Mapping[str, Any] | None) -> float:
     return _number(_mapping(snapshot).get("sum"))
 
 
-def _new_family(name: str, kind: str, labels: tuple[str, ...], doc: str) -> Metric:
-    unit = _UNITS.get(name, "")
-    if kind == "gauge":
-        return GaugeMetricFamily(name, doc, labels=labels, unit=unit)
-    if kind == "counter":
-        return CounterMetricFamily(name, doc, labels=labels, unit=unit)
-    return HistogramMetricFamily(name, doc, labels=labels, unit=unit)
+_FAMILY_TYPES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}
+
+
+def _new_family(labels: tuple[str, ...], spec: Field) -> Metric:
+    return _FAMILY_TYPES[spec.kind](spec.name, spec.help, labels=labels, unit=spec.unit)
 
 
 # One row: (family name, label values, value) or, for histograms, value = (buckets, sum).
 Row = tuple[str, tuple[str, ...], Any]
 
 
+def _field_rows(rows: list[Row], spec: Field, labels: tuple[str, ...], value: Any) -> None:
+    """The series of one field of one extension (one leg, for a per-leg section)."""
+    if spec.kind == "histogram":
+        rows.append((spec.name, labels, (cumulative_buckets(value, spec.buckets), histogram_sum(value))))
+    elif spec.by is None:
+        rows.append((spec.name, labels, _number(value)))
+    else:
+        values = _mapping(value)
+        if spec.by == "leg":  # both legs always, like a per-leg section
+            for leg in legs_of(values):
+                rows.append((spec.name, (*labels, leg), _number(values.get(leg))))
+        else:  # reasons and events: only those that happened (no zero-reason series)
+            for key, count in sorted(values.items()):
+                rows.append((spec.name, (*labels, str(key)), _number(count)))
+
+
 def extension_rows(sample: ExtensionSample, now: float, heartbeat_timeout: float) -> list[Row]:
-    """Every series of one extension (pure; raises on nothing it can avoid)."""
+    """Every series of one extension, read through the schema (pure; raises on nothing it can avoid)."""
     ext = sample.id
-    rows: list[Row] = [
-        ("audiogw_extension_up", (ext,), 1.0 if sample.is_up(now, heartbeat_timeout) else 0.0),
-        ("audiogw_worker_restarts", (ext,), _number(sample.restarts)),
-    ]
-    totals = _mapping(sample.totals)
-    legs = _mapping(totals.get("legs"))
-    # Both legs always appear (zeros before the first call) so rate() sees the first increase.
-    for leg in (*LEG_KINDS, *sorted(str(kind) for kind in legs if kind not in LEG_KINDS)):
-        stats = _mapping(legs.get(leg))
-        rows.append(("audiogw_calls_active", (ext, leg), _number(stats.get("calls_active"))))
-        for key, name, _doc in LEG_COUNTERS:
-            rows.append((name, (ext, leg), _number(stats.get(key))))
-        for key, name, _doc in LEG_REASON_COUNTERS:
-            for reason, count in sorted(_mapping(stats.get(key)).items()):
-                rows.append((name, (ext, leg, str(reason)), _number(count)))
-    lateness = _mapping(totals.get("send_lateness"))
-    rows.append(("audiogw_send_lateness_seconds", (ext,), (cumulative_buckets(lateness), histogram_sum(lateness))))
-    loop_lag = _mapping(totals.get("loop_lag"))
-    rows.append(("audiogw_event_loop_lag_seconds", (ext,), (cumulative_buckets(loop_lag), histogram_sum(loop_lag))))
-    if sample.rss is not None:
-        rows.append(("audiogw_worker_resident_memory_bytes", (ext,), _number(sample.rss)))
-    if sample.cpu_seconds is not None:
-        rows.append(("audiogw_worker_cpu_seconds", (ext,), _number(sample.cpu_seconds)))
-    if sample.realtime_priority is not None:
-        rows.append(("audiogw_worker_realtime_priority", (ext,), _number(sample.realtime_priority)))
-    if sample.last_heartbeat is not None:
-        rows.append(("audiogw_last_heartbeat_timestamp_seconds", (ext,), _number(sample.last_heartbeat)))
-    for event, count in sorted(_mapping(totals.get("app")).items()):
-        rows.append(("audiogw_app_events", (ext, str(event)), _number(count)))
-    if "agent" in totals:
-        rows.extend(agent_rows(ext, _mapping(totals.get("agent"))))
-    return rows
-
-
-def agent_rows(ext: str, agent: Mapping[str, Any]) -> list[Row]:
-    """The agent connector's series of one extension."""
+    own = (ext,)
     rows: list[Row] = []
-    for key, name in (("connect_failures", "audiogw_agent_connect_failures"),
-                      ("audio_received_seconds", "audiogw_agent_audio_received_seconds"),
-                      ("playback_buffer_seconds", "audiogw_agent_playback_buffer_seconds")):
-        values = _mapping(agent.get(key))
-        for leg in (*LEG_KINDS, *sorted(str(kind) for kind in values if kind not in LEG_KINDS)):
-            rows.append((name, (ext, leg), _number(values.get(leg))))
-    for key, name in (("audio_dropped_seconds", "audiogw_agent_audio_dropped_seconds"),
-                      ("bad_messages", "audiogw_agent_bad_messages")):
-        for reason, count in sorted(_mapping(agent.get(key)).items()):
-            rows.append((name, (ext, str(reason)), _number(count)))
-    reaction = _mapping(agent.get("barge_in_reaction"))
-    rows.append(("audiogw_agent_barge_in_reaction_seconds", (ext,),
-                 (cumulative_buckets(reaction), histogram_sum(reaction))))
+    for spec in EXTENSION_FIGURES:
+        value = (1.0 if sample.is_up(now, heartbeat_timeout) else 0.0) if spec.key == "up" else getattr(sample, spec.key)
+        if value is not None:  # unknown (no worker, no heartbeat yet): left out, not reported as 0
+            rows.append((spec.name, own, _number(value)))
+    totals = _mapping(sample.totals)
+    for section in sections():
+        data = section_data(section, totals)
+        if data is None:
+            if not section.always:
+                continue  # an app section: only extensions running that app have its series
+            data = {}
+        if section.per_leg:
+            for leg in legs_of(data):
+                stats = _mapping(data.get(leg))
+                for spec in section.fields:
+                    _field_rows(rows, spec, (ext, leg), stats.get(spec.key))
+        else:
+            for spec in section.fields:
+                _field_rows(rows, spec, own, data.get(spec.key))
     return rows
+
+
+def new_families() -> dict[str, Metric]:
+    """An empty family for every declared metric, in exposition order."""
+    return {spec.name: _new_family(labels, spec) for labels, spec in metric_fields()}
 
 
 def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
@@ -239,7 +195,7 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
     An extension whose data cannot be converted is logged and left out; the
     others are still reported.
     """
-    families = {name: _new_family(name, kind, labels, doc) for name, kind, labels, doc in FAMILIES}
+    families = new_families()
     for reason, count in sorted((control_refusals or {}).items()):
         families["audiogw_control_refused"].add_metric([str(reason)], _number(count))
     for sample in samples:
@@ -250,55 +206,29 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
             continue
         for name, labels, value in rows:
             family = families[name]
-            if isinstance(family, HistogramMetricFamily):
+            if family.type == "histogram":
                 buckets, total = value
-                family.add_metric(list(labels), buckets, total)
+                family.add_metric(labels, buckets, total)
             else:
-                family.add_metric(list(labels), value)
+                family.add_metric(labels, value)
     return list(families.values())
 
 
-# ------------------------------------------------------------- reading the supervisor
-def sample_runtime(runtime: "ExtensionRuntime") -> ExtensionSample:
-    """Copy what a scrape needs out of a runtime the event loop thread keeps changing."""
-    for attempt in range(3):
-        try:
-            totals = runtime.totals()
-            break
-        except RuntimeError:  # a dict changed size under us (a worker exit being recorded): retry
-            if attempt == 2:
-                raise
-    rss, cpu_seconds = runtime.resources()
+# ------------------------------------------------- reading the supervisor (event loop only)
+def sample_runtime(runtime: "ExtensionRuntime", now: float | None = None,
+                   max_age: float = KERNEL_FIGURES_MAX_AGE) -> ExtensionSample:
+    """Copy what a scrape needs out of a runtime; runs on the event loop, which owns the runtime."""
+    rss, cpu_seconds, priority = runtime.kernel_figures(time.monotonic() if now is None else now, max_age)
     return ExtensionSample(
         id=str(runtime.config.id),
         running=runtime.lifecycle.state == WorkerState.RUNNING,
         restarts=runtime.lifecycle.restarts,
         last_heartbeat=runtime.last_heartbeat_wall,
-        totals=totals,
+        totals=runtime.totals(),
         rss=rss,
         cpu_seconds=cpu_seconds,
-        realtime_priority=runtime.realtime_priority(),
+        realtime_priority=priority,
     )
-
-
-def _runtimes(supervisor: "Supervisor") -> list["ExtensionRuntime"]:
-    for attempt in range(3):
-        try:
-            return list(supervisor.extensions.values())
-        except RuntimeError:
-            if attempt == 2:
-                raise
-    return []
-
-
-def collect_samples(supervisor: "Supervisor") -> list[ExtensionSample]:
-    samples = []
-    for runtime in _runtimes(supervisor):
-        try:
-            samples.append(sample_runtime(runtime))
-        except Exception:
-            log.exception("metrics: skipping extension %s", getattr(getattr(runtime, "config", None), "id", "?"))
-    return samples
 
 
 def heartbeat_timeout_of(supervisor: "Supervisor") -> float:
@@ -308,28 +238,35 @@ def heartbeat_timeout_of(supervisor: "Supervisor") -> float:
         return 3.0
 
 
-class SupervisorCollector(Collector):
-    """Builds every family from the supervisor's extensions at scrape time."""
+def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_AGE) -> MetricsSnapshot:
+    """Everything a scrape needs, read on the event loop; an unreadable extension is logged and left out."""
+    now = time.monotonic()
+    samples = []
+    for runtime in supervisor.extensions.values():
+        try:
+            samples.append(sample_runtime(runtime, now, max_age))
+        except Exception:
+            log.exception("metrics: skipping extension %s", getattr(getattr(runtime, "config", None), "id", "?"))
+    control = getattr(supervisor, "control", None)
+    refusals = control.refusals() if control is not None else {}
+    return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor))
 
-    def __init__(self, supervisor: "Supervisor", clock: Callable[[], float] = time.time) -> None:
-        self.supervisor = supervisor
+
+class SupervisorCollector(Collector):
+    """Builds every family from the latest published snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], MetricsSnapshot], clock: Callable[[], float] = time.time) -> None:
+        self.snapshot = snapshot
         self.clock = clock
 
     def describe(self) -> Iterator[Metric]:
         # Names without samples: lets the registry filter (?name[]=...) without a full collect.
-        for name, kind, labels, doc in FAMILIES:
-            yield _new_family(name, kind, labels, doc)
+        yield from new_families().values()
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            samples = collect_samples(self.supervisor)
-        except Exception:
-            log.exception("metrics: cannot read the extensions")
-            samples = []
-        control = getattr(self.supervisor, "control", None)
-        refusals = control.refusals() if control is not None else None
-        yield from build_families(samples, now=self.clock(), heartbeat_timeout=heartbeat_timeout_of(self.supervisor),
-                                  control_refusals=refusals)
+        snapshot = self.snapshot()
+        yield from build_families(snapshot.samples, now=self.clock(), heartbeat_timeout=snapshot.heartbeat_timeout,
+                                  control_refusals=snapshot.control_refusals)
 
 
 def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float) -> tuple[int, dict[str, Any]]:
@@ -390,7 +327,9 @@ class MetricsServer:
     def __init__(self, supervisor: "Supervisor") -> None:
         self.supervisor = supervisor
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = SupervisorCollector(supervisor)
+        # Swapped whole by publish() on the loop, read whole by the HTTP thread (one reference: atomic).
+        self.snapshot = MetricsSnapshot(heartbeat_timeout=heartbeat_timeout_of(supervisor))
+        self.collector = SupervisorCollector(lambda: self.snapshot)
         self.registry.register(self.collector)
         self._metrics_app = make_wsgi_app(self.registry)
         self._server: _ThreadingWSGIServer | None = None
@@ -417,19 +356,17 @@ class MetricsServer:
             return self._reply(start_response, "500 Internal Server Error", b"internal error\n")
 
     def _healthz(self, start_response: Callable) -> Iterable[bytes]:
-        samples = []
-        for runtime in _runtimes(self.supervisor):
-            try:
-                samples.append(ExtensionSample(
-                    id=str(runtime.config.id),
-                    running=runtime.lifecycle.state == WorkerState.RUNNING,
-                    last_heartbeat=runtime.last_heartbeat_wall,
-                ))
-            except Exception:
-                log.exception("metrics: /healthz cannot read an extension")
-        code, body = health(samples, now=time.time(), heartbeat_timeout=heartbeat_timeout_of(self.supervisor))
+        snapshot = self.snapshot
+        code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout)
         status = "200 OK" if code == 200 else "503 Service Unavailable"
         return self._reply(start_response, status, orjson.dumps(body), content_type="application/json")
+
+    def publish(self) -> None:
+        """Rebuild the snapshot from the supervisor's state and swap it in; event loop thread only."""
+        try:
+            self.snapshot = take_snapshot(self.supervisor)
+        except Exception:
+            log.exception("metrics: cannot read the extensions")
 
     @staticmethod
     def _reply(start_response: Callable, status: str, body: bytes, headers: list | None = None,
@@ -440,6 +377,7 @@ class MetricsServer:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
+        self.publish()
         settings = self.supervisor.config.supervisor
         host, port = settings.metrics_host, settings.metrics_port
         try:

@@ -34,6 +34,7 @@ from audiogw.supervisor.metrics import (
     cumulative_buckets,
     health,
     sample_runtime,
+    take_snapshot,
 )
 from audiogw.worker.stats import WorkerStats
 from conftest import realtime_allowed, wait_for
@@ -178,7 +179,7 @@ def test_build_families_names_types_labels_and_values():
 
 def test_agent_connector_series_only_for_agent_extensions():
     from audiogw.worker.playout import PlayoutBuffer
-    from audiogw.worker.stats import AgentStats
+    from audiogw.worker.agent_stats import SECTION, AgentStats
 
     now = 1000.0
     agent = AgentStats()
@@ -191,7 +192,7 @@ def test_agent_connector_series_only_for_agent_extensions():
     playing.push(bytes(320 * 25))  # half a second queued on a live retorno leg
     agent.buffers[playing] = "retorno"
     stats = WorkerStats()
-    stats.agent = agent
+    stats.add_section(SECTION, agent)
     samples = [ExtensionSample(id="1201", running=True, last_heartbeat=now, totals=stats.snapshot()),
                ExtensionSample(id="1202", running=True, last_heartbeat=now, totals=worker_totals())]
     families = by_name(build_families(samples, now=now, heartbeat_timeout=3.0))
@@ -257,8 +258,11 @@ def test_malformed_counters_never_break_a_scrape():
 
 
 class FakeSupervisor:
+    """What take_snapshot() and MetricsServer read of a Supervisor."""
+
     def __init__(self, runtimes):
         self.extensions = {runtime.id: runtime for runtime in runtimes}
+        self.control = None
 
         class Settings:
             heartbeat_timeout = 3.0
@@ -282,7 +286,7 @@ def test_collector_reads_runtime_totals_across_incarnations():
     assert sample.running is False and sample.rss is None and sample.realtime_priority is None  # no process
 
     registry = CollectorRegistry()
-    registry.register(SupervisorCollector(FakeSupervisor([runtime])))
+    registry.register(SupervisorCollector(lambda: take_snapshot(FakeSupervisor([runtime]))))
     families = by_name(text_string_to_metric_families(generate_latest(registry).decode()))
     assert value(families, "audiogw_frames_sent_total", extension="1201", leg="ia") == 320
     assert value(families, "audiogw_calls_active", extension="1201", leg="ia") == 1  # a gauge: not summed
@@ -311,7 +315,7 @@ def test_collector_skips_an_unreadable_extension():
 
     bad.totals = broken
     registry = CollectorRegistry()
-    registry.register(SupervisorCollector(FakeSupervisor([good, bad])))
+    registry.register(SupervisorCollector(lambda: take_snapshot(FakeSupervisor([good, bad]))))
     text = generate_latest(registry).decode()
     assert 'extension="1201"' in text and 'extension="1202"' not in text
 
@@ -543,6 +547,8 @@ def test_refused_control_requests_are_counted_by_reason(gateway):
         gateway.ctl("no-such-command")
     with pytest.raises(CtlRefused):
         gateway.ctl("remove-extension", {"id": "not an id"})
+    # The loop republishes the snapshot when it next reads the bus (a fraction of the heartbeat interval).
+    wait_for(lambda: refused()["bad_request"] == before["bad_request"] + 2, 5, what="refusals in /metrics")
     after = refused()
     assert after["bad_request"] == before["bad_request"] + 2
     assert after["malformed"] == before["malformed"] and after["unauthorized"] == 0  # ipc: no CURVE

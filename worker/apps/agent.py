@@ -58,7 +58,7 @@ from audiogw.worker.apps.base import App, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.apps.outbox import Outbox
-from audiogw.worker.stats import AgentStats
+from audiogw.worker.agent_stats import SECTION as STATS_SECTION, AgentStats
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
@@ -115,7 +115,7 @@ class AgentApp(App):
 
     async def start(self) -> None:
         if self.context.stats is not None:
-            self.context.stats.agent = self.stats
+            self.context.stats.add_section(STATS_SECTION, self.stats)
         if self.fallback is not None:
             try:
                 await self.fallback.pcm(8000)
@@ -308,7 +308,6 @@ class AgentLeg:
         leg.clear()  # the next tick sends silence
         stopped_at = leg.next_send_time()
         onset = self.onset_at if self.onset_at is not None else time.monotonic()
-        self.stats.barge_ins += 1
         self.stats.barge_in_reaction.observe(max(0.0, stopped_at - onset))
         self.suppressing = True
         session = self.session

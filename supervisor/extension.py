@@ -53,7 +53,6 @@ class ExtensionRuntime:
         self.carried: dict[str, Any] = {}  # what previous incarnations leave: their counters and histograms
         self._totals: dict[str, Any] | None = None  # carried + live, built on first use after a change
         self.last_heartbeat_wall: float | None = None
-        self.active_legs = 0
         self.lock = asyncio.Lock()  # one command at a time per extension, never a global lock
         self.ready_event = asyncio.Event()
         self.exited_event = asyncio.Event()
@@ -83,7 +82,6 @@ class ExtensionRuntime:
         self.identity = f"{self.id}:{process.pid}".encode()
         self.started_at = time.monotonic()
         self.stats = {}
-        self.active_legs = 0
         self.ready_event.clear()
         self.exited_event.clear()
         try:
@@ -95,7 +93,6 @@ class ExtensionRuntime:
         """The process exited: keep its counters so totals never go backwards (gauges go)."""
         self.carried = combine(self.carried, self._stats, gauges=False)
         self.stats = {}
-        self.active_legs = 0
         self.cpu_carried += self._last_cpu
         self._last_cpu = 0.0
         self.process = None

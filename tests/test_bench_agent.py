@@ -10,8 +10,8 @@ import json
 import numpy
 import pytest
 
-from audiogw.client import bench_agent
-from audiogw.client.bench_agent import (
+from audiogw.bench import agent as bench_agent
+from audiogw.bench.agent import (
     FRAME,
     audio_intact,
     barge_reaction,

@@ -12,7 +12,7 @@ import sys
 import numpy
 import pytest
 
-from audiogw.client.bench_asterisk import leg_ends, source_summary
+from audiogw.bench.asterisk import leg_ends, source_summary
 
 try:
     from asterisk_fixture import asterisk_binary  # noqa: F401 - the shared fixture (skips without Asterisk)
@@ -56,7 +56,7 @@ def test_quick_bench_asterisk_end_to_end(asterisk_binary, tmp_path, monkeypatch)
     monkeypatch.setenv("AUDIOGW_ASTERISK", asterisk_binary)
     results = tmp_path / "results"
     completed = subprocess.run(
-        [sys.executable, "-m", "audiogw.client.bench_asterisk", "--quick", "--modes", "default",
+        [sys.executable, "-m", "audiogw.bench.asterisk", "--quick", "--modes", "default",
          "--relay-calls", "1", "--echo-calls", "1", "--seconds", "2", "--extensions", "1",
          "--results", str(results)],
         capture_output=True, text=True, timeout=110)

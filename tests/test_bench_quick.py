@@ -16,10 +16,10 @@ import time
 import numpy
 import pytest
 
-from audiogw.client.bench import bench_command
-from audiogw.client.bench_report import write_report
-from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
-from audiogw.client.bench_stats import CallOutcome, group_summary
+from audiogw.bench.isolation import bench_command
+from audiogw.bench.report import write_report
+from audiogw.bench.scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
+from audiogw.bench.stats import CallOutcome, group_summary
 from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
 from conftest import realtime_allowed
 

@@ -26,7 +26,7 @@ services would (so the kernel's autogroup scheduling treats them as two, as it
 does on a real host); the report says which autogroup each process was in.
 
     audiogw bench-asterisk [--quick] [--modes default,unprivileged,normal] [--results DIR]
-    python -m audiogw.client.bench_asterisk ...      (the same command)
+    python -m audiogw.bench.asterisk ...      (the same command)
 """
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ import numpy
 import psutil
 
 from audiogw.client.asterisk import AsteriskError, PrivateAsterisk, find_asterisk
-from audiogw.client.bench_asterisk_ami import Ami
-from audiogw.client.bench_asterisk_receiver import load as load_receiver
-from audiogw.client.bench_resources import SchedulingProbe, process_tree
+from audiogw.bench.asterisk_ami import Ami
+from audiogw.bench.asterisk_receiver import load as load_receiver
+from audiogw.bench.resources import SchedulingProbe, process_tree
 from audiogw.client.ctl import request
 from audiogw.shared.net import free_port_block
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
@@ -274,7 +274,7 @@ class Receivers:
 
     def __init__(self, folder: Path, port: int, count: int, realtime: bool) -> None:
         self.outs = [folder / f"receiver-{index}.npz" for index in range(count)]
-        command = [sys.executable, "-m", "audiogw.client.bench_asterisk_receiver", "--port", str(port)]
+        command = [sys.executable, "-m", "audiogw.bench.asterisk_receiver", "--port", str(port)]
         if realtime:
             command += ["--realtime-priority", str(RECEIVER_PRIORITY)]
         self.processes = [subprocess.Popen(command + ["--out", str(out)], stdin=subprocess.PIPE,

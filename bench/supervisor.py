@@ -1,7 +1,7 @@
 """Supervisor benchmark: add-extension latency, restart after kill -9, worker memory, idle CPU,
 /metrics scrape time and whether scraping disturbs the audio.
 
-`python -m audiogw.client.bench_supervisor [--extensions 50] [--kills 10] [--idle-seconds 10] [--json]`
+`python -m audiogw.bench.supervisor [--extensions 50] [--kills 10] [--idle-seconds 10] [--json]`
 starts a real supervisor in a temporary folder and prints what it measured.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Live audio against a real worker: how soon a call hears its first frame, and how fast an echo's
 delay comes back after the worker stalls.
 
-    python -m audiogw.client.bench_live [--stalls 5] [--stall-ms 500] [--connects 20]
+    python -m audiogw.bench.live [--stalls 5] [--stall-ms 500] [--connects 20]
 
 - first frame: a standalone worker with ``rate=16000`` (a known rate) and one with ``auto``;
   ``--connects`` calls each write their UUID and time the first frame that comes back (the

@@ -1,6 +1,6 @@
 """Benchmark the ``agent`` app: a real worker, a scripted voice agent in this process.
 
-    python -m audiogw.client.bench_agent [--calls 20] [--seconds 10] [--barge-calls 30]
+    python -m audiogw.bench.agent [--calls 20] [--seconds 10] [--barge-calls 30]
                                          [--latency-calls 10] [--latency-seconds 8] [--json]
 
 One worker (``python -m audiogw.worker --app agent --option barge_in=true``)
@@ -56,8 +56,8 @@ import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from audiogw.client import bench_load
-from audiogw.client.bench_worker import (
+from audiogw.bench import load as bench_load
+from audiogw.bench.worker import (
     BenchError,
     ResourceSampler,
     Worker,
@@ -975,7 +975,7 @@ def format_report(report: dict[str, Any]) -> str:
 # Entry point
 # ==========================================================================
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_agent",
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.agent",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20, help="concurrent calls in the pacing scenario (default 20)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a pacing call (default 10)")

@@ -6,7 +6,7 @@ and the gateway's frames timed by the kernel (SO_TIMESTAMPNS). This module
 adds the moments the UUID and the hangup were written, so a call's expected
 frames can be windowed exactly, and runs as its own process:
 
-    python -m audiogw.client.bench_load --plan PLAN.json --out RESULT.npz
+    python -m audiogw.bench.load --plan PLAN.json --out RESULT.npz
 
 so ``audiogw bench`` can spread hundreds of calls over several load processes
 (one Python process cannot drive 400 paced calls on a 2-core machine and still
@@ -32,7 +32,7 @@ import numpy
 import uvloop
 
 from audiogw.client import softphone
-from audiogw.client.bench_stats import CallOutcome
+from audiogw.bench.stats import CallOutcome
 from audiogw.client.softphone import CallConnectError, CallResult, place_call
 from audiogw.shared.audiosocket import HANGUP_FRAME, Kind
 from audiogw.shared.wav import tone
@@ -317,7 +317,7 @@ def read_plan(path: Path) -> tuple[str, float, list[PlannedCall]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_load",
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.load",
                                      description="One load process of `audiogw bench`.")
     parser.add_argument("--plan", type=Path, required=True, help="JSON plan written by the bench")
     parser.add_argument("--out", type=Path, required=True, help="where to write the results (.npz)")

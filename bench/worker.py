@@ -1,6 +1,6 @@
 """Benchmark one real worker process under many concurrent calls.
 
-    python -m audiogw.client.bench_worker [--calls 200] [--seconds 20] [--app echo] [--json]
+    python -m audiogw.bench.worker [--calls 200] [--seconds 20] [--app echo] [--json]
 
 It starts ONE worker (``python -m audiogw.worker``, app echo by default, its
 log in a temporary file, the two ports parsed from the ``serving`` lines),
@@ -50,7 +50,7 @@ import numpy
 import psutil
 import uvloop
 
-from audiogw.client.bench_load import CallRecord, PlannedCall, run_calls
+from audiogw.bench.load import CallRecord, PlannedCall, run_calls
 from audiogw.client.softphone import kernel_timestamps_supported
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, PacingStats, pacing_stats_many, window_arrivals
 
@@ -67,7 +67,7 @@ EXTENSION = "1201"
 
 
 # --------------------------------------------------------------------------
-# Calls (the shared load client, client/bench_load.py)
+# Calls (the shared load client, bench/load.py)
 # --------------------------------------------------------------------------
 async def _run_calls(host: str, ports: dict[str, int], calls: int, seconds: float, spread: float,
                      legs: str) -> list[CallRecord]:
@@ -429,7 +429,7 @@ def run_benchmark(calls: int = 200, seconds: float = 20.0, app: str = "echo", le
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="concurrent calls (default 200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each call (default 20)")
     parser.add_argument("--app", default="echo", help="worker app (default echo)")

@@ -1,7 +1,7 @@
 """The gateways the benchmark measures, started as real processes on one temporary config.
 
 - :class:`SupervisorGateway`: ``audiogw-supervisor start`` (one worker per extension).
-- :class:`SingleLoopGateway`: ``python -m audiogw.client.bench_baseline`` (every
+- :class:`SingleLoopGateway`: ``python -m audiogw.bench.baseline`` (every
   extension on one event loop), from the very same config file.
 
 Both are started with ``subprocess`` (fork + exec), never by forking this
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiogw.client.bench_resources import process_tree
+from audiogw.bench.resources import process_tree
 from audiogw.client.ctl import request
 
 
@@ -222,7 +222,7 @@ class SingleLoopGateway(Gateway):
         return [self.process.pid] if self.process is not None else []
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "audiogw.client.bench_baseline", "--config", str(self.config_path)]
+        return [sys.executable, "-m", "audiogw.bench.baseline", "--config", str(self.config_path)]
 
     def ready(self) -> bool:
         if not self._ready and self.process is not None and self.process.poll() is None:

@@ -56,7 +56,6 @@ import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from audiogw.bench import load as bench_load
 from audiogw.bench.worker import (
     BenchError,
     ResourceSampler,
@@ -64,8 +63,7 @@ from audiogw.bench.worker import (
     start_worker,
     worker_legs,
 )
-from audiogw.client.softphone import CallConnectError, CallResult, kernel_timestamps_supported
-from audiogw.shared.audiosocket import Kind
+from audiogw.client.softphone import Call, CallConnectError, CallResult, kernel_timestamps_supported
 from audiogw.shared.media_streams import (
     GatewayStart,
     MediaStreamsError,
@@ -611,33 +609,13 @@ def chunk_script(payload: bytes, seed: int) -> Script:
 # ==========================================================================
 # Calls: the softphone, noting when each audio frame was written
 # ==========================================================================
-_AUDIO_KIND = bytes((Kind.SLIN_8K,))
-
-if bench_load._TimedCall is not None:
-
-    class _SendTimedCall(bench_load._TimedCall):  # type: ignore[misc,valid-type]
-        """bench_load's timed call, also noting time.time() just before each audio frame's write."""
-
-        __slots__ = ("send_times",)
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.send_times = array.array("d")
-
-        async def _write(self, data: bytes) -> None:
-            if data[:1] == _AUDIO_KIND:
-                self.send_times.append(time.time())
-            await super()._write(data)
-
-else:  # pragma: no cover - the softphone's internals changed
-    _SendTimedCall = None  # type: ignore[assignment,misc]
-
-
 async def place_timed_call(host: str, port: int, run: CallRun, source: bytes) -> None:
-    """Place one recorded call; fill ``run`` (call-level failures are recorded, not raised)."""
-    if _SendTimedCall is None:
-        raise BenchError("the softphone's internals changed: cannot time the caller's frames")
-    call = _SendTimedCall(host, port, run.call_uuid, source, RATE, run.seconds, "", [], 1.0, True, True)
+    """Place one recorded call, noting time.time() just before each audio frame's write; fill ``run``
+    (call-level failures are recorded, not raised)."""
+    send_times = array.array("d")
+    clock = time.time
+    call = Call(host, port, call_uuid=run.call_uuid, source=source, rate=RATE, seconds=run.seconds,
+                on_frame_sent=lambda frame: send_times.append(clock()))
     try:
         result = await call.run(5.0)
     except CallConnectError as error:
@@ -647,8 +625,8 @@ async def place_timed_call(host: str, port: int, run: CallRun, source: bytes) ->
         run.failure = f"{type(error).__name__}: {error}"
         return
     run.result = result
-    run.uuid_sent = call.uuid_sent_at
-    run.send_times = numpy.array(call.send_times, dtype=numpy.float64)
+    run.uuid_sent = result.uuid_sent_at
+    run.send_times = numpy.array(send_times, dtype=numpy.float64)
     if result.hung_up_by != "client":
         run.failure = f"call ended by {result.hung_up_by}: {result.error or 'no error given'}"
     elif result.error:

@@ -291,7 +291,6 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
             "received_in_window": _spread(counts),
             "calls_within_1": within,
             "received_outside_window": _spread(outside),
-            "window_exact": all(record.window_exact for record in completed),
         },
         "pacing": pacing,
         "client": client_section,
@@ -329,8 +328,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"frames per call: expected {frames['expected_per_call']}",
-        f"  'expected' = {frames['expected_means']}"
-        + ("" if frames["window_exact"] else " [window start estimated from connect time]"),
+        f"  'expected' = {frames['expected_means']}",
         f"  received in window min/median/max: {_fmt_spread(frames['received_in_window'])}; "
         f"calls within +-1 of expected: {frames['calls_within_1']}/{calls['placed']}",
         f"  received outside the window (after the nominal hangup) min/median/max: "

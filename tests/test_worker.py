@@ -30,8 +30,10 @@ def test_echo_returns_the_callers_audio_paced(start_worker):
     echoed = b"".join(p for p in audio if any(p))
     assert echoed == b"".join(payloads), "every frame comes back once, in order"
     sock.close()
-    wait_for(lambda: "leg end extension=1201 leg=ia" in worker.log(), what="leg end log line")
-    worker.wait_log("frames_in=25")
+    [record] = worker.wait_legs(extension="1201", leg="ia")
+    assert record.frames_received == 25 and record.reason == "peer_closed"
+    assert record.frames_sent > 0 and record.dropped == {"inbound_flood": 0, "latency": 0}
+    assert "leg end extension=1201 leg=ia" in worker.log()  # the operator's line is still there
 
 
 def test_silence_keeps_an_idle_leg_alive(start_worker):
@@ -48,8 +50,8 @@ def test_hangup_frame_ends_the_leg_cleanly(start_worker):
     sock = raw_connect(worker.ia_port)
     sock.sendall(encode_dtmf("7") + b"\x00\x00\x00")
     assert peer_closed(sock)
-    wait_for(lambda: "reason=peer_hangup" in worker.log(), what="peer_hangup log")
-    worker.wait_log("dtmf='7'")
+    [record] = worker.wait_legs(reason="peer_hangup")
+    assert record.dtmf == "7"
 
 
 def test_bridge_joins_legs_with_the_same_uuid(start_worker):
@@ -132,8 +134,9 @@ def test_flood_faster_than_real_time_is_bounded_and_counted(start_worker):
     frames = read_frames(sock, 0.5)
     assert 10 <= len(frames) <= 40, "the flood is not echoed faster than real time"
     sock.sendall(b"\x00\x00\x00")
-    wait_for(lambda: "reason=peer_hangup" in worker.log(), what="leg end")
-    worker.wait_log("frames_in=2000")
+    [record] = worker.wait_legs(reason="peer_hangup")
+    assert record.frames_received == 2000
+    assert record.dropped["inbound_flood"] > 0, "the flood beyond real time is dropped and counted per leg"
     assert worker.process.poll() is None
 
 
@@ -161,5 +164,5 @@ def test_playback_plays_a_16k_stereo_wav_resampled_and_paced(start_worker, tmp_p
     assert start >= 0, "the converted prompt is played"
     assert heard[start : start + len(expected)] == expected
     sock.close()
-    wait_for(lambda: "leg end extension=1201 leg=ia" in worker.log(), what="leg end")
-    assert "underruns=0" in worker.log(), "the silence after a finished prompt is not an underrun"
+    [record] = worker.wait_legs(leg="ia")
+    assert record.underruns == 0, "the silence after a finished prompt is not an underrun"

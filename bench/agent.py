@@ -73,6 +73,7 @@ from audiogw.shared.media_streams import (
 )
 from audiogw.shared.mulaw import decode_mulaw, encode_mulaw
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
+from audiogw.shared.records import LegRecord
 from audiogw.shared.wav import tone
 
 RATE = 8000
@@ -97,7 +98,6 @@ LATENCY_GAP = (0.2, 0.3)
 CLIENT_ON_TIME = 0.005  # a speech frame written this late after its schedule still counts as on time
 BURST_HORIZON = 0.2  # intervals ending this soon after an agent burst count as "near" it
 CALL_END_MARGIN = 0.1  # a chunk sent this close to the last arrival may never have been played
-BARGE_LOG = re.compile(r"barge-in extension=\S+ leg=\S+ uuid=(\S+): playback stopped (\d+) ms after speech onset")
 PROBLEM_LOG = re.compile(r"^.*\b(?:WARNING|ERROR|CRITICAL|Traceback)\b.*$", re.MULTILINE)
 
 
@@ -375,9 +375,9 @@ def analyse_pacing(runs: Sequence[CallRun], logs: dict[str, AgentLog], reply: nu
     }
 
 
-def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_log: str,
+def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_records: Sequence[LegRecord],
                   onset_frame: int) -> dict[str, Any]:
-    """Reaction per call from the caller's side, with the worker's and the agent's views beside it."""
+    """Reaction per call from the caller's side, with the worker's (its leg records) and the agent's views beside it."""
     reactions: list[float] = []
     on_time: list[float] = []  # calls where this client wrote its speech on schedule and read on time
     second_frame_late: list[float] = []
@@ -406,7 +406,8 @@ def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_log
         told = log.event_times("barge_in") if log is not None else []
         if told:
             agent_view.append(told[0] - onset)
-    worker_view = [int(ms) / 1000.0 for call_uuid, ms in BARGE_LOG.findall(worker_log) if call_uuid in onsets]
+    worker_view = [ms / 1000.0 for record in worker_records if record.uuid in onsets
+                   for ms in record.app.get("barge_in_ms", ())]
     return {
         "calls": _calls_section(runs, logs),
         "reaction_ms": summary_ms(reactions),
@@ -754,6 +755,7 @@ class RawRun:
     usage: dict[str, dict[str, float]]
     worker_pid: int
     ports: dict[str, int]
+    worker_records: list[LegRecord]  # the worker's own figures per leg (its --leg-records)
 
 
 async def _scenario(name: str, worker: Worker, agent: ScriptedAgent, host: str, plan: list[PlannedCall],
@@ -790,18 +792,18 @@ async def _run(settings: Settings, workdir: Path) -> tuple[RawRun, str]:
         await loop.run_in_executor(None, worker.stop)
         await agent.close()
     raw = RawRun(pacing, barge, latency, onset_frame, agent.logs, agent.refused, usage,
-                 worker.process.pid, worker.ports)
+                 worker.process.pid, worker.ports, worker.leg_records())
     return raw, worker.log()
 
 
 def analyse(raw: RawRun, worker_log: str, settings: Settings) -> dict[str, Any]:
     reply = decode_mulaw(encode_mulaw(tone(AGENT_TONE_HZ, REPLY_SECONDS, RATE)))
     pacing = analyse_pacing(raw.pacing, raw.logs, reply)
-    barge = analyse_barge(raw.barge, raw.logs, worker_log, raw.onset_frame)
+    barge = analyse_barge(raw.barge, raw.logs, raw.worker_records, raw.onset_frame)
     latency = analyse_latency(raw.latency, raw.logs)
     checks = checks_for(pacing, barge, latency)
     problems = [line[:300] for line in PROBLEM_LOG.findall(worker_log)]
-    worker = worker_legs(worker_log)
+    worker = worker_legs(raw.worker_records)
     worker.update({
         "pid": raw.worker_pid, "ports": raw.ports, "usage": raw.usage,
         "problem_lines": len(problems),
@@ -916,7 +918,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"no late reads: {_ms(barge['reaction_ms_client_on_time'])}",
         f"  this client's lateness writing the 2nd speech frame (the VAD's trigger): "
         f"{_ms(barge['client_second_speech_frame_late_ms'])}",
-        f"  worker's own view (its log; from its processing of the 1st loud frame): {_ms(barge['worker_view_ms'])}",
+        f"  worker's own view (its leg records; from its processing of the 1st loud frame): {_ms(barge['worker_view_ms'])}",
         f"  caller's onset -> agent read the barge_in event: {_ms(barge['agent_told_ms'])}",
         f"  agent frames heard after playback stopped: {barge['agent_frames_after_stop']}",
     ]
@@ -934,7 +936,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += [_usage_line(name, usage) for name, usage in worker["usage"].items()]
     if worker.get("legs_logged"):
-        lines.append(f"worker's 'leg end' lines: {worker['legs_logged']} legs; underruns {worker['underruns_total']}; "
+        lines.append(f"worker's leg records: {worker['legs_logged']} legs; underruns {worker['underruns_total']}; "
                      f"late frames {worker['late_frames_total']}; end reasons {worker['end_reasons']}")
     lines.append(f"worker log warnings/errors: {worker['problem_lines']}")
     lines += [f"  {line}" for line in worker["problem_examples"]]

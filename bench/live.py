@@ -15,7 +15,6 @@ delay comes back after the worker stalls.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import statistics
@@ -30,24 +29,27 @@ import click
 
 from audiogw.shared.audiosocket import encode_audio, frame_bytes
 from audiogw.shared.config import AudioSocketSettings
+from audiogw.shared.records import read_ready
 
-SERVING = re.compile(r"serving extension=\S+ leg=ia address=[^:\s]+:(\d+)")
 MARGIN = 0.060  # the target's allowance over max_latency_ms
 
 
 def _start_worker(folder: str, app: str, *options: str) -> tuple[subprocess.Popen, int]:
-    log_path = os.path.join(folder, f"worker-{len(os.listdir(folder))}.log")
+    """A standalone worker on free ports; its ia port, from its ready file."""
+    name = f"worker-{len(os.listdir(folder))}"
+    log_path = os.path.join(folder, f"{name}.log")
+    ready_path = os.path.join(folder, f"{name}.ready.json")
     command = [sys.executable, "-m", "audiogw.worker", "--extension", "1201", "--ia-port", "0",
-               "--retorno-port", "0", "--app", app]
+               "--retorno-port", "0", "--app", app, "--ready-file", ready_path]
     for option in options:
         command += ["--option", option]
     log = open(log_path, "wb")
     process = subprocess.Popen(command, stdout=log, stderr=log, cwd=folder)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        match = SERVING.search(open(log_path, errors="replace").read())
-        if match:
-            return process, int(match.group(1))
+        ready = read_ready(ready_path)
+        if ready is not None:
+            return process, ready.ports["ia"]
         if process.poll() is not None:
             raise click.ClickException(f"worker exited {process.returncode}: {open(log_path).read()}")
         time.sleep(0.02)

@@ -25,6 +25,7 @@ from audiogw.bench.gateway import (
     GatewayError,
     SingleLoopGateway,
     SupervisorGateway,
+    logged_leg_records,
 )
 from audiogw.bench.load import PlannedCall, load_outcomes, write_plan
 from audiogw.bench.resources import ResourceSampler, SchedulingProbe
@@ -416,7 +417,7 @@ def capacity_steps(settings: BenchSettings) -> list[int]:
 
 def _worker_max_send_gap(log_text: str) -> float | None:
     """Largest gap between two writes of one leg, over the legs that ended in ``log_text``."""
-    gaps = worker_legs(log_text).get("max_send_gap_ms")
+    gaps = worker_legs(logged_leg_records(log_text)).get("max_send_gap_ms")
     return gaps["max"] if gaps else None
 
 

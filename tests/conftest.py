@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audiogw.shared.records import LegRecord, read_leg_records, read_ready
+from audiogw.shared.records import LegRecord, WorkerReady, read_leg_records, read_ready
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -33,6 +33,7 @@ class WorkerProcess:
     ia_port: int
     retorno_port: int
     records_path: Path
+    ready: WorkerReady  # what the worker wrote to its --ready-file
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -94,8 +95,8 @@ def start_worker(tmp_path):
                 raise AssertionError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
             return read_ready(ready_path)
 
-        found = wait_for(ready, 15, what="worker to serve both legs").ports
-        worker = WorkerProcess(process, log_path, found["ia"], found["retorno"], records_path)
+        found = wait_for(ready, 15, what="worker to serve both legs")
+        worker = WorkerProcess(process, log_path, found.ports["ia"], found.ports["retorno"], records_path, found)
         started.append(worker)
         return worker
 

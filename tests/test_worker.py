@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -34,6 +36,26 @@ def test_echo_returns_the_callers_audio_paced(start_worker):
     assert record.frames_received == 25 and record.reason == "peer_closed"
     assert record.frames_sent > 0 and record.dropped == {"inbound_flood": 0, "latency": 0}
     assert "leg end extension=1201 leg=ia" in worker.log()  # the operator's line is still there
+
+
+def test_the_ready_file_names_the_worker_and_the_port_each_leg_serves(start_worker):
+    worker = start_worker("echo", extension="1207")
+    assert (worker.ready.extension, worker.ready.pid, worker.ready.app) == ("1207", worker.process.pid, "echo")
+    assert set(worker.ready.ports) == {"ia", "retorno"} and worker.ia_port != worker.retorno_port
+    calls = [raw_connect(port) for port in worker.ready.ports.values()]
+    assert all(len(read_frames(sock, 0.2)) > 0 for sock in calls), "each port serves"
+    assert worker.leg_records() == [], "no leg has ended yet"
+    for sock in calls:
+        sock.close()
+    assert {record.leg for record in worker.wait_legs(2)} == {"ia", "retorno"}
+
+
+def test_a_records_path_the_worker_cannot_write_stops_it_at_start(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "audiogw.worker", "--extension", "1201", "--ia-port", "0", "--retorno-port", "0",
+         "--leg-records", str(tmp_path / "missing" / "legs.jsonl")], capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 1
+    assert f"cannot write {tmp_path / 'missing' / 'legs.jsonl'}: No such file or directory" in completed.stderr
 
 
 def test_silence_keeps_an_idle_leg_alive(start_worker):

@@ -75,7 +75,11 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
             sys.exit(1)
     spec = WorkerSpec(extension=extension, app=app, settings=settings, options=options,
                       base_dir=os.getcwd(), log_format=log_format)
-    records = RecordWriter(ready_file, leg_records)
+    try:
+        records = RecordWriter(ready_file, leg_records)
+    except OSError as error:
+        click.echo(f"cannot write {error.filename}: {error.strerror}", err=True)
+        sys.exit(1)
     try:
         status = run_worker(spec, sockets, records)
     finally:

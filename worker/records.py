@@ -8,6 +8,7 @@ The documents' shapes are declared in shared/records.py.
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -27,8 +28,16 @@ class RecordWriter:
     """Writes what a standalone worker reports to files; ``close()`` writes what is still queued."""
 
     def __init__(self, ready_file: str | None = None, leg_records: str | None = None) -> None:
+        """Open the files now, so a path the worker cannot write fails at start (OSError), not in the thread."""
         self.ready_file = ready_file
         self.leg_records = leg_records
+        if ready_file is not None:
+            folder = os.path.dirname(os.path.abspath(ready_file))
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), ready_file)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), ready_file)
+        self._records = open(leg_records, "ab") if leg_records is not None else None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -55,7 +64,7 @@ class RecordWriter:
         ))
 
     def _run(self) -> None:
-        records = open(self.leg_records, "ab") if self.leg_records is not None else None
+        records = self._records
         try:
             while (item := self._queue.get()) is not _STOP:
                 if isinstance(item, WorkerReady):
@@ -71,3 +80,5 @@ class RecordWriter:
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
+        elif self._records is not None:
+            self._records.close()

@@ -265,9 +265,10 @@ class SendSchedule(Protocol):
     """Drives the audio sends of many calls (a load client's shared send clock).
 
     A call given one writes its UUID frame, then ``add``s itself and waits; the
-    schedule calls :meth:`Call.tick` at each of that call's send times until the
-    call's ``sending`` is over, and the call ``discard``s itself when it ends.
-    Without one, each call keeps its own absolute 20 ms deadlines.
+    schedule calls :meth:`Call.tick` at each of that call's send times (every
+    20 ms, at a phase of the schedule's choosing), and the call ``discard``s
+    itself once its ``seconds`` are over or the call ended. Without one, each
+    call keeps its own absolute 20 ms deadlines.
     """
 
     def add(self, call: "Call") -> None: ...

@@ -1,7 +1,8 @@
 """The `audiogw` command: softphone, control client and tools, one module per subcommand.
 
 Subcommands are listed in one dict and imported only when used, so `audiogw
-ctl list` does not pay for numpy or the benchmark's imports.
+ctl list` does not pay for numpy or the benchmark's imports. The benchmarks
+live in their own package (``audiogw.bench``, the ``bench`` extra).
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import click
 
 from audiogw.shared.blas import single_threaded_blas
 
+BENCH_PACKAGE = "audiogw.bench"
+
 # name -> (module, attribute, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "bench": ("audiogw.client.bench", "bench_command",
+    "bench": ("audiogw.bench.isolation", "bench_command",
               "Prove isolation and capacity: per-extension workers vs one shared event loop."),
-    "bench-asterisk": ("audiogw.client.bench_asterisk", "bench_asterisk_command", "Benchmark audiogw against Asterisk itself (relayed pacing vs Milliwatt, echo)."),
+    "bench-asterisk": ("audiogw.bench.asterisk", "bench_asterisk_command", "Benchmark audiogw against Asterisk itself (relayed pacing vs Milliwatt, echo)."),
     "call": ("audiogw.client.call", "call_command", "Place a test call like Asterisk's AudioSocket()."),
     "ctl": ("audiogw.client.ctl", "ctl_group", "Control a running supervisor."),
     "demo-agent": ("audiogw.client.demo_agent", "demo_agent_command", "Run the reference voice agent (Twilio Media Streams)."),
@@ -31,7 +34,15 @@ class LazyGroup(click.Group):
         if entry is None:
             return None
         module_name, attribute, _ = entry
-        return getattr(importlib.import_module(module_name), attribute)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if not module_name.startswith(BENCH_PACKAGE + ".") or (error.name or "").startswith("audiogw."):
+                raise
+            raise click.ClickException(
+                f"`audiogw {name}` needs the benchmark extra ({error.name} is missing): "
+                "pip install 'audiogw[bench]'") from None
+        return getattr(module, attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]

@@ -14,6 +14,13 @@ Limit worth knowing: Linux merges TCP segments that wait unread in the receive
 queue and keeps only the newest timestamp, so frames the softphone reads more
 than a frame period late may share one timestamp. ``CallResult.late_reads``
 counts them; when it is not zero, the softphone (not the gateway) was behind.
+
+:func:`place_call` is the one-call API. Load clients build :class:`Call`
+objects themselves and use its hooks instead of reaching into it: a
+:class:`SendSchedule` that drives many calls' sends from a few shared timers
+(each call's :meth:`Call.tick` writes its next frame), ``on_frame_sent`` (told
+of every audio frame just before it is written), and the moments the UUID and
+the hangup were written (``CallResult.uuid_sent_at`` / ``hangup_sent_at``).
 """
 from __future__ import annotations
 
@@ -27,8 +34,9 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 
@@ -166,6 +174,10 @@ class CallResult:
     user_timestamps: int = 0
     # Frames read more than one period after they arrived (see the module note).
     late_reads: int = 0
+    # time.time() right after the UUID frame was written, and when the hangup frame was
+    # (None: never written): a call's expected frames lie between them.
+    uuid_sent_at: float | None = None
+    hangup_sent_at: float | None = None
 
     def pacing(self) -> PacingStats:
         """Pacing of the frames the gateway sent, from their kernel arrival times."""
@@ -194,21 +206,14 @@ async def place_call(
     ``ValueError`` on bad arguments; anything the server does wrong once
     connected is recorded in the result, not raised.
     """
-    if rate not in KIND_FOR_RATE:
-        raise ValueError(f"no AudioSocket kind for {rate} Hz; use one of {sorted(KIND_FOR_RATE)}")
-    if not seconds > 0:
-        raise ValueError(f"call length must be positive, not {seconds}")
-    dtmf_frames = dtmf_plan(dtmf, dtmf_at, seconds)
     source_bytes = b""
     if source is not None:
         samples = numpy.asarray(source)
         if samples.dtype != numpy.int16 or samples.ndim != 1:
             raise ValueError(f"source must be 1-D int16 PCM, not {samples.dtype} of shape {samples.shape}")
         source_bytes = samples.astype("<i2", copy=False).tobytes()
-    call = _Call(
-        host, port, call_uuid or uuid.uuid4(), source_bytes, rate, seconds,
-        dtmf.upper(), dtmf_frames, dtmf_at, record, hangup,
-    )
+    call = Call(host, port, call_uuid=call_uuid, source=source_bytes, rate=rate, seconds=seconds,
+                dtmf=dtmf, dtmf_at=dtmf_at, record=record, hangup=hangup)
     return await call.run(connect_timeout)
 
 
@@ -256,31 +261,62 @@ async def _connect(host: str, port: int) -> socket.socket:
     raise last_error
 
 
-class _Call:
-    """State of one call; the receive path runs as a plain reader callback."""
+class SendSchedule(Protocol):
+    """Drives the audio sends of many calls (a load client's shared send clock).
+
+    A call given one writes its UUID frame, then ``add``s itself and waits; the
+    schedule calls :meth:`Call.tick` at each of that call's send times (every
+    20 ms, at a phase of the schedule's choosing), and the call ``discard``s
+    itself once its ``seconds`` are over or the call ended. Without one, each
+    call keeps its own absolute 20 ms deadlines.
+    """
+
+    def add(self, call: "Call") -> None: ...
+
+    def discard(self, call: "Call") -> None: ...
+
+
+class Call:
+    """One call like Asterisk's AudioSocket(); the receive path runs as a plain reader callback.
+
+    ``source`` is int16 little-endian PCM at ``rate`` (shorter than the call:
+    silence after it). Hooks, for load clients: ``schedule`` (see
+    :class:`SendSchedule`) and ``on_frame_sent(frame)``, called with each audio
+    frame just before it is written (cheap and non-blocking: it runs on the
+    send path). ``ValueError`` on bad arguments.
+    """
 
     __slots__ = (
         "host", "port", "call_uuid", "source", "rate", "seconds", "dtmf", "dtmf_frames", "dtmf_at",
-        "record", "hangup", "kind", "payload_size", "silence_frame", "header",
+        "record", "hangup", "schedule", "on_frame_sent", "kind", "payload_size", "silence_frame", "header",
         "sock", "loop", "ended", "hung_up_by", "error", "decoder", "head", "left",
         "arrivals", "recorded", "frames_sent", "frames_received", "late_sends",
-        "user_timestamps", "late_reads", "dtmf_sent",
+        "user_timestamps", "late_reads", "dtmf_sent", "uuid_sent_at", "hangup_sent_at",
+        "_send_end", "_last_deadline", "_sending", "_digit", "_next_digit_at",
     )
 
     def __init__(
-        self, host: str, port: int, call_uuid: uuid.UUID, source: bytes, rate: int, seconds: float,
-        dtmf: str, dtmf_frames: list[bytes], dtmf_at: float, record: bool, hangup: bool,
+        self, host: str, port: int, *, call_uuid: uuid.UUID | None = None, source: bytes = b"",
+        rate: int = 8000, seconds: float = 5.0, dtmf: str = "", dtmf_at: float = 1.0,
+        record: bool = True, hangup: bool = True, schedule: SendSchedule | None = None,
+        on_frame_sent: Callable[[bytes], None] | None = None,
     ) -> None:
+        if rate not in KIND_FOR_RATE:
+            raise ValueError(f"no AudioSocket kind for {rate} Hz; use one of {sorted(KIND_FOR_RATE)}")
+        if not seconds > 0:
+            raise ValueError(f"call length must be positive, not {seconds}")
+        self.dtmf_frames = dtmf_plan(dtmf, dtmf_at, seconds)
         self.host = host
         self.port = port
-        self.call_uuid = call_uuid
+        self.call_uuid = call_uuid or uuid.uuid4()
         self.rate = rate
         self.seconds = seconds
-        self.dtmf = dtmf
-        self.dtmf_frames = dtmf_frames
+        self.dtmf = dtmf.upper()
         self.dtmf_at = dtmf_at
         self.record = record
         self.hangup = hangup
+        self.schedule = schedule
+        self.on_frame_sent = on_frame_sent
         self.kind = KIND_FOR_RATE[rate]
         self.payload_size = frame_bytes(rate)
         self.silence_frame = encode_from_asterisk(self.kind, bytes(self.payload_size))
@@ -303,8 +339,20 @@ class _Call:
         self.user_timestamps = 0
         self.late_reads = 0
         self.dtmf_sent = ""
+        self.uuid_sent_at: float | None = None
+        self.hangup_sent_at: float | None = None
+        self._send_end = 0.0
+        self._last_deadline = 0.0
+        self._sending: asyncio.Future[None] | None = None
+        self._digit = 0
+        self._next_digit_at = 0.0
 
-    async def run(self, connect_timeout: float) -> CallResult:
+    async def run(self, connect_timeout: float = 5.0) -> CallResult:
+        """Connect, send until ``seconds`` are over (or the server ends the call), hang up; what happened.
+
+        Raises :class:`CallConnectError` if the connection fails; anything the
+        server does wrong once connected is recorded in the result, not raised.
+        """
         loop = self.loop = asyncio.get_running_loop()
         _keep_timestamps_on()
         begun = time.monotonic()
@@ -335,11 +383,13 @@ class _Call:
                 sender.result()  # a bug in the sender surfaces here
             if self.hung_up_by is None:
                 self.hung_up_by = "client"
-                if self.hangup and (rest := self._write_now(HANGUP_FRAME)):
-                    try:  # the send buffer is full: give the server a moment to read
-                        await asyncio.wait_for(loop.sock_sendall(sock, rest), 1.0)
-                    except (OSError, TimeoutError):
-                        pass
+                if self.hangup:
+                    self.hangup_sent_at = time.time()
+                    if rest := self._write_now(HANGUP_FRAME):
+                        try:  # the send buffer is full: give the server a moment to read
+                            await asyncio.wait_for(loop.sock_sendall(sock, rest), 1.0)
+                        except (OSError, TimeoutError):
+                            pass
                 self._on_readable()  # frames already in the kernel buffer still count
         finally:
             if not sender.done():
@@ -365,6 +415,8 @@ class _Call:
             dtmf_sent=self.dtmf_sent,
             user_timestamps=self.user_timestamps,
             late_reads=self.late_reads,
+            uuid_sent_at=self.uuid_sent_at,
+            hangup_sent_at=self.hangup_sent_at,
         )
 
     def _finish(self, who: str, error: str | None) -> None:
@@ -400,6 +452,11 @@ class _Call:
             self._finish("closed", f"send failed: {exc.strerror or exc}")
 
     async def _send_frames(self) -> None:
+        await self._write(encode_uuid(self.call_uuid))
+        self.uuid_sent_at = time.time()
+        if self.schedule is not None:
+            await self._send_on_schedule(self.schedule)
+            return
         monotonic = time.monotonic
         sleep = asyncio.sleep
         period = FRAME_PERIOD
@@ -409,7 +466,7 @@ class _Call:
         source_frames = len(source) // payload_size
         header = self.header
         silence_frame = self.silence_frame
-        await self._write(encode_uuid(self.call_uuid))
+        on_frame_sent = self.on_frame_sent
         start = anchor = monotonic()
         end = start + self.seconds
         last_deadline = end - period / 2  # no frame starts in the last half period
@@ -432,9 +489,12 @@ class _Call:
             sent = self.frames_sent
             if sent < source_frames:
                 offset = sent * payload_size
-                await self._write(header + source[offset : offset + payload_size])
+                frame = header + source[offset : offset + payload_size]
             else:
-                await self._write(silence_frame)
+                frame = silence_frame
+            if on_frame_sent is not None:
+                on_frame_sent(frame)
+            await self._write(frame)
             self.frames_sent = sent + 1
             index += 1
             while digit < len(self.dtmf_frames) and now >= next_digit_at:
@@ -445,6 +505,57 @@ class _Call:
         now = monotonic()
         if end > now and not ended.done():
             await sleep(end - now)  # the last frame lasts its full period before hangup
+
+    async def _send_on_schedule(self, schedule: SendSchedule) -> None:
+        now = time.monotonic()
+        self._send_end = now + self.seconds
+        self._last_deadline = self._send_end - FRAME_PERIOD / 2  # no frame starts in the last half period
+        self._next_digit_at = now + self.dtmf_at
+        self._sending = self.loop.create_future()
+        schedule.add(self)
+        try:
+            await asyncio.wait({self._sending, self.ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            schedule.discard(self)
+
+    def tick(self, now: float) -> None:
+        """Write this call's next frame now, without waiting (a :class:`SendSchedule` calls it).
+
+        A full kernel buffer is counted as a late send; the part of a frame it
+        did not take follows as soon as it can.
+        """
+        sending = self._sending
+        if sending is None or sending.done():
+            return
+        if self.ended.done() or now >= self._send_end:
+            sending.set_result(None)
+            return
+        if now >= self._last_deadline:
+            return
+        sent = self.frames_sent
+        payload_size = self.payload_size
+        if sent < len(self.source) // payload_size:
+            offset = sent * payload_size
+            frame = self.header + self.source[offset : offset + payload_size]
+        else:
+            frame = self.silence_frame
+        if self.on_frame_sent is not None:
+            self.on_frame_sent(frame)
+        self._write_later(frame)
+        self.frames_sent = sent + 1
+        digits = self.dtmf_frames
+        while self._digit < len(digits) and now >= self._next_digit_at:
+            self._write_later(digits[self._digit])
+            self.dtmf_sent += self.dtmf[self._digit]
+            self._digit += 1
+            self._next_digit_at += DTMF_SPACING
+
+    def _write_later(self, data: bytes) -> None:
+        rest = self._write_now(data)
+        if rest:
+            self.late_sends += 1  # the kernel buffer is full
+            if len(rest) < len(data):  # part of the frame went out: the rest must follow
+                self.loop.create_task(self.loop.sock_sendall(self.sock, rest))
 
     def _on_readable(self) -> None:
         sock = self.sock

@@ -7,8 +7,9 @@ import importlib.util
 import pkgutil
 import sys
 
-PACKAGES = ("audiogw.shared", "audiogw.worker", "audiogw.worker.apps", "audiogw.supervisor", "audiogw.client")
-FORBIDDEN_TOP_LEVEL = ("supervisor", "worker", "shared", "client")
+PACKAGES = ("audiogw.shared", "audiogw.worker", "audiogw.worker.apps", "audiogw.supervisor", "audiogw.client",
+            "audiogw.bench")
+FORBIDDEN_TOP_LEVEL = ("supervisor", "worker", "shared", "client", "bench")
 DATA_FILES = ("greeting.wav", "confirm.wav")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SERVING = re.compile(r"serving extension=(\S+) leg=(ia|retorno) address=[^:\s]+:(\d+)")
+from audiogw.shared.records import LegRecord, WorkerReady, read_leg_records, read_ready
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -33,9 +32,24 @@ class WorkerProcess:
     log_path: Path
     ia_port: int
     retorno_port: int
+    records_path: Path
+    ready: WorkerReady  # what the worker wrote to its --ready-file
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def leg_records(self) -> list[LegRecord]:
+        """The legs that ended so far, as the worker recorded them (--leg-records)."""
+        return read_leg_records(self.records_path)
+
+    def wait_legs(self, count: int = 1, timeout: float = 5.0, **fields) -> list[LegRecord]:
+        """At least ``count`` leg records whose attributes equal ``fields`` (e.g. leg="ia")."""
+        def matching() -> list[LegRecord] | None:
+            found = [record for record in self.leg_records()
+                     if all(getattr(record, name) == value for name, value in fields.items())]
+            return found if len(found) >= count else None
+
+        return wait_for(matching, timeout, what=f"{count} leg record(s) with {fields}")
 
     def wait_log(self, *texts: str, timeout: float = 5.0) -> str:
         """The log once it holds every one of ``texts`` (a worker writes its log from a thread)."""
@@ -61,9 +75,13 @@ def start_worker(tmp_path):
 
     def start(app: str = "echo", *options: str, extension: str = "1201", allow: str | None = None,
               args: tuple[str, ...] = ()) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{extension}-{len(started)}.log"
+        name = f"worker-{extension}-{len(started)}"
+        log_path = tmp_path / f"{name}.log"
+        ready_path = tmp_path / f"{name}.ready.json"
+        records_path = tmp_path / f"{name}.legs.jsonl"
         command = [sys.executable, "-m", "audiogw.worker", "--extension", extension,
-                   "--ia-port", "0", "--retorno-port", "0", "--app", app]
+                   "--ia-port", "0", "--retorno-port", "0", "--app", app,
+                   "--ready-file", str(ready_path), "--leg-records", str(records_path)]
         for option in options:
             command += ["--option", option]
         if allow:
@@ -72,14 +90,13 @@ def start_worker(tmp_path):
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=log_file, cwd=tmp_path)
 
-        def ports():
-            found = {leg: int(port) for _, leg, port in SERVING.findall(log_path.read_text(errors="replace"))}
+        def ready():
             if process.poll() is not None:
                 raise AssertionError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
-            return found if len(found) == 2 else None
+            return read_ready(ready_path)
 
-        found = wait_for(ports, 15, what="worker to serve both legs")
-        worker = WorkerProcess(process, log_path, found["ia"], found["retorno"])
+        found = wait_for(ready, 15, what="worker to serve both legs")
+        worker = WorkerProcess(process, log_path, found.ports["ia"], found.ports["retorno"], records_path, found)
         started.append(worker)
         return worker
 

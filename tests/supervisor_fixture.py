@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from audiogw.client.ctl import request
 from conftest import wait_for
+
+METRICS_OFFSET = 19  # the metrics server's port, from the base of the test's 20-port block
 
 
 @dataclass
@@ -52,11 +53,14 @@ class SupervisorProcess:
             return None
         return rows if rows and all(row["state"] == "running" for row in rows) else None
 
+    @property
+    def metrics_url(self) -> str:
+        """Where write_config put the metrics server: the last port of the test's block."""
+        return f"http://127.0.0.1:{self.base_port + METRICS_OFFSET}/metrics"
+
     def scrape(self) -> dict:
-        """/metrics parsed, by family name (the address comes from the log: metrics = 127.0.0.1:0)."""
-        match = wait_for(lambda: re.search(r"metrics listening on (http://\S+/metrics)", self.log()), 10,
-                         what="the metrics address in the log")
-        with urllib.request.urlopen(match.group(1), timeout=5) as response:
+        """/metrics parsed, by family name."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             body = response.read().decode()
         return {family.name: family for family in text_string_to_metric_families(body)}
 
@@ -74,17 +78,18 @@ class SupervisorProcess:
 
 
 def write_config(folder: Path, base_port: int, extensions: int = 2, app: str | None = None) -> Path:
+    """A config on the 20 ports from ``base_port`` (free_port_block(20)): extensions' first, metrics on the last."""
     lines = [
         "[supervisor]",
         'control = "ipc://run/control.sock"',
-        'metrics = "127.0.0.1:0"',
+        f'metrics = "127.0.0.1:{base_port + METRICS_OFFSET}"',
         'state_dir = "state"',
         "heartbeat_interval = 0.2",
         "heartbeat_timeout = 1.0",
         "drain_seconds = 1.0",
         "[audiosocket]",
         'bind = "127.0.0.1"',
-        f"port_range = [{base_port}, {base_port + 19}]",
+        f"port_range = [{base_port}, {base_port + METRICS_OFFSET - 1}]",
     ]
     for index in range(extensions):
         lines += ["[[extension]]", f'id = "{1201 + index}"',

@@ -163,8 +163,8 @@ def test_stream_handshake_media_dtmf_marks_and_stop(start_worker, agent_server):
     assert 45 <= heard.sum() <= 52  # the one-second reply, paced out, nothing lost or doubled
     assert_clock_kept(result)
     assert result.hung_up_by == "client"
-    wait_for(lambda: "leg end" in worker.log(), 5, what="the leg's end line")
-    worker.wait_log("underruns=0")
+    [record] = worker.wait_legs()
+    assert record.underruns == 0
 
 
 def test_clear_drops_what_was_not_played_and_echoes_pending_marks(start_worker, agent_server):
@@ -289,8 +289,8 @@ def test_fallback_prompt_plays_while_the_agent_is_down(start_worker, tmp_path):
     worker = start_worker("agent", f"url=ws://127.0.0.1:{dead_port}/media", f"fallback={tmp_path / 'sorry.wav'}")
     result = call(worker.ia_port, 2.0)
     assert 27 <= loud_frames(result.recorded).sum() <= 33  # played once, not looped per retry
-    wait_for(lambda: "leg end" in worker.log(), 5, what="the leg's end line")
-    assert "underruns=0" in worker.log()  # the silence after a finished prompt is no underrun
+    [record] = worker.wait_legs()
+    assert record.underruns == 0  # the silence after a finished prompt is no underrun
 
 
 def test_an_agent_that_never_answers_the_handshake_times_out(start_worker):
@@ -346,7 +346,10 @@ def test_barge_in_stops_playback_and_tells_the_agent(start_worker, agent_server)
     barge_ins = agent.events("barge_in")
     assert len(barge_ins) == 1 and barge_ins[0]["streamSid"] == stream_sid(agent)
     assert [m["mark"]["name"] for m in agent.events("mark")] == ["reply"]  # pending mark echoed on the clear
-    worker.wait_log("barge-in")
+    [record] = worker.wait_legs()
+    [reaction] = record.app["barge_in_ms"]  # the worker's own view: speech onset to playback stop
+    assert 0 < reaction < 200, reaction
+    assert "barge-in" in worker.log()
 
 
 def test_supervisor_runs_the_demo_agent_for_its_agent_extension(tmp_path):

@@ -94,6 +94,6 @@ exten => _[0-9a-f].,1,{phone_reach}
         f"{form}: {heard_frames} of {greeting_frames} greeting frames heard "
         f"(whole-greeting match {score:.2f} at {offset / rate:.3f} s; {len(heard) / rate:.2f} s received)"
     )
-    worker.wait_log(f"uuid={call} reason=")
+    worker.wait_legs(uuid=call)
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)

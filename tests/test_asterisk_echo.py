@@ -57,8 +57,8 @@ def test_app_form_echo_is_bit_exact(start_worker, private_asterisk, phone):
     sent_at = heard_call.sent[int(LEAD_IN * 50)][0]
     delay_ms = (arrivals[found[0]][0] - sent_at) * 1000
     assert 0 < delay_ms < 200, f"echo delay {delay_ms:.1f} ms"
-    log = worker.wait_log("leg end")
-    assert f"uuid={call}" in log and "reason=peer_closed" in log
+    [record] = worker.wait_legs(uuid=call)
+    assert record.reason == "peer_closed"
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)
 
@@ -74,8 +74,7 @@ def test_dtmf_from_asterisk_reaches_the_worker(start_worker, private_asterisk, p
     caller.expect(call, Script(rate=8000, seconds=1.0))
     asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@phone")
     caller.wait_ended(call)
-    log = worker.wait_log(f"uuid={call} reason=", "dtmf=")
-    ended = [line for line in log.splitlines() if "leg end" in line and call in line]
-    assert ended and ended[0].endswith(f"dtmf={digits!r}"), ended
+    [record] = worker.wait_legs(uuid=call)
+    assert record.dtmf == digits, record
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)

@@ -105,7 +105,7 @@ def test_channel_driver_slin16_caller_hears_the_whole_prompt(start_worker, priva
     assert_whole_prompt(heard.heard(), prompt, 16000,
                         f"channel driver c(slin16), rate={rate_option}, caller silent for {silent_for} s",
                         asterisk_may_drop)
-    worker.wait_log(f"uuid={call} reason=")
+    worker.wait_legs(uuid=call)
     assert asterisk.wait_no_channels(5), asterisk.channels()
     assert_no_asterisk_errors(asterisk)
 
@@ -160,7 +160,7 @@ exten => _[0-9a-f].,1,Answer()
 """)
     call = str(uuid.uuid4())
     asterisk.originate(f"Local/{call}@gateway", extension=f"{call}@recorder")
-    worker.wait_log(f"uuid={call} reason=", timeout=seconds + 5)
+    worker.wait_legs(uuid=call, timeout=seconds + 5)
     assert asterisk.wait_no_channels(5), asterisk.channels()
     file = Path(f"{recording}.{extension}")
     assert file.exists(), f"Record() wrote nothing; Asterisk's log:\n{asterisk.log_text()}"

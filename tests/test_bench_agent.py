@@ -10,8 +10,8 @@ import json
 import numpy
 import pytest
 
-from audiogw.client import bench_agent
-from audiogw.client.bench_agent import (
+from audiogw.bench import agent as bench_agent
+from audiogw.bench.agent import (
     FRAME,
     audio_intact,
     barge_reaction,
@@ -138,7 +138,7 @@ def test_bench_agent_end_to_end(capsys):
     assert barge["calls"]["completed"] == 2
     assert barge["reaction_ms"]["count"] == 2, barge["unmeasured"]  # measured for each call
     assert 0 < barge["reaction_ms"]["min"] <= barge["reaction_ms"]["max"] < 1000
-    assert barge["worker_view_ms"]["count"] == 2  # the worker logged each barge-in
+    assert barge["worker_view_ms"]["count"] == 2  # the worker recorded each barge-in (its leg records)
     assert barge["agent_told_ms"]["count"] == 2  # and told the agent
     assert barge["agent_frames_after_stop"] == 0
 

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from audiogw.client.bench_live import settled_after
+from audiogw.bench.live import settled_after
 
 
 def test_settled_after_is_the_time_from_which_every_delay_stays_in_bound():
@@ -17,7 +17,7 @@ def test_settled_after_is_the_time_from_which_every_delay_stays_in_bound():
 
 
 def test_a_short_run_reports_first_frames_and_a_stall_that_settles():
-    completed = subprocess.run([sys.executable, "-m", "audiogw.client.bench_live", "--stalls", "1", "--connects", "3"],
+    completed = subprocess.run([sys.executable, "-m", "audiogw.bench.live", "--stalls", "1", "--connects", "3"],
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     out = completed.stdout

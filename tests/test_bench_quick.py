@@ -16,10 +16,10 @@ import time
 import numpy
 import pytest
 
-from audiogw.client.bench import bench_command
-from audiogw.client.bench_report import write_report
-from audiogw.client.bench_scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
-from audiogw.client.bench_stats import CallOutcome, group_summary
+from audiogw.bench.isolation import bench_command
+from audiogw.bench.report import write_report
+from audiogw.bench.scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
+from audiogw.bench.stats import CallOutcome, group_summary
 from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
 from conftest import realtime_allowed
 
@@ -202,3 +202,28 @@ def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch)
     assert "Plots skipped: matplotlib is not installed" in markdown
     assert "| per-extension | first extension 1201 | 1 / 1 | 100 / 100 |" in markdown
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_bench_commands_load_lazily_and_say_which_extra_is_missing(monkeypatch):
+    import importlib
+
+    from click.testing import CliRunner
+
+    from audiogw.client.cli import cli
+
+    for name in ("bench", "bench-asterisk"):
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0 and f"Usage: cli {name}" in result.output, result.output
+    real_import = importlib.import_module
+
+    def without_matplotlib(name: str, *args):
+        if name.startswith("audiogw.bench."):
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_matplotlib)
+    result = CliRunner().invoke(cli, ["bench", "--quick"])
+    assert result.exit_code == 1
+    assert "`audiogw bench` needs the benchmark extra (matplotlib is missing): pip install 'audiogw[bench]'" \
+        in result.output
+    assert CliRunner().invoke(cli, ["call", "--help"]).exit_code == 0  # the rest of the CLI does not need it

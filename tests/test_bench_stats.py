@@ -12,9 +12,9 @@ import math
 import numpy
 import pytest
 
-from audiogw.client.bench_load import CallRecord, load_outcomes, save_records
-from audiogw.client.bench_scenarios import BenchSettings, capacity_steps, plan_calls, spread_seconds
-from audiogw.client.bench_stats import (
+from audiogw.bench.load import CallRecord, load_outcomes, save_records
+from audiogw.bench.scenarios import BenchSettings, capacity_steps, plan_calls, spread_seconds
+from audiogw.bench.stats import (
     CallOutcome,
     capacity_held,
     capacity_verdict,

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from audiogw.client import bench_worker
+from audiogw.bench import worker as bench_worker
 
 pytestmark = pytest.mark.timeout(30)
 

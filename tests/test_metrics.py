@@ -341,7 +341,6 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
 
 
 # ------------------------------------------------------- (b) a real supervisor
-LISTENING = re.compile(r"metrics listening on http://(\S+?):(\d+)/metrics")
 
 
 @dataclass
@@ -390,12 +389,15 @@ class Gateway:
         return asyncio.run(place_call("127.0.0.1", port, seconds=seconds, record=False))
 
 
+METRICS_OFFSET = 21  # the metrics server's port: just past the extensions' port_range [base, base + 20]
+
+
 def write_config(folder: Path, base: int) -> Path:
     path = folder / "audiogw.toml"
     path.write_text(f"""\
 [supervisor]
 control = "ipc://run/control.sock"
-metrics = "127.0.0.1:0"
+metrics = "127.0.0.1:{base + METRICS_OFFSET}"
 state_dir = "state"
 heartbeat_interval = 0.25
 heartbeat_timeout = 1.0
@@ -441,24 +443,25 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("metrics")
-    base = free_port_block(20)
+    base = free_port_block(METRICS_OFFSET + 1)
     config = write_config(folder, base)
     with open(folder / "supervisor.log", "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config", str(config)],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=folder,
         )
-    gw = Gateway(folder, process, base)
+    gw = Gateway(folder, process, base, url=f"http://127.0.0.1:{base + METRICS_OFFSET}")
     try:
-        def listening():
+        def healthy() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"supervisor exited with {process.returncode}:\n{gw.log()}")
-            return LISTENING.search(gw.log())
+            try:
+                return gw.healthz()[0] == 200
+            except OSError:  # not listening yet
+                return False
 
-        match = wait_for(listening, 15, what="the 'metrics listening on' line")
-        assert match.group(1) == "127.0.0.1" and int(match.group(2)) > 0
-        gw.url = f"http://{match.group(1)}:{match.group(2)}"
-        wait_for(lambda: gw.healthz()[0] == 200, 15, what="every extension to be up")
+        wait_for(healthy, 15, what="the metrics server, with every extension up")
+        assert f"metrics listening on {gw.url}/metrics" in gw.log()  # the operator's line
         yield gw
     finally:
         _stop(process)

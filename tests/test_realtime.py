@@ -4,16 +4,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from audiogw.shared.audiosocket import Kind, encode_audio
 from audiogw.shared.net import free_port_block
+from audiogw.shared.records import read_ready
 from audiogw.worker.realtime import log_realtime
 from conftest import raw_connect, read_frames, realtime_allowed, wait_for
 from supervisor_fixture import SupervisorProcess, write_config
@@ -74,24 +76,26 @@ def test_a_worker_refused_real_time_warns_and_still_serves(tmp_path):
     """The refusal for real: the worker runs as nobody (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)."""
     log_path = tmp_path / "worker.log"
     os.chmod(tmp_path, 0o755)
+    # Where the unprivileged worker may write its ready file (pytest's folders are root's, 0700).
+    shared = Path(tempfile.mkdtemp(prefix="audiogw-nobody-"))
+    os.chmod(shared, 0o777)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "audiogw.worker",
-             "--extension", "1201", "--ia-port", "0", "--retorno-port", "0", "--realtime-priority", "10"],
+             "--extension", "1201", "--ia-port", "0", "--retorno-port", "0", "--realtime-priority", "10",
+             "--ready-file", str(shared / "ready.json")],
             stdout=log_file, stderr=log_file, cwd=tmp_path)
     try:
-        def ready() -> str | None:
-            text = log_path.read_text()
-            return text if "worker ready" in text else None
-
-        log = wait_for(ready, 15, what="the unprivileged worker to serve")
+        ready = wait_for(lambda: read_ready(shared / "ready.json"), 15, what="the unprivileged worker to serve")
+        log = wait_for(lambda: text if "worker ready" in (text := log_path.read_text()) else None, 5,
+                       what="the worker's log")
         assert "realtime_priority=10 refused (Operation not permitted)" in log
         assert set(thread_policies(process.pid).values()) == {os.SCHED_OTHER}
-        ia_port = int(re.search(r"leg=ia address=127\.0\.0\.1:(\d+)", log).group(1))
-        assert echoes(ia_port)
+        assert echoes(ready.ports["ia"])
     finally:
         process.terminate()
         process.wait(10)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_metrics_show_the_priority_the_kernel_gave_each_worker(tmp_path):

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from audiogw.client.call import call_command, parse_host_port
 from audiogw.client.softphone import (
+    Call,
     CallConnectError,
     CallResult,
     kernel_timestamps_supported,
@@ -260,6 +261,74 @@ def test_many_calls_in_one_loop():
     assert {session.call_uuid for session in sessions} == {result.call_uuid for result in results}
     assert all(result.hung_up_by == "client" for result in results)
     assert all(result.frames_received >= result.frames_sent - 1 for result in results)
+
+
+class ManualSchedule:
+    """A SendSchedule the test drives by hand: the calls it holds send only when told."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.added = asyncio.Event()
+
+    def add(self, call: Call) -> None:
+        self.calls.append(call)
+        self.added.set()
+
+    def discard(self, call: Call) -> None:
+        self.calls.remove(call)
+
+
+def test_a_send_schedule_drives_the_calls_sends_and_on_frame_sent_sees_each_audio_frame():
+    source = tone(440.0, 0.1, 8000)  # 5 frames
+    seen: list[bytes] = []
+    schedule = ManualSchedule()
+
+    async def scheduled(port: int) -> tuple[CallResult, int, int]:
+        call = Call("127.0.0.1", port, source=source.astype("<i2").tobytes(), seconds=0.3, dtmf="5",
+                    dtmf_at=0.0, schedule=schedule, on_frame_sent=seen.append)
+        task = asyncio.ensure_future(call.run())
+        await asyncio.wait_for(schedule.added.wait(), 5)
+        before = call.frames_sent  # nothing leaves until the schedule ticks
+        ticks = 0
+        while not task.done():
+            if call in schedule.calls:
+                call.tick(time.monotonic())
+                ticks += 1
+            await asyncio.sleep(0.02)
+        assert not schedule.calls  # the call took itself off the schedule
+        return await task, before, ticks
+
+    with AudioSocketServer() as server:
+        result, before, ticks = uvloop.run(scheduled(server.port))
+        session = server.session()
+    assert before == 0
+    assert result.hung_up_by == "client" and result.error is None
+    assert 0 < result.frames_sent <= ticks
+    assert session.audio_frames == result.frames_sent == len(seen)
+    assert session.digits == "5" and result.dtmf_sent == "5"
+    assert all(frame[0] == Kind.SLIN_8K for frame in seen)
+    numpy.testing.assert_array_equal(numpy.frombuffer(b"".join(frame[3:] for frame in seen[:5]), "<i2"), source)
+    assert result.uuid_sent_at is not None and result.hangup_sent_at is not None
+    assert 0.25 < result.hangup_sent_at - result.uuid_sent_at < 1.0
+
+
+def test_uuid_and_hangup_write_times_bracket_the_call():
+    with AudioSocketServer() as server:
+        begun = time.time()
+        result = run(place_call("127.0.0.1", server.port, seconds=0.3, record=False))
+        ended = time.time()
+        assert run(place_call("127.0.0.1", server.port, seconds=0.2, hangup=False)).hangup_sent_at is None
+    assert begun <= result.uuid_sent_at < result.hangup_sent_at <= ended
+    assert result.hangup_sent_at - result.uuid_sent_at >= 0.3 - 0.01
+
+
+def test_call_refuses_bad_arguments_at_construction():
+    with pytest.raises(ValueError, match="11025 Hz"):
+        Call("127.0.0.1", 1, rate=11025)
+    with pytest.raises(ValueError, match="invalid DTMF digit"):
+        Call("127.0.0.1", 1, dtmf="x")
+    with pytest.raises(TypeError):
+        Call("127.0.0.1", 1, uuid.uuid4())  # everything after the address is keyword-only
 
 
 def test_server_hangup_ends_the_call_early():

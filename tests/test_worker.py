@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -30,8 +32,30 @@ def test_echo_returns_the_callers_audio_paced(start_worker):
     echoed = b"".join(p for p in audio if any(p))
     assert echoed == b"".join(payloads), "every frame comes back once, in order"
     sock.close()
-    wait_for(lambda: "leg end extension=1201 leg=ia" in worker.log(), what="leg end log line")
-    worker.wait_log("frames_in=25")
+    [record] = worker.wait_legs(extension="1201", leg="ia")
+    assert record.frames_received == 25 and record.reason == "peer_closed"
+    assert record.frames_sent > 0 and record.dropped == {"inbound_flood": 0, "latency": 0}
+    assert "leg end extension=1201 leg=ia" in worker.log()  # the operator's line is still there
+
+
+def test_the_ready_file_names_the_worker_and_the_port_each_leg_serves(start_worker):
+    worker = start_worker("echo", extension="1207")
+    assert (worker.ready.extension, worker.ready.pid, worker.ready.app) == ("1207", worker.process.pid, "echo")
+    assert set(worker.ready.ports) == {"ia", "retorno"} and worker.ia_port != worker.retorno_port
+    calls = [raw_connect(port) for port in worker.ready.ports.values()]
+    assert all(len(read_frames(sock, 0.2)) > 0 for sock in calls), "each port serves"
+    assert worker.leg_records() == [], "no leg has ended yet"
+    for sock in calls:
+        sock.close()
+    assert {record.leg for record in worker.wait_legs(2)} == {"ia", "retorno"}
+
+
+def test_a_records_path_the_worker_cannot_write_stops_it_at_start(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "audiogw.worker", "--extension", "1201", "--ia-port", "0", "--retorno-port", "0",
+         "--leg-records", str(tmp_path / "missing" / "legs.jsonl")], capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 1
+    assert f"cannot write {tmp_path / 'missing' / 'legs.jsonl'}: No such file or directory" in completed.stderr
 
 
 def test_silence_keeps_an_idle_leg_alive(start_worker):
@@ -48,8 +72,8 @@ def test_hangup_frame_ends_the_leg_cleanly(start_worker):
     sock = raw_connect(worker.ia_port)
     sock.sendall(encode_dtmf("7") + b"\x00\x00\x00")
     assert peer_closed(sock)
-    wait_for(lambda: "reason=peer_hangup" in worker.log(), what="peer_hangup log")
-    worker.wait_log("dtmf='7'")
+    [record] = worker.wait_legs(reason="peer_hangup")
+    assert record.dtmf == "7"
 
 
 def test_bridge_joins_legs_with_the_same_uuid(start_worker):
@@ -132,8 +156,9 @@ def test_flood_faster_than_real_time_is_bounded_and_counted(start_worker):
     frames = read_frames(sock, 0.5)
     assert 10 <= len(frames) <= 40, "the flood is not echoed faster than real time"
     sock.sendall(b"\x00\x00\x00")
-    wait_for(lambda: "reason=peer_hangup" in worker.log(), what="leg end")
-    worker.wait_log("frames_in=2000")
+    [record] = worker.wait_legs(reason="peer_hangup")
+    assert record.frames_received == 2000
+    assert record.dropped["inbound_flood"] > 0, "the flood beyond real time is dropped and counted per leg"
     assert worker.process.poll() is None
 
 
@@ -161,5 +186,5 @@ def test_playback_plays_a_16k_stereo_wav_resampled_and_paced(start_worker, tmp_p
     assert start >= 0, "the converted prompt is played"
     assert heard[start : start + len(expected)] == expected
     sock.close()
-    wait_for(lambda: "leg end extension=1201 leg=ia" in worker.log(), what="leg end")
-    assert "underruns=0" in worker.log(), "the silence after a finished prompt is not an underrun"
+    [record] = worker.wait_legs(leg="ia")
+    assert record.underruns == 0, "the silence after a finished prompt is not an underrun"

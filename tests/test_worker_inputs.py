@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -142,9 +141,8 @@ def test_echo_delay_after_a_stall_comes_back_to_the_bound(start_worker):
     late = [received[m] - sent[m] for m in sorted(received) if sent[m] - start > 3.0]
     assert late, "markers after the stall came back"
     assert max(late) < 0.3, f"echo delay 2 s after the stall: {max(late) * 1000:.0f} ms"
-    log = worker.wait_log("leg end")
-    dropped = int(re.search(r"dropped_latency=(\d+)", log).group(1))
-    assert dropped >= 10, "the standing delay was cut, counted"
+    [record] = worker.wait_legs()
+    assert record.dropped["latency"] >= 10, "the standing delay was cut, counted"
 
 
 def test_flooding_leg_is_held_to_real_time_and_its_neighbour_keeps_pacing(start_worker):
@@ -185,10 +183,9 @@ def test_flooding_leg_is_held_to_real_time_and_its_neighbour_keeps_pacing(start_
     assert len(arrivals) >= 80, len(arrivals)
     assert gaps.max() < 0.1, f"the neighbour's largest gap under the flood: {gaps.max() * 1000:.0f} ms"
     neighbour.sendall(b"\x00\x00\x00")
-    log = worker.wait_log("leg=ia", "leg=retorno")
-    log = wait_for(lambda: (text := worker.log()).count("leg end") >= 2 and text, what="both leg ends")
-    flood_line = next(line for line in log.splitlines() if "leg end" in line and "leg=ia" in line)
-    assert int(re.search(r"dropped_flood=(\d+)", flood_line).group(1)) > 1000
+    worker.wait_legs(2)
+    [flooder_record] = worker.wait_legs(leg="ia")
+    assert flooder_record.dropped["inbound_flood"] > 1000
     assert worker.process.poll() is None
 
 

@@ -40,12 +40,23 @@ def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
               show_default=True,
               help="SCHED_RR priority of the worker (audiosocket.realtime_priority); 0: normal. Refused: normal.")
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True)
+@click.option("--ready-file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write {extension, pid, app, ports by leg} here as JSON once both legs serve.")
+@click.option("--leg-records", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Append each ended leg's figures here, one JSON line per leg.")
 def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, options: dict,
-                   bind: str, allow: tuple[str, ...], realtime_priority: int, log_format: str) -> None:
-    """Serve one extension's ia and retorno AudioSocket ports in this process."""
+                   bind: str, allow: tuple[str, ...], realtime_priority: int, log_format: str,
+                   ready_file: str | None, leg_records: str | None) -> None:
+    """Serve one extension's ia and retorno AudioSocket ports in this process.
+
+    A program that starts it on port 0 learns the ports from ``--ready-file`` and
+    each leg's figures from ``--leg-records`` (shapes: audiogw.shared.records),
+    not from the log, which is for people.
+    """
     from audiogw.shared.net import bind_listener
     from audiogw.shared.worker_spec import WorkerSpec
     from audiogw.worker.main import run_worker
+    from audiogw.worker.records import RecordWriter
 
     if ia_port and ia_port == retorno_port:
         raise click.BadParameter("--ia-port and --retorno-port must differ", param_hint="--retorno-port")
@@ -65,4 +76,13 @@ def worker_command(extension: str, ia_port: int, retorno_port: int, app: str, op
             sys.exit(1)
     spec = WorkerSpec(extension=extension, app=app, settings=settings, options=options,
                       base_dir=os.getcwd(), log_format=log_format)
-    sys.exit(run_worker(spec, sockets))
+    try:
+        records = RecordWriter(ready_file, leg_records)
+    except OSError as error:
+        click.echo(f"cannot write {error.filename}: {error.strerror}", err=True)
+        sys.exit(1)
+    try:
+        status = run_worker(spec, sockets, records)
+    finally:
+        records.close()  # what is still queued
+    sys.exit(status)

@@ -94,6 +94,7 @@ class Leg:
         self.flood_dropped = 0
         self.max_send_gap = 0.0
         self.dtmf_received = ""
+        self.app_figures: dict[str, Any] = {}  # what the app adds to this leg's record (--leg-records)
         self._last_send = 0.0
         self._was_playing = False
         self._finished = False  # the app ended a prompt: the silence after it is no underrun
@@ -554,6 +555,8 @@ class LegProtocol(asyncio.Protocol):
             leg.frames_received, leg.frames_sent, leg.underruns, leg.late_frames,
             leg.max_send_gap * 1000, leg.flood_dropped, leg.outbound.latency_dropped, leg.dtmf_received[:64],
         )
+        if worker.on_leg_end is not None:
+            worker.on_leg_end(leg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.end("peer_closed" if exc is None else f"connection_lost: {exc}")

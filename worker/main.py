@@ -23,6 +23,7 @@ from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.worker.apps import AppContext, AppOptionError, create_app
 from audiogw.worker.clock import clock_phase
 from audiogw.worker.realtime import realtime_before_logging
+from audiogw.worker.records import RecordWriter
 from audiogw.worker.server import ExtensionWorker
 
 log = logging.getLogger("audiogw.worker")
@@ -39,8 +40,11 @@ def set_parent_death_signal() -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) unavailable; relying on the heartbeat parent check")
 
 
-async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
-    """The worker's whole life on the running loop; returns the exit status."""
+async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
+                       records: RecordWriter | None = None) -> int:
+    """The worker's whole life on the running loop; returns the exit status.
+
+    ``records``: a standalone worker's ready file and leg records (worker/records.py)."""
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[WorkerCommand] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -59,6 +63,8 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
         link = SupervisorLink(spec.bus_endpoint, worker, spec.heartbeat_interval, commands.put_nowait,
                               supervisor_pid=spec.supervisor_pid)
     await worker.serve(sockets)
+    if records is not None:
+        records.attach(worker)
     # Everything loaded so far lives for the whole process: keep it out of the
     # collector's scans so a collection pause on the audio loop stays short.
     gc.freeze()
@@ -78,15 +84,15 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> i
     return 0
 
 
-def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket]) -> int:
-    """Process entry point (the zygote calls this in a fresh child)."""
+def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket], records: RecordWriter | None = None) -> int:
+    """Process entry point (the zygote calls this in a fresh child; `python -m audiogw.worker` with ``records``)."""
     set_parent_death_signal()
     listener = realtime_before_logging(
         spec.settings.realtime_priority, spec.extension,
         lambda: configure_logging(spec.log_format, spec.log_level, off_loop=True),
     )
     try:
-        return uvloop.run(serve_worker(spec, sockets))
+        return uvloop.run(serve_worker(spec, sockets, records))
     except AppOptionError as error:
         log.error("worker extension=%s cannot start: %s", spec.extension, error)
         return 78  # EX_CONFIG: the supervisor must not restart it in a loop

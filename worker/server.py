@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from audiogw.shared.histogram import Histogram
 from audiogw.worker.apps import App
-from audiogw.worker.leg import LegProtocol
+from audiogw.worker.leg import Leg, LegProtocol
 from audiogw.worker.stats import WorkerStats
 from audiogw.worker.ticker import FrameTicker
 
@@ -46,6 +46,8 @@ class ExtensionWorker:
         self._allowed_cache: dict[str, bool] = {}
         self._tasks: list[asyncio.Task] = []
         self.serving = False
+        # Called with each leg as it ends (after its `leg end` line): a standalone worker's leg records.
+        self.on_leg_end: "Callable[[Leg], None] | None" = None
 
     def peer_allowed(self, host: str) -> bool:
         allowed = self._allowed_cache.get(host)

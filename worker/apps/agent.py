@@ -313,6 +313,7 @@ class AgentLeg:
         session = self.session
         if session is not None:
             self._enqueue(session.custom("barge_in", {"timestamp": str(session.timestamp_ms)}))
+        leg.app_figures.setdefault("barge_in_ms", []).append(round((stopped_at - onset) * 1000, 1))
         log.info("barge-in %s: playback stopped %.0f ms after speech onset", self.log_prefix,
                  (stopped_at - onset) * 1000)
 

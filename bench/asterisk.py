@@ -26,7 +26,7 @@ services would (so the kernel's autogroup scheduling treats them as two, as it
 does on a real host); the report says which autogroup each process was in.
 
     audiogw bench-asterisk [--quick] [--modes default,unprivileged,normal] [--results DIR]
-    python -m audiogw.client.bench_asterisk ...      (the same command)
+    python -m audiogw.bench.asterisk ...      (the same command)
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,15 @@ import click
 import numpy
 import psutil
 
+from audiogw.bench.asterisk_ami import Ami
+from audiogw.bench.asterisk_receiver import load as load_receiver
+from audiogw.bench.gateway import logged_leg_records
+from audiogw.bench.resources import SchedulingProbe, process_tree
 from audiogw.client.asterisk import AsteriskError, PrivateAsterisk, find_asterisk
-from audiogw.client.bench_asterisk_ami import Ami
-from audiogw.client.bench_asterisk_receiver import load as load_receiver
-from audiogw.client.bench_resources import SchedulingProbe, process_tree
 from audiogw.client.ctl import request
 from audiogw.shared.net import free_port_block
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
+from audiogw.shared.records import LegRecord
 from audiogw.shared.wav import tone, write_wav
 
 REALTIME_PRIORITY = 10  # as `asterisk -p`
@@ -72,8 +75,6 @@ ECHO_SENT_TARGET = 0.99
 ECHO_GAP_TARGET_MS = 25.0
 QUICK_LIMIT_SECONDS = 60.0
 FULL_LIMIT_SECONDS = 600.0
-LEG_END = (r"leg end extension=(\S+) leg=(\S+) uuid=(\S+) reason=(\S+) duration=([\d.]+)s frames_in=(\d+) "
-           r"frames_out=(\d+) underruns=(\d+) late=(\d+) max_send_gap_ms=([\d.]+)")
 
 
 @dataclass(frozen=True)
@@ -207,19 +208,6 @@ class Supervisor:
             self.process.wait()
 
 
-def leg_ends(log_text: str, extensions: set[str]) -> list[dict[str, Any]]:
-    """The workers' ``leg end`` lines for ``extensions``."""
-    import re
-
-    legs = []
-    for match in re.finditer(LEG_END, log_text):
-        if match.group(1) in extensions:
-            legs.append({"extension": match.group(1), "uuid": match.group(3), "reason": match.group(4),
-                         "frames_in": int(match.group(6)), "frames_out": int(match.group(7)),
-                         "max_send_gap_ms": float(match.group(10))})
-    return legs
-
-
 # --------------------------------------------------------------------------
 # Asterisk
 # --------------------------------------------------------------------------
@@ -274,7 +262,7 @@ class Receivers:
 
     def __init__(self, folder: Path, port: int, count: int, realtime: bool) -> None:
         self.outs = [folder / f"receiver-{index}.npz" for index in range(count)]
-        command = [sys.executable, "-m", "audiogw.client.bench_asterisk_receiver", "--port", str(port)]
+        command = [sys.executable, "-m", "audiogw.bench.asterisk_receiver", "--port", str(port)]
         if realtime:
             command += ["--realtime-priority", str(RECEIVER_PRIORITY)]
         self.processes = [subprocess.Popen(command + ["--out", str(out)], stdin=subprocess.PIPE,
@@ -481,8 +469,9 @@ def _wait_legs(run: Run, uuids: set[str], timeout: float = 30.0) -> list[dict[st
     while True:
         # with a worker killed its legs never log: give the others a few seconds, not the whole timeout
         limit = 8.0 if _kills(run) else timeout
-        legs = [leg for leg in leg_ends(run.supervisor.log()[run.log_offset:], set(run.playback) | set(run.echo))
-                if leg["uuid"] in uuids]
+        legs = [leg for leg in logged_leg_records(run.supervisor.log()[run.log_offset:],
+                                                  set(run.playback) | set(run.echo))
+                if leg.uuid in uuids]
         if len(legs) >= len(uuids) or time.monotonic() - began > limit:
             return legs
         time.sleep(0.2)
@@ -494,12 +483,11 @@ def _kills(run: Run) -> list[str]:
             if "worker kill " in line]
 
 
-def _legs_summary(legs: list[dict[str, Any]], calls: int) -> dict[str, Any]:
+def _legs_summary(legs: list[LegRecord], calls: int) -> dict[str, Any]:
     return {"legs_logged": len(legs), "legs_expected": calls,
-            "frames_in": sum(leg["frames_in"] for leg in legs), "frames_out": sum(leg["frames_out"] for leg in legs),
-            "max_send_gap_ms": _spread([leg["max_send_gap_ms"] for leg in legs]),
-            "end_reasons": dict(sorted({leg["reason"]: sum(1 for other in legs if other["reason"] == leg["reason"])
-                                        for leg in legs}.items()))}
+            "frames_in": sum(leg.frames_received for leg in legs), "frames_out": sum(leg.frames_sent for leg in legs),
+            "max_send_gap_ms": _spread([leg.max_send_gap_ms for leg in legs]),
+            "end_reasons": dict(sorted(Counter(leg.reason for leg in legs).items()))}
 
 
 def relay(run: Run, calls: int) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The single-loop baseline: every extension of a config served by ONE event loop in ONE process.
 
-    python -m audiogw.client.bench_baseline --config PATH
+    python -m audiogw.bench.baseline --config PATH
 
 This is the design audiogw replaces, rebuilt from the same worker code so the
 benchmark compares designs, not implementations: one ``ExtensionWorker`` per

@@ -1,12 +1,13 @@
 """The benchmarks' load client: many concurrent calls that behave like Asterisk.
 
-Each call is the softphone's (``client/softphone.py``): a UUID frame, then a
-440 Hz tone in 20 ms frames on absolute deadlines, a hangup after S seconds,
-and the gateway's frames timed by the kernel (SO_TIMESTAMPNS). This module
-adds the moments the UUID and the hangup were written, so a call's expected
-frames can be windowed exactly, and runs as its own process:
+Each call is the softphone's (``client/softphone.py`` :class:`Call`): a UUID
+frame, then a 440 Hz tone in 20 ms frames, a hangup after S seconds, and the
+gateway's frames timed by the kernel (SO_TIMESTAMPNS); its result carries the
+moments the UUID and the hangup were written, so a call's expected frames can
+be windowed exactly. This module adds a shared send clock (the softphone's
+``schedule`` hook) and runs as its own process:
 
-    python -m audiogw.client.bench_load --plan PLAN.json --out RESULT.npz
+    python -m audiogw.bench.load --plan PLAN.json --out RESULT.npz
 
 so ``audiogw bench`` can spread hundreds of calls over several load processes
 (one Python process cannot drive 400 paced calls on a 2-core machine and still
@@ -23,7 +24,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,9 @@ from typing import Any
 import numpy
 import uvloop
 
-from audiogw.client import softphone
-from audiogw.client.bench_stats import CallOutcome
-from audiogw.client.softphone import CallConnectError, CallResult, place_call
-from audiogw.shared.audiosocket import HANGUP_FRAME, Kind
+from audiogw.bench.stats import CallOutcome
+from audiogw.client.softphone import Call, CallConnectError, CallResult
+from audiogw.shared.audiosocket import FRAME_PERIOD
 from audiogw.shared.wav import tone
 
 TONE_HZ = 440.0
@@ -49,7 +48,6 @@ class CallRecord:
     result: CallResult | None = None
     uuid_sent: float | None = None  # time.time() right after the UUID frame was written
     hangup_sent: float | None = None  # time.time() when the hangup frame was written
-    window_exact: bool = True  # False: uuid_sent estimated from connect_time (fallback path)
     failure: str | None = None
     extension: str = ""
     refused: bool = False  # the connection failed (CallConnectError)
@@ -96,7 +94,7 @@ class SendClock:
     SLOTS = 4
 
     def __init__(self) -> None:
-        self.slots: list[dict[Any, None]] = [{} for _ in range(self.SLOTS)]
+        self.slots: list[dict[Any, None]] = [{} for _ in range(self.SLOTS)]  # anything with tick(now)
         self._next_slot = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -114,7 +112,7 @@ class SendClock:
 
     async def _run(self) -> None:
         monotonic = time.monotonic
-        period = softphone.FRAME_PERIOD / self.SLOTS
+        period = FRAME_PERIOD / self.SLOTS
         slots = self.slots
         while True:
             if not any(slots):
@@ -127,101 +125,19 @@ class SendClock:
                 if deadline > now:
                     await asyncio.sleep(deadline - now)
                     now = monotonic()
-                if now - deadline > softphone.FRAME_PERIOD:  # far behind: restart the schedule, no burst
+                if now - deadline > FRAME_PERIOD:  # far behind: restart the schedule, no burst
                     anchor, index = now, 0
                 for call in tuple(slots[index % self.SLOTS]):
                     call.tick(now)
                 index += 1
 
 
-SEND_CLOCK: SendClock | None = None  # created on the load process's loop
-
-
-if hasattr(softphone, "_Call"):
-
-    class _TimedCall(softphone._Call):  # type: ignore[misc,name-defined]
-        """The softphone's call, noting when the UUID and the hangup were written;
-        its frames go out on the process's shared :class:`SendClock` when one is set."""
-
-        __slots__ = ("uuid_sent_at", "hangup_sent_at", "send_end", "last_send", "source_frames", "sending")
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.uuid_sent_at: float | None = None
-            self.hangup_sent_at: float | None = None
-            self.sending: asyncio.Future | None = None
-
-        async def _send_frames(self) -> None:
-            clock = SEND_CLOCK
-            if clock is None:
-                await super()._send_frames()
-                return
-            await self._write(softphone.encode_uuid(self.call_uuid))
-            now = time.monotonic()
-            self.send_end = now + self.seconds
-            self.last_send = self.send_end - softphone.FRAME_PERIOD / 2
-            self.source_frames = len(self.source) // self.payload_size
-            self.sending = self.loop.create_future()
-            clock.add(self)
-            try:
-                await asyncio.wait({self.sending, self.ended}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                clock.discard(self)
-
-        def tick(self, now: float) -> None:
-            if self.ended.done() or now >= self.send_end:
-                if not self.sending.done():
-                    self.sending.set_result(None)
-                return
-            if now >= self.last_send:
-                return
-            sent = self.frames_sent
-            if sent < self.source_frames:
-                offset = sent * self.payload_size
-                frame = self.header + self.source[offset : offset + self.payload_size]
-            else:
-                frame = self.silence_frame
-            rest = self._write_now(frame)
-            if rest:
-                self.late_sends += 1  # the kernel buffer is full
-                if len(rest) < len(frame):  # half a frame went out: the rest must follow
-                    self.loop.create_task(self.loop.sock_sendall(self.sock, rest))
-            self.frames_sent = sent + 1
-
-        async def _write(self, data: bytes) -> None:
-            await super()._write(data)
-            if self.uuid_sent_at is None and data[:1] == bytes((Kind.UUID,)):
-                self.uuid_sent_at = time.time()
-
-        def _write_now(self, data: bytes) -> bytes:
-            if self.hangup_sent_at is None and data == HANGUP_FRAME:
-                self.hangup_sent_at = time.time()
-            return super()._write_now(data)
-
-else:  # pragma: no cover - the softphone's internals changed
-    _TimedCall = None  # type: ignore[assignment,misc]
-
-
-async def timed_call(host: str, port: int, source: numpy.ndarray, source_bytes: bytes,
-                     seconds: float, record: CallRecord) -> None:
-    """Place one call; fill ``record`` (never raises for call-level failures)."""
-    begun = time.time()
+async def timed_call(host: str, port: int, source_bytes: bytes, seconds: float, record: CallRecord,
+                     schedule: SendClock | None = None) -> None:
+    """Place one call (on ``schedule``, or its own clock); fill ``record`` (never raises for call-level failures)."""
     try:
-        timed = None
-        if _TimedCall is not None:
-            try:
-                timed = _TimedCall(host, port, uuid.uuid4(), source_bytes, 8000, seconds,
-                                   "", [], 1.0, False, True)
-            except TypeError:  # signature changed: fall back to the public API
-                timed = None
-        if timed is not None:
-            result = await timed.run(5.0)
-            record.uuid_sent = timed.uuid_sent_at
-            record.hangup_sent = timed.hangup_sent_at
-        else:
-            result = await place_call(host, port, source=source, seconds=seconds, record=False)
-            record.uuid_sent = begun + result.connect_time
-            record.window_exact = False
+        call = Call(host, port, source=source_bytes, seconds=seconds, record=False, schedule=schedule)
+        result = await call.run(5.0)
     except CallConnectError as exc:
         record.failure = f"connect: {exc.reason}"
         record.refused = True
@@ -230,6 +146,8 @@ async def timed_call(host: str, port: int, source: numpy.ndarray, source_bytes: 
         record.failure = f"{type(exc).__name__}: {exc}"
         return
     record.result = result
+    record.uuid_sent = result.uuid_sent_at
+    record.hangup_sent = result.hangup_sent_at
     if result.hung_up_by != "client":
         record.failure = f"call ended by {result.hung_up_by}: {result.error or 'no error given'}"
     elif result.error:
@@ -239,14 +157,13 @@ async def timed_call(host: str, port: int, source: numpy.ndarray, source_bytes: 
 
 
 async def run_calls(host: str, plan: list[PlannedCall], seconds: float,
-                    start_at: float | None = None) -> list[CallRecord]:
-    """Run every planned call concurrently on the running loop.
+                    start_at: float | None = None, schedule: SendClock | None = None) -> list[CallRecord]:
+    """Run every planned call concurrently on the running loop (sent on ``schedule`` if given).
 
     ``start_at`` is the CLOCK_REALTIME moment offsets count from (None: now),
     so several load processes can share one schedule.
     """
-    source = tone(TONE_HZ, seconds)
-    source_bytes = source.astype("<i2", copy=False).tobytes()
+    source_bytes = tone(TONE_HZ, seconds).astype("<i2", copy=False).tobytes()
     records = [CallRecord(planned.index, planned.leg, extension=planned.extension) for planned in plan]
     loop = asyncio.get_running_loop()
     delay = 0.05 if start_at is None else max(0.0, start_at - time.time())
@@ -256,7 +173,7 @@ async def run_calls(host: str, plan: list[PlannedCall], seconds: float,
         wait = start + planned.offset - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        await timed_call(host, planned.port, source, source_bytes, seconds, record)
+        await timed_call(host, planned.port, source_bytes, seconds, record, schedule)
 
     await asyncio.gather(*(one(planned, record) for planned, record in zip(plan, records)))
     return records
@@ -317,7 +234,7 @@ def read_plan(path: Path) -> tuple[str, float, list[PlannedCall]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_load",
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.load",
                                      description="One load process of `audiogw bench`.")
     parser.add_argument("--plan", type=Path, required=True, help="JSON plan written by the bench")
     parser.add_argument("--out", type=Path, required=True, help="where to write the results (.npz)")
@@ -336,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.disable()
 
     async def calls_on_one_clock() -> list[CallRecord]:
-        global SEND_CLOCK
-        SEND_CLOCK = SendClock()
-        return await run_calls(host, plan, seconds, start_at)
+        return await run_calls(host, plan, seconds, start_at, SendClock())
 
     try:
         records = uvloop.run(calls_on_one_clock())

@@ -1,7 +1,7 @@
 """Supervisor benchmark: add-extension latency, restart after kill -9, worker memory, idle CPU,
 /metrics scrape time and whether scraping disturbs the audio.
 
-`python -m audiogw.client.bench_supervisor [--extensions 50] [--kills 10] [--idle-seconds 10] [--json]`
+`python -m audiogw.bench.supervisor [--extensions 50] [--kills 10] [--idle-seconds 10] [--json]`
 starts a real supervisor in a temporary folder and prints what it measured.
 """
 from __future__ import annotations
@@ -46,13 +46,6 @@ def first_frame_after(port: int, timeout: float) -> tuple[float | None, int]:
         except OSError:
             pass
     return None, refused
-
-
-def _metrics_url(log_path: Path) -> str | None:
-    import re
-
-    match = re.search(r"metrics listening on (http://\S+/metrics)", log_path.read_text(errors="replace"))
-    return match.group(1) if match else None
 
 
 def _scrape(url: str, accept: str | None = None) -> int:
@@ -129,9 +122,11 @@ def _percentile(values: list[float], q: float) -> float:
 def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pacing_seconds: float,
          scrape_interval: float, as_json: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="audiogw-bench-"))
-    base = free_port_block(2 * extensions + 10)
+    base = free_port_block(2 * extensions + 11)
+    metrics_port = base + 2 * extensions + 10  # just past the extensions' port_range: the bench knows its address
     (folder / "audiogw.toml").write_text(
-        "[supervisor]\ncontrol = \"ipc://run/control.sock\"\nmetrics = \"127.0.0.1:0\"\nstate_dir = \"state\"\n"
+        f"[supervisor]\ncontrol = \"ipc://run/control.sock\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n"
+        "state_dir = \"state\"\n"
         f"[audiosocket]\nbind = \"127.0.0.1\"\nport_range = [{base}, {base + 2 * extensions + 9}]\n"
     )
     endpoint = f"ipc://{folder}/run/control.sock"
@@ -166,9 +161,7 @@ def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pa
         rss = [psutil.Process(pid).memory_info().rss for pid in pids]
         report["worker_uss_mb"] = {"median": statistics.median(uss) / 2**20, "max": max(uss) / 2**20}
         report["worker_rss_mb"] = {"median": statistics.median(rss) / 2**20}
-        url = _metrics_url(folder / "supervisor.log")
-        if url is None:
-            raise SystemExit("no 'metrics listening on' line in the supervisor log")
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
         report["scrape_ms"] = _scrape_times(url)
         report["scrape_openmetrics_ms"] = _scrape_times(url, OPENMETRICS)
         if pacing_calls:

@@ -3,7 +3,7 @@
 Processes come and go during a run (a killed worker and its replacement), so
 the sampler asks a callable for the current pid -> label map at every sample
 and keeps, per pid, the CPU time used while it was watched and its largest
-RSS. The figures are summed per label afterwards (``bench_stats.resource_summary``).
+RSS. The figures are summed per label afterwards (``stats.resource_summary``).
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ class SchedulingProbe:
     """The probe as a subprocess (exec, never fork): start it, then :meth:`finish` for its figures."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "audiogw.client.bench_resources", "--probe"],
+        self.process = subprocess.Popen([sys.executable, "-m", "audiogw.bench.resources", "--probe"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def finish(self) -> dict[str, Any]:

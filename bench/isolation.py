@@ -8,7 +8,7 @@ every frame's arrival is a kernel receive timestamp. Results go to a folder
 (report.md, report.json, PNG plots); the Markdown table is printed too.
 
     audiogw bench [--quick] [--results DIR] [--scenarios NAME,...] [--json]
-    python -m audiogw.client.bench ...      (the same command)
+    python -m audiogw.bench.isolation ...      (the same command)
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
-from audiogw.client.bench_report import markdown, write_report
-from audiogw.client.bench_scenarios import (
+from audiogw.bench.report import markdown, write_report
+from audiogw.bench.scenarios import (
     ALL_SCENARIOS,
     CAPACITY,
     SCENARIOS,
@@ -35,7 +35,7 @@ from audiogw.client.bench_scenarios import (
     run_capacity,
     run_scenario,
 )
-from audiogw.client.bench_stats import isolation_checks, median_round, round_figures
+from audiogw.bench.stats import isolation_checks, median_round, round_figures
 from audiogw.client.softphone import kernel_timestamps_supported
 
 ASTERISK_REALTIME_PRIORITY = 10  # what `asterisk -p` asks for (SCHED_RR)

@@ -1,7 +1,7 @@
 """The gateways the benchmark measures, started as real processes on one temporary config.
 
 - :class:`SupervisorGateway`: ``audiogw-supervisor start`` (one worker per extension).
-- :class:`SingleLoopGateway`: ``python -m audiogw.client.bench_baseline`` (every
+- :class:`SingleLoopGateway`: ``python -m audiogw.bench.baseline`` (every
   extension on one event loop), from the very same config file.
 
 Both are started with ``subprocess`` (fork + exec), never by forking this
@@ -10,6 +10,7 @@ process.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -19,8 +20,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiogw.client.bench_resources import process_tree
+from audiogw.bench.resources import process_tree
 from audiogw.client.ctl import request
+from audiogw.shared.records import LegRecord
+
+
+# The one reader of a log's `leg end` lines, for the workers a supervisor (or the single-loop
+# baseline) runs: unlike a standalone worker (--leg-records), they have no record channel yet.
+LEG_END = re.compile(
+    r"leg end extension=(?P<extension>\S+) leg=(?P<leg>\S+) uuid=(?P<uuid>\S+) reason=(?P<reason>\S+) "
+    r"duration=(?P<duration>[\d.]+)s frames_in=(?P<frames_received>\d+) frames_out=(?P<frames_sent>\d+) "
+    r"underruns=(?P<underruns>\d+) late=(?P<late_frames>\d+) max_send_gap_ms=(?P<max_send_gap_ms>[\d.]+) "
+    r"dropped_flood=(?P<inbound_flood>\d+) dropped_latency=(?P<latency>\d+)"
+)
+
+
+def logged_leg_records(log_text: str, extensions: set[str] | None = None) -> list[LegRecord]:
+    """The legs whose `leg end` lines are in ``log_text`` (of ``extensions``, or all), as leg records."""
+    records = []
+    for match in LEG_END.finditer(log_text):
+        if extensions is not None and match["extension"] not in extensions:
+            continue
+        records.append(LegRecord(
+            extension=match["extension"], leg=match["leg"], uuid=match["uuid"], reason=match["reason"],
+            duration=float(match["duration"]), frames_received=int(match["frames_received"]),
+            frames_sent=int(match["frames_sent"]), underruns=int(match["underruns"]),
+            late_frames=int(match["late_frames"]), max_send_gap_ms=float(match["max_send_gap_ms"]),
+            dropped={"inbound_flood": int(match["inbound_flood"]), "latency": int(match["latency"])}, dtmf="",
+        ))
+    return records
 
 
 class GatewayError(RuntimeError):
@@ -222,7 +250,7 @@ class SingleLoopGateway(Gateway):
         return [self.process.pid] if self.process is not None else []
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "audiogw.client.bench_baseline", "--config", str(self.config_path)]
+        return [sys.executable, "-m", "audiogw.bench.baseline", "--config", str(self.config_path)]
 
     def ready(self) -> bool:
         if not self._ready and self.process is not None and self.process.poll() is None:

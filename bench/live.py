@@ -1,7 +1,7 @@
 """Live audio against a real worker: how soon a call hears its first frame, and how fast an echo's
 delay comes back after the worker stalls.
 
-    python -m audiogw.client.bench_live [--stalls 5] [--stall-ms 500] [--connects 20]
+    python -m audiogw.bench.live [--stalls 5] [--stall-ms 500] [--connects 20]
 
 - first frame: a standalone worker with ``rate=16000`` (a known rate) and one with ``auto``;
   ``--connects`` calls each write their UUID and time the first frame that comes back (the
@@ -15,44 +15,31 @@ delay comes back after the worker stalls.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import click
 
+from audiogw.bench.worker import BenchError, Worker, start_worker
 from audiogw.shared.audiosocket import encode_audio, frame_bytes
 from audiogw.shared.config import AudioSocketSettings
 
-SERVING = re.compile(r"serving extension=\S+ leg=ia address=[^:\s]+:(\d+)")
 MARGIN = 0.060  # the target's allowance over max_latency_ms
 
 
-def _start_worker(folder: str, app: str, *options: str) -> tuple[subprocess.Popen, int]:
-    log_path = os.path.join(folder, f"worker-{len(os.listdir(folder))}.log")
-    command = [sys.executable, "-m", "audiogw.worker", "--extension", "1201", "--ia-port", "0",
-               "--retorno-port", "0", "--app", app]
-    for option in options:
-        command += ["--option", option]
-    log = open(log_path, "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=log, cwd=folder)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        match = SERVING.search(open(log_path, errors="replace").read())
-        if match:
-            return process, int(match.group(1))
-        if process.poll() is not None:
-            raise click.ClickException(f"worker exited {process.returncode}: {open(log_path).read()}")
-        time.sleep(0.02)
-    process.kill()
-    raise click.ClickException("worker did not serve within 15 s")
+def _start_worker(folder: str, *options: str) -> Worker:
+    """A standalone echo worker on free ports, in a folder of its own (bench/worker.py's)."""
+    workdir = Path(tempfile.mkdtemp(prefix="worker-", dir=folder))
+    try:
+        return start_worker("echo", workdir, options=options)
+    except BenchError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def first_frame_ms(port: int, connects: int) -> list[float]:
@@ -147,19 +134,18 @@ def main(stalls: int, stall_ms: int, connects: int) -> None:
     bound = max_latency + MARGIN
     with tempfile.TemporaryDirectory(prefix="audiogw-bench-live-") as folder:
         for label, options in (("rate=16000", ("rate=16000",)), ("rate=auto, caller silent", ())):
-            process, port = _start_worker(folder, "echo", *options)
+            worker = _start_worker(folder, *options)
             try:
-                delays = sorted(first_frame_ms(port, connects))
+                delays = sorted(first_frame_ms(worker.ports["ia"], connects))
             finally:
-                process.terminate()
-                process.wait(10)
+                worker.stop()
             click.echo(f"first frame after the UUID, {label}: p50 {statistics.median(delays):.1f} ms, "
                        f"max {delays[-1]:.1f} ms ({len(delays)} calls; one tick is 20 ms)")
-        process, port = _start_worker(folder, "echo")
+        worker = _start_worker(folder)
         try:
             settled = []
             for round_index in range(stalls):
-                result = stall_round(process.pid, port, stall_ms / 1000)
+                result = stall_round(worker.process.pid, worker.ports["ia"], stall_ms / 1000)
                 after = settled_after(result["delays"], result["resume"], bound)
                 settled.append(after)
                 click.echo(f"stall {round_index + 1}: echo delay before {result['before_ms']:.0f} ms, peak "
@@ -167,8 +153,7 @@ def main(stalls: int, stall_ms: int, connects: int) -> None:
                            + (f"{after:.2f} s after the resume" if after is not None else "never")
                            + f"; {result['cut_ms']} ms of audio cut to get there")
         finally:
-            process.terminate()
-            process.wait(10)
+            worker.stop()
     known = [value for value in settled if value is not None]
     verdict = len(known) == len(settled) and max(known) <= 1.0
     click.echo(f"after a {stall_ms} ms stall the echo delay is back within max_latency_ms + 60 ms: "

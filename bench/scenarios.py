@@ -1,8 +1,8 @@
 """The benchmark's scenarios: start a gateway, drive the load, inject the fault, collect outcomes.
 
 All the I/O of ``audiogw bench`` lives here; the figures come from
-``bench_stats`` (pure) and the report from ``bench_report``. Load runs in
-separate processes (``bench_load``), started with subprocess, which share one
+``stats`` (pure) and the report from ``report``. Load runs in
+separate processes (``load``), started with subprocess, which share one
 start time so a scenario's calls line up on one timeline.
 """
 from __future__ import annotations
@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiogw.client.bench_gateway import (
+from audiogw.bench.gateway import (
     ExtensionPlan,
     Gateway,
     GatewayError,
     SingleLoopGateway,
     SupervisorGateway,
+    logged_leg_records,
 )
-from audiogw.client.bench_load import PlannedCall, load_outcomes, write_plan
-from audiogw.client.bench_resources import ResourceSampler, SchedulingProbe
-from audiogw.client.bench_stats import (
+from audiogw.bench.load import PlannedCall, load_outcomes, write_plan
+from audiogw.bench.resources import ResourceSampler, SchedulingProbe
+from audiogw.bench.stats import (
     CallOutcome,
     after_resume,
     capacity_held,
@@ -38,9 +39,13 @@ from audiogw.client.bench_stats import (
     resume_instants,
     split_groups,
 )
-from audiogw.client.bench_supervisor import first_frame_after
-from audiogw.client.bench_worker import worker_legs
+from audiogw.bench.supervisor import first_frame_after
+from audiogw.bench.worker import worker_legs
 from audiogw.shared.net import free_port_block
+
+# The benchmark-only app that blocks its own loop (time.sleep), by reference: production
+# supervisors do not know it by name.
+STALL_APP = "audiogw.bench.stall_app:StallApp"
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def run_load(gateway: Gateway, plan: list[PlannedCall], seconds: float, workdir:
             write_plan(plan_path, settings.host, seconds, part)
             with open(workdir / f"load-{number}.log", "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "audiogw.client.bench_load", "--plan", str(plan_path), "--out", str(out_path)],
+                    [sys.executable, "-m", "audiogw.bench.load", "--plan", str(plan_path), "--out", str(out_path)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=workdir,
                 )
             processes.append((process, out_path, workdir / f"load-{number}.log"))
@@ -331,8 +336,8 @@ def run_scenario(spec: ScenarioSpec, settings: BenchSettings, workdir: Path) -> 
     target = ids[0]
     extensions = [ExtensionPlan(extension) for extension in ids]
     if spec.stall:
-        extensions[0] = ExtensionPlan(target, "stall", {"stall_seconds": settings.stall_seconds,
-                                                          "stall_every": settings.stall_every})
+        extensions[0] = ExtensionPlan(target, STALL_APP, {"stall_seconds": settings.stall_seconds,
+                                                         "stall_every": settings.stall_every})
     folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=workdir))
     gateway = _gateway(spec.gateway, folder, extensions, settings)
     began = time.monotonic()
@@ -412,7 +417,7 @@ def capacity_steps(settings: BenchSettings) -> list[int]:
 
 def _worker_max_send_gap(log_text: str) -> float | None:
     """Largest gap between two writes of one leg, over the legs that ended in ``log_text``."""
-    gaps = worker_legs(log_text).get("max_send_gap_ms")
+    gaps = worker_legs(logged_leg_records(log_text)).get("max_send_gap_ms")
     return gaps["max"] if gaps else None
 
 

@@ -1,6 +1,6 @@
 """Benchmark the ``agent`` app: a real worker, a scripted voice agent in this process.
 
-    python -m audiogw.client.bench_agent [--calls 20] [--seconds 10] [--barge-calls 30]
+    python -m audiogw.bench.agent [--calls 20] [--seconds 10] [--barge-calls 30]
                                          [--latency-calls 10] [--latency-seconds 8] [--json]
 
 One worker (``python -m audiogw.worker --app agent --option barge_in=true``)
@@ -56,16 +56,14 @@ import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from audiogw.client import bench_load
-from audiogw.client.bench_worker import (
+from audiogw.bench.worker import (
     BenchError,
     ResourceSampler,
     Worker,
     start_worker,
     worker_legs,
 )
-from audiogw.client.softphone import CallConnectError, CallResult, kernel_timestamps_supported
-from audiogw.shared.audiosocket import Kind
+from audiogw.client.softphone import Call, CallConnectError, CallResult, kernel_timestamps_supported
 from audiogw.shared.media_streams import (
     GatewayStart,
     MediaStreamsError,
@@ -75,6 +73,7 @@ from audiogw.shared.media_streams import (
 )
 from audiogw.shared.mulaw import decode_mulaw, encode_mulaw
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
+from audiogw.shared.records import LegRecord
 from audiogw.shared.wav import tone
 
 RATE = 8000
@@ -99,7 +98,6 @@ LATENCY_GAP = (0.2, 0.3)
 CLIENT_ON_TIME = 0.005  # a speech frame written this late after its schedule still counts as on time
 BURST_HORIZON = 0.2  # intervals ending this soon after an agent burst count as "near" it
 CALL_END_MARGIN = 0.1  # a chunk sent this close to the last arrival may never have been played
-BARGE_LOG = re.compile(r"barge-in extension=\S+ leg=\S+ uuid=(\S+): playback stopped (\d+) ms after speech onset")
 PROBLEM_LOG = re.compile(r"^.*\b(?:WARNING|ERROR|CRITICAL|Traceback)\b.*$", re.MULTILINE)
 
 
@@ -377,9 +375,9 @@ def analyse_pacing(runs: Sequence[CallRun], logs: dict[str, AgentLog], reply: nu
     }
 
 
-def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_log: str,
+def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_records: Sequence[LegRecord],
                   onset_frame: int) -> dict[str, Any]:
-    """Reaction per call from the caller's side, with the worker's and the agent's views beside it."""
+    """Reaction per call from the caller's side, with the worker's (its leg records) and the agent's views beside it."""
     reactions: list[float] = []
     on_time: list[float] = []  # calls where this client wrote its speech on schedule and read on time
     second_frame_late: list[float] = []
@@ -408,7 +406,8 @@ def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_log
         told = log.event_times("barge_in") if log is not None else []
         if told:
             agent_view.append(told[0] - onset)
-    worker_view = [int(ms) / 1000.0 for call_uuid, ms in BARGE_LOG.findall(worker_log) if call_uuid in onsets]
+    worker_view = [ms / 1000.0 for record in worker_records if record.uuid in onsets
+                   for ms in record.app.get("barge_in_ms", ())]
     return {
         "calls": _calls_section(runs, logs),
         "reaction_ms": summary_ms(reactions),
@@ -611,33 +610,13 @@ def chunk_script(payload: bytes, seed: int) -> Script:
 # ==========================================================================
 # Calls: the softphone, noting when each audio frame was written
 # ==========================================================================
-_AUDIO_KIND = bytes((Kind.SLIN_8K,))
-
-if bench_load._TimedCall is not None:
-
-    class _SendTimedCall(bench_load._TimedCall):  # type: ignore[misc,valid-type]
-        """bench_load's timed call, also noting time.time() just before each audio frame's write."""
-
-        __slots__ = ("send_times",)
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.send_times = array.array("d")
-
-        async def _write(self, data: bytes) -> None:
-            if data[:1] == _AUDIO_KIND:
-                self.send_times.append(time.time())
-            await super()._write(data)
-
-else:  # pragma: no cover - the softphone's internals changed
-    _SendTimedCall = None  # type: ignore[assignment,misc]
-
-
 async def place_timed_call(host: str, port: int, run: CallRun, source: bytes) -> None:
-    """Place one recorded call; fill ``run`` (call-level failures are recorded, not raised)."""
-    if _SendTimedCall is None:
-        raise BenchError("the softphone's internals changed: cannot time the caller's frames")
-    call = _SendTimedCall(host, port, run.call_uuid, source, RATE, run.seconds, "", [], 1.0, True, True)
+    """Place one recorded call, noting time.time() just before each audio frame's write; fill ``run``
+    (call-level failures are recorded, not raised)."""
+    send_times = array.array("d")
+    clock = time.time
+    call = Call(host, port, call_uuid=run.call_uuid, source=source, rate=RATE, seconds=run.seconds,
+                on_frame_sent=lambda frame: send_times.append(clock()))
     try:
         result = await call.run(5.0)
     except CallConnectError as error:
@@ -647,8 +626,8 @@ async def place_timed_call(host: str, port: int, run: CallRun, source: bytes) ->
         run.failure = f"{type(error).__name__}: {error}"
         return
     run.result = result
-    run.uuid_sent = call.uuid_sent_at
-    run.send_times = numpy.array(call.send_times, dtype=numpy.float64)
+    run.uuid_sent = result.uuid_sent_at
+    run.send_times = numpy.array(send_times, dtype=numpy.float64)
     if result.hung_up_by != "client":
         run.failure = f"call ended by {result.hung_up_by}: {result.error or 'no error given'}"
     elif result.error:
@@ -776,6 +755,7 @@ class RawRun:
     usage: dict[str, dict[str, float]]
     worker_pid: int
     ports: dict[str, int]
+    worker_records: list[LegRecord]  # the worker's own figures per leg (its --leg-records)
 
 
 async def _scenario(name: str, worker: Worker, agent: ScriptedAgent, host: str, plan: list[PlannedCall],
@@ -812,18 +792,18 @@ async def _run(settings: Settings, workdir: Path) -> tuple[RawRun, str]:
         await loop.run_in_executor(None, worker.stop)
         await agent.close()
     raw = RawRun(pacing, barge, latency, onset_frame, agent.logs, agent.refused, usage,
-                 worker.process.pid, worker.ports)
+                 worker.process.pid, worker.ports, worker.leg_records())
     return raw, worker.log()
 
 
 def analyse(raw: RawRun, worker_log: str, settings: Settings) -> dict[str, Any]:
     reply = decode_mulaw(encode_mulaw(tone(AGENT_TONE_HZ, REPLY_SECONDS, RATE)))
     pacing = analyse_pacing(raw.pacing, raw.logs, reply)
-    barge = analyse_barge(raw.barge, raw.logs, worker_log, raw.onset_frame)
+    barge = analyse_barge(raw.barge, raw.logs, raw.worker_records, raw.onset_frame)
     latency = analyse_latency(raw.latency, raw.logs)
     checks = checks_for(pacing, barge, latency)
     problems = [line[:300] for line in PROBLEM_LOG.findall(worker_log)]
-    worker = worker_legs(worker_log)
+    worker = worker_legs(raw.worker_records)
     worker.update({
         "pid": raw.worker_pid, "ports": raw.ports, "usage": raw.usage,
         "problem_lines": len(problems),
@@ -938,7 +918,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"no late reads: {_ms(barge['reaction_ms_client_on_time'])}",
         f"  this client's lateness writing the 2nd speech frame (the VAD's trigger): "
         f"{_ms(barge['client_second_speech_frame_late_ms'])}",
-        f"  worker's own view (its log; from its processing of the 1st loud frame): {_ms(barge['worker_view_ms'])}",
+        f"  worker's own view (its leg records; from its processing of the 1st loud frame): {_ms(barge['worker_view_ms'])}",
         f"  caller's onset -> agent read the barge_in event: {_ms(barge['agent_told_ms'])}",
         f"  agent frames heard after playback stopped: {barge['agent_frames_after_stop']}",
     ]
@@ -956,7 +936,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     lines += [_usage_line(name, usage) for name, usage in worker["usage"].items()]
     if worker.get("legs_logged"):
-        lines.append(f"worker's 'leg end' lines: {worker['legs_logged']} legs; underruns {worker['underruns_total']}; "
+        lines.append(f"worker's leg records: {worker['legs_logged']} legs; underruns {worker['underruns_total']}; "
                      f"late frames {worker['late_frames_total']}; end reasons {worker['end_reasons']}")
     lines.append(f"worker log warnings/errors: {worker['problem_lines']}")
     lines += [f"  {line}" for line in worker["problem_examples"]]
@@ -975,7 +955,7 @@ def format_report(report: dict[str, Any]) -> str:
 # Entry point
 # ==========================================================================
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_agent",
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.agent",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20, help="concurrent calls in the pacing scenario (default 20)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a pacing call (default 10)")

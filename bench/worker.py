@@ -1,6 +1,6 @@
 """Benchmark one real worker process under many concurrent calls.
 
-    python -m audiogw.client.bench_worker [--calls 200] [--seconds 20] [--app echo] [--json]
+    python -m audiogw.bench.worker [--calls 200] [--seconds 20] [--app echo] [--json]
 
 It starts ONE worker (``python -m audiogw.worker``, app echo by default, its
 log in a temporary file, the two ports parsed from the ``serving`` lines),
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,11 @@ import numpy
 import psutil
 import uvloop
 
-from audiogw.client.bench_load import CallRecord, PlannedCall, run_calls
+from audiogw.bench.load import CallRecord, PlannedCall, run_calls
 from audiogw.client.softphone import kernel_timestamps_supported
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, PacingStats, pacing_stats_many, window_arrivals
+from audiogw.shared.records import LegRecord, read_leg_records, read_ready
 
-SERVING = re.compile(r"serving extension=(\S+) leg=(ia|retorno) address=[^\s]+:(\d+)")
-LEG_END = re.compile(
-    r"leg end extension=\S+ leg=(\S+) uuid=(\S+) reason=(\S+) duration=\S+ frames_in=(\d+) "
-    r"frames_out=(\d+) underruns=(\d+) late=(\d+) max_send_gap_ms=([\d.]+)"
-)
 STARTUP_EXCLUDED = 0.2  # seconds at the start of each call left out of the second set of figures
 TARGET_P99_MS = 2.0
 TARGET_GAPS = 0
@@ -67,7 +63,7 @@ EXTENSION = "1201"
 
 
 # --------------------------------------------------------------------------
-# Calls (the shared load client, client/bench_load.py)
+# Calls (the shared load client, bench/load.py)
 # --------------------------------------------------------------------------
 async def _run_calls(host: str, ports: dict[str, int], calls: int, seconds: float, spread: float,
                      legs: str) -> list[CallRecord]:
@@ -91,12 +87,17 @@ class Worker:
     process: subprocess.Popen
     log_path: Path
     ports: dict[str, int]
+    records_path: Path
 
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def leg_records(self) -> list[LegRecord]:
+        """The legs that ended so far, as the worker recorded them (its --leg-records file)."""
+        return read_leg_records(self.records_path)
 
     def stop(self) -> int | None:
         if self.process.poll() is None:
@@ -112,18 +113,20 @@ class Worker:
 def start_worker(app: str, workdir: Path, timeout: float = 15.0, options: tuple[str, ...] = ()) -> Worker:
     """One worker process on free ports; ``options`` are ``KEY=VALUE`` app options."""
     log_path = workdir / "worker.log"
+    ready_path = workdir / "worker.ready.json"
     command = [sys.executable, "-m", "audiogw.worker", "--extension", EXTENSION,
-               "--ia-port", "0", "--retorno-port", "0", "--app", app]
+               "--ia-port", "0", "--retorno-port", "0", "--app", app,
+               "--ready-file", str(ready_path), "--leg-records", str(workdir / "worker.legs.jsonl")]
     for option in options:
         command += ["--option", option]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, cwd=workdir)
-    worker = Worker(process, log_path, {})
+    worker = Worker(process, log_path, {}, workdir / "worker.legs.jsonl")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = {leg: int(port) for _, leg, port in SERVING.findall(worker.log())}
-        if len(found) == 2:
-            worker.ports = found
+        ready = read_ready(ready_path)
+        if ready is not None:
+            worker.ports = dict(ready.ports)
             return worker
         if process.poll() is not None:
             raise BenchError(f"worker exited with status {process.returncode} before serving:\n{worker.log()[-3000:]}")
@@ -192,22 +195,22 @@ def _pacing(arrays: list[numpy.ndarray]) -> dict[str, Any]:
     return result
 
 
-def worker_legs(log_text: str) -> dict[str, Any]:
-    legs = LEG_END.findall(log_text)
+def worker_legs(legs: list[LegRecord]) -> dict[str, Any]:
+    """The worker's own view of its legs, from its leg records."""
     if not legs:
         return {"legs_logged": 0}
     return {
         "legs_logged": len(legs),
-        "frames_out_per_leg": _spread([int(leg[4]) for leg in legs]),
-        "underruns_total": sum(int(leg[5]) for leg in legs),
-        "late_frames_total": sum(int(leg[6]) for leg in legs),
-        "max_send_gap_ms": _spread([float(leg[7]) for leg in legs]),
-        "end_reasons": dict(sorted({reason: sum(1 for leg in legs if leg[2] == reason) for reason in {leg[2] for leg in legs}}.items())),
+        "frames_out_per_leg": _spread([leg.frames_sent for leg in legs]),
+        "underruns_total": sum(leg.underruns for leg in legs),
+        "late_frames_total": sum(leg.late_frames for leg in legs),
+        "max_send_gap_ms": _spread([leg.max_send_gap_ms for leg in legs]),
+        "end_reasons": dict(sorted(Counter(leg.reason for leg in legs).items())),
     }
 
 
 def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler | None,
-            worker_log: str, config: dict[str, Any]) -> dict[str, Any]:
+            worker_records: list[LegRecord], config: dict[str, Any]) -> dict[str, Any]:
     expected = int(round(seconds / FRAME_PERIOD))
     completed = [record for record in records if record.failure is None and record.result is not None]
     completed_ids = {id(record) for record in completed}
@@ -250,7 +253,7 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
                                        "pass": within == len(records) and not failed},
     }
     verdict = "PASS" if all(check["pass"] for check in checks.values()) else "FAIL"
-    worker_section: dict[str, Any] = worker_legs(worker_log)
+    worker_section: dict[str, Any] = worker_legs(worker_records)
     client_section: dict[str, Any] = {
         "calls_with_late_reads": len(late_read_calls),
         "late_reads_total": sum(record.result.late_reads for record in completed),
@@ -291,7 +294,6 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
             "received_in_window": _spread(counts),
             "calls_within_1": within,
             "received_outside_window": _spread(outside),
-            "window_exact": all(record.window_exact for record in completed),
         },
         "pacing": pacing,
         "client": client_section,
@@ -329,8 +331,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"frames per call: expected {frames['expected_per_call']}",
-        f"  'expected' = {frames['expected_means']}"
-        + ("" if frames["window_exact"] else " [window start estimated from connect time]"),
+        f"  'expected' = {frames['expected_means']}",
         f"  received in window min/median/max: {_fmt_spread(frames['received_in_window'])}; "
         f"calls within +-1 of expected: {frames['calls_within_1']}/{calls['placed']}",
         f"  received outside the window (after the nominal hangup) min/median/max: "
@@ -376,13 +377,13 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if worker.get("legs_logged"):
         lines.append(
-            f"worker's own view (its 'leg end' log lines, {worker['legs_logged']} legs): frames_out per leg "
+            f"worker's own view (its leg records, {worker['legs_logged']} legs): frames_out per leg "
             f"min/median/max {_fmt_spread(worker['frames_out_per_leg'])}; max send gap per leg ms min/median/max "
             f"{_fmt_spread(worker['max_send_gap_ms'], digits=1)}; late frames (>20 ms after deadline) "
             f"{worker['late_frames_total']}; underruns {worker['underruns_total']}; end reasons {worker['end_reasons']}"
         )
     else:
-        lines.append("worker's own view: no 'leg end' lines in its log")
+        lines.append("worker's own view: no leg records from the worker")
     lines += ["", "targets:"]
     for name, check in report["checks"].items():
         value = check["value"]
@@ -409,11 +410,10 @@ def run_benchmark(calls: int = 200, seconds: float = 20.0, app: str = "echo", le
             records = uvloop.run(_run_calls(host, worker.ports, calls, seconds, spread, legs))
             sampler.finish()
             died = worker.process.poll()
-            time.sleep(0.2)  # let the worker log its last 'leg end' lines
         finally:
             if sampler is not None and sampler.is_alive():
                 sampler.finish()
-            status = worker.stop()
+            status = worker.stop()  # a stopped worker has written every leg's record
         log_text = worker.log()
         if died is not None:
             raise BenchError(f"worker exited with status {died} during the run:\n{log_text[-3000:]}")
@@ -422,14 +422,14 @@ def run_benchmark(calls: int = 200, seconds: float = 20.0, app: str = "echo", le
             "ports": worker.ports, "worker_pid": worker.process.pid, "worker_exit_status": status,
             "cpus": os.cpu_count(), "kernel_timestamps": kernel_timestamps_supported(),
         }
-        report = analyse(records, seconds, sampler, log_text, config)
+        report = analyse(records, seconds, sampler, worker.leg_records(), config)
         if report["calls"]["completed"] == 0:
             raise BenchError(f"no call completed: {report['calls']['failure_reasons']}\n{log_text[-3000:]}")
         return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200, help="concurrent calls (default 200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each call (default 20)")
     parser.add_argument("--app", default="echo", help="worker app (default echo)")

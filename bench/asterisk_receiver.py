@@ -11,7 +11,7 @@ load client's shared send clock (``bench_load.SendClock``), because
 Several receivers share one port (``SO_REUSEPORT``: the kernel spreads the
 connections), each its own process:
 
-    python -m audiogw.client.bench_asterisk_receiver --port PORT --out RESULT.npz
+    python -m audiogw.bench.asterisk_receiver --port PORT --out RESULT.npz
 
 It prints ``ready`` once listening, serves until stdin closes, then writes
 per-call arrivals to ``--out`` (numpy, no pickle) and exits.
@@ -33,7 +33,7 @@ from typing import Any
 import numpy
 import uvloop
 
-from audiogw.client import bench_load
+from audiogw.bench import load as bench_load
 from audiogw.client.softphone import (
     _ANCILLARY_SPACE,
     SO_TIMESTAMPNS,
@@ -235,7 +235,7 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m audiogw.client.bench_asterisk_receiver",
+    parser = argparse.ArgumentParser(prog="python -m audiogw.bench.asterisk_receiver",
                                      description="Timestamping AudioSocket receiver of `audiogw bench-asterisk`.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(args.realtime_priority))
     receiver = Receiver(listen(args.port))
     gc.freeze()
-    gc.disable()  # a collection over hundreds of calls would stall reads (see bench_load)
+    gc.disable()  # a collection over hundreds of calls would stall reads (see load.py)
     uvloop.run(receiver.serve())
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from audiogw.client.bench_scenarios import ScenarioResult
+from audiogw.bench.scenarios import ScenarioResult
 from audiogw.shared.pacing import gap_timeline, interval_cdf, pooled_intervals
 
 CDF_PLOT = "interval_cdf.png"

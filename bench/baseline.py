@@ -22,7 +22,7 @@ import uvloop
 from audiogw.shared.config import Config, ConfigError, load_config
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.net import bind_listener
-from audiogw.worker.apps import APPS, AppContext, create_app
+from audiogw.worker.apps import AppContext, create_app
 from audiogw.worker.main import set_parent_death_signal
 from audiogw.worker.clock import clock_phase
 from audiogw.worker.realtime import realtime_before_logging
@@ -62,7 +62,7 @@ def main(config_path: str) -> None:
     """Serve every extension in CONFIG from one event loop (benchmark baseline)."""
     set_parent_death_signal()  # a benchmark that dies must not leave ports behind
     try:
-        config = load_config(config_path, known_apps=tuple(APPS))
+        config = load_config(config_path)
     except ConfigError as error:
         click.echo(f"bench_baseline: {error}", err=True)
         sys.exit(2)

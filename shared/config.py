@@ -11,17 +11,16 @@ and the checks across sections (ports reserved by other listeners).
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from audiogw.shared.apps import BUILTIN_APPS
+from audiogw.shared.apps import BUILTIN_APPS, AppOptionError, app_spec, parse_app_options
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.settings import (
     AudioSocketSettings,
@@ -134,15 +133,23 @@ def _validate_options(value: object, file: str | None, key: str) -> dict[str, An
     return _plain_copy(table)
 
 
-def _app(value: object, known_apps: tuple[str, ...], file: str | None, key: str) -> str:
+def _app(value: object, file: str | None, key: str) -> str:
+    """A registry name or a ``module:Class`` reference (shared/apps.py says why not)."""
     name = _expect_str(value, file, key)
-    if name in known_apps:
-        return name
-    reason = f"unknown app {name!r}; known apps: {', '.join(known_apps)}"
-    close = difflib.get_close_matches(name, known_apps, n=1, cutoff=0.6)
-    if close:
-        reason = f"unknown app {name!r}; did you mean {close[0]!r}? (known apps: {', '.join(known_apps)})"
-    raise ConfigError(file, key, reason)
+    try:
+        app_spec(name)
+    except AppOptionError as error:
+        raise ConfigError(file, key, str(error)) from None
+    return name
+
+
+def _app_options(app: str, options: dict[str, Any], base_dir: str, file: str | None, key: str) -> dict[str, Any]:
+    """``options`` once the app accepts them, types and meaning (a file it can play, a ws:// url...)."""
+    try:
+        parse_app_options(app, options, base_dir)
+    except AppOptionError as error:
+        raise ConfigError(file, _join(key, error.option) if error.option else key, str(error)) from None
+    return options
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -243,15 +250,16 @@ class ExtensionConfig:
         cls,
         data: Mapping[str, Any],
         *,
-        known_apps: Iterable[str] = KNOWN_APPS,
+        base_dir: str = ".",
         source: str | None = None,
         key: str = "extension",
         defaults: Defaults | None = None,
     ) -> ExtensionConfig:
         """Validate like the TOML path, for data that arrives as JSON (state file,
         ZeroMQ). With ``defaults``, ``app`` may be omitted and options merge over
-        the default options, exactly as a ``[[extension]]`` table does."""
-        known_apps = tuple(known_apps)
+        the default options, exactly as a ``[[extension]]`` table does. The app's
+        options are checked by the app's model; relative file names resolve
+        against ``base_dir`` (the config file's folder)."""
         table = _expect_table(data, source, key)
         _check_keys(table, ("id", "ia_port", "retorno_port", "app", "options"), source, key)
         for required in ("id", "ia_port", "retorno_port"):
@@ -270,14 +278,15 @@ class ExtensionConfig:
                 f"same port as ia_port ({ia_port}); the two legs need two ports",
             )
         if "app" in table:
-            app = _app(table["app"], known_apps, source, _join(key, "app"))
+            app = _app(table["app"], source, _join(key, "app"))
         elif defaults is not None:
-            app = _app(defaults.app, known_apps, source, _join(key, "app"))
+            app = _app(defaults.app, source, _join(key, "app"))
         else:
             raise ConfigError(source, _join(key, "app"), "missing required key 'app'")
         options = _validate_options(table.get("options", {}), source, _join(key, "options"))
         if defaults is not None:
             options = {**_plain_copy(defaults.options), **options}
+        options = _app_options(app, options, base_dir, source, _join(key, "options"))
         return cls(extension_id, ia_port, retorno_port, app, options)
 
 
@@ -312,9 +321,9 @@ _TOP_KEYS = ("supervisor", "audiosocket", "defaults", "extension")
 _DEFAULTS_KEYS = ("app", "options")
 
 
-def _parse_defaults(table: Mapping[str, Any], known_apps: tuple[str, ...], file: str | None) -> Defaults:
+def _parse_defaults(table: Mapping[str, Any], file: str | None) -> Defaults:
     _check_keys(table, _DEFAULTS_KEYS, file, "defaults")
-    app = _app(table.get("app", "echo"), known_apps, file, "defaults.app")
+    app = _app(table.get("app", "echo"), file, "defaults.app")
     options = _validate_options(table.get("options", {}), file, "defaults.options")
     return Defaults(app=app, options=options)
 
@@ -350,7 +359,7 @@ def reserved_ports(supervisor: SupervisorSettings, audiosocket: AudioSocketSetti
 def _parse_extensions(
     value: object,
     defaults: Defaults,
-    known_apps: tuple[str, ...],
+    base_dir: str,
     file: str | None,
     reserved: dict[int, str],
 ) -> tuple[ExtensionConfig, ...]:
@@ -364,7 +373,7 @@ def _parse_extensions(
         key = f"extension[{index}]"
         if not isinstance(item, Mapping):
             raise ConfigError(file, key, f"expected a table, got {_type_name(item)}")
-        extension = ExtensionConfig.from_dict(item, known_apps=known_apps, source=file, key=key, defaults=defaults)
+        extension = ExtensionConfig.from_dict(item, base_dir=base_dir, source=file, key=key, defaults=defaults)
         if extension.id in id_owner:
             raise ConfigError(
                 file, f"{key}.id", f"duplicate id {extension.id!r} (also extension[{id_owner[extension.id]}])"
@@ -391,10 +400,8 @@ def parse_config(
     *,
     path: str | None,
     base_dir: str,
-    known_apps: Iterable[str] = KNOWN_APPS,
 ) -> Config:
     """Validate already-decoded TOML; missing tables and keys take the defaults."""
-    known_apps = tuple(known_apps)
     file = path
     base_dir = os.path.abspath(base_dir)
     table = _expect_table(data, file, "")
@@ -404,10 +411,10 @@ def parse_config(
         **parse_section("supervisor", _expect_table(table.get("supervisor", {}), file, "supervisor"), context))
     audiosocket = AudioSocketSettings(
         **parse_section("audiosocket", _expect_table(table.get("audiosocket", {}), file, "audiosocket"), context))
-    defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), known_apps, file)
+    defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), file)
 
     reserved = reserved_ports(supervisor, audiosocket, file)
-    extensions = _parse_extensions(table.get("extension", []), defaults, known_apps, file, reserved)
+    extensions = _parse_extensions(table.get("extension", []), defaults, base_dir, file, reserved)
     return Config(
         path=path,
         base_dir=base_dir,
@@ -421,7 +428,7 @@ def parse_config(
 _TOML_POSITION = re.compile(r"\A(?P<message>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)\Z", re.S)
 
 
-def load_config(path: str | os.PathLike[str], *, known_apps: Iterable[str] = KNOWN_APPS) -> Config:
+def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; relative paths in it resolve against its folder."""
     absolute = os.path.abspath(os.fspath(path))
     try:
@@ -444,4 +451,4 @@ def load_config(path: str | os.PathLike[str], *, known_apps: Iterable[str] = KNO
             last_line = len(text.splitlines()) or 1
             message = f"line {last_line} (end of file): {message[: -len('(at end of document)')].strip()}"
         raise ConfigError(absolute, "", f"invalid TOML: {message}") from None
-    return parse_config(data, path=absolute, base_dir=os.path.dirname(absolute), known_apps=known_apps)
+    return parse_config(data, path=absolute, base_dir=os.path.dirname(absolute))

@@ -31,13 +31,12 @@ from typing import Any
 import numpy
 import orjson
 
+from .media_format import ENCODINGS, RATES, format_problem
 from .mulaw import decode_mulaw, encode_mulaw
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_MARK_NAME = 256
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
-ENCODINGS: dict[str, str] = {"mulaw": "audio/x-mulaw", "l16": "audio/L16"}
-RATES: dict[str, tuple[int, ...]] = {"mulaw": (8000,), "l16": (8000, 16000, 24000)}
 PROTOCOL = "Call"
 VERSION = "1.0.0"
 
@@ -58,16 +57,9 @@ class StreamFormat:
     rate: int = 8000
 
     def __post_init__(self) -> None:
-        if self.encoding not in RATES:
-            raise MediaStreamsError(
-                "bad_format", f"encoding {self.encoding!r} is not one of {', '.join(sorted(RATES))}"
-            )
-        allowed = RATES[self.encoding]
-        if type(self.rate) is not int or self.rate not in allowed:
-            raise MediaStreamsError(
-                "bad_format",
-                f"{self.encoding} runs at {', '.join(map(str, allowed))} Hz, not {self.rate!r}",
-            )
+        problem = format_problem(self.encoding, self.rate)
+        if problem is not None:
+            raise MediaStreamsError("bad_format", problem[1])
 
     @property
     def mime(self) -> str:

@@ -25,12 +25,10 @@ def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
     from audiogw.supervisor.control import check_control_keys
     from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
-    from audiogw.worker.apps import APPS
 
     path = config_path or default_config_path()
-    known_apps = tuple(APPS)
     try:
-        config = load_config(path, known_apps=known_apps)
+        config = load_config(path)
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
     except ConfigError as error:
         click.echo(f"audiogw-supervisor: {error}", err=True)
@@ -56,7 +54,7 @@ def start(config_path: str | None) -> None:
             demo_agent = DemoAgentProcess(*config.supervisor.demo_agent)
             demo_agent.start()
         try:
-            status = _run(config, zygote, known_apps)
+            status = _run(config, zygote)
         finally:
             if demo_agent is not None:
                 demo_agent.stop()
@@ -65,14 +63,14 @@ def start(config_path: str | None) -> None:
         lock.release()
 
 
-def _run(config, zygote, known_apps) -> int:
+def _run(config, zygote) -> int:
     import uvloop
 
     from audiogw.supervisor.daemon import Supervisor
 
     async def main() -> int:
         try:
-            supervisor = Supervisor(config, zygote, known_apps)
+            supervisor = Supervisor(config, zygote)
         except ConfigError as error:
             log.error("cannot start: %s", error)
             return 2

@@ -34,7 +34,7 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.shared.stats_schema import status_figures
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
-from audiogw.worker.apps import APPS, AppOptionError
+from audiogw.shared.apps import AppOptionError, parse_app_options
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -109,11 +109,9 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
         if args.get(name) in used:
             raise CommandRefused(f"port {args[name]} is already used by another extension or the metrics server")
     app = args.get("app", supervisor.config.defaults.app)
-    if app not in APPS:
-        raise CommandRefused(f"unknown app {app!r} (known: {', '.join(sorted(APPS))})")
     options = {**supervisor.config.defaults.options, **args.get("options", {})}
-    try:
-        APPS[app].validate_options(options)
+    try:  # types and meaning (the file plays, the url is ws://) before anything is bound or saved
+        parse_app_options(app, options, supervisor.config.base_dir)
     except AppOptionError as error:
         raise CommandRefused(str(error)) from None
     # Ports not given come from the range; a port some other program holds is skipped.
@@ -131,7 +129,7 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
             extension = ExtensionConfig.from_dict(
                 {"id": extension_id, "ia_port": ports["ia_port"], "retorno_port": ports["retorno_port"],
                  "app": app, "options": options},
-                known_apps=supervisor.known_apps,
+                base_dir=supervisor.config.base_dir,
             )
         except ConfigError as error:
             raise CommandRefused(f"{error.key}: {error.reason}") from None

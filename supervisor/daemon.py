@@ -49,10 +49,9 @@ def restart_policy(config: Config) -> RestartPolicy:
 
 
 class Supervisor:
-    def __init__(self, config: Config, zygote: Zygote, known_apps: tuple[str, ...]) -> None:
+    def __init__(self, config: Config, zygote: Zygote) -> None:
         self.config = config
         self.zygote = zygote
-        self.known_apps = known_apps
         self.extensions: dict[str, ExtensionRuntime] = {}
         self.store = ExtensionStore(config.supervisor.state_dir)
         self.records = WorkerRecords(config.supervisor.state_dir)
@@ -321,7 +320,7 @@ class Supervisor:
         extension at once, restart settings keep their running values."""
         if self.config.path is None:
             raise ConfigError(None, "", "no config file to reload")
-        new_config = load_config(self.config.path, known_apps=self.known_apps)
+        new_config = load_config(self.config.path)
         plan = plan_reload(self.config, new_config, {i: r.config for i, r in self.extensions.items()},
                            self.store.effective)
         for level, line in plan.log_lines():
@@ -387,7 +386,7 @@ class Supervisor:
         control = self.control = ControlServer(self, self._zmq)
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
-        self.store.load(self.known_apps)
+        self.store.load(self.config.base_dir)
         for extension in self.store.effective(self.config.extensions).values():
             try:
                 self.add_runtime(extension)

@@ -76,7 +76,9 @@ class ExtensionStore:
         self.added: dict[str, ExtensionConfig] = {}
         self.removed: set[str] = set()
 
-    def load(self, known_apps: Iterable[str]) -> None:
+    def load(self, base_dir: str) -> None:
+        """The added and removed extensions, each checked as the config file's are
+        (relative file options resolve against ``base_dir``, the config file's folder)."""
         try:
             with open(self.path, "rb") as handle:
                 data = orjson.loads(handle.read())
@@ -88,7 +90,7 @@ class ExtensionStore:
             raise ConfigError(self.path, "", "state file is not a JSON object")
         added = data.get("added", [])
         for index, entry in enumerate(added if isinstance(added, list) else []):
-            extension = ExtensionConfig.from_dict(entry, known_apps=tuple(known_apps), source=self.path, key=f"added[{index}]")
+            extension = ExtensionConfig.from_dict(entry, base_dir=base_dir, source=self.path, key=f"added[{index}]")
             self.added[extension.id] = extension
         self.removed = {str(item) for item in data.get("removed", [])}
 

@@ -40,6 +40,7 @@ import numpy
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 
+from audiogw.shared.apps import AgentOptions
 from audiogw.shared.audiosocket import Kind
 from audiogw.shared.config import resolve_path
 from audiogw.shared.media_streams import (
@@ -54,7 +55,7 @@ from audiogw.shared.media_streams import (
 )
 from audiogw.shared.resample import StreamResampler
 from audiogw.shared.vad import EnergyVad, VadEvent
-from audiogw.worker.apps.base import App, AppOptionError
+from audiogw.worker.apps.base import App, AppContext, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.apps.outbox import Outbox
@@ -75,42 +76,14 @@ MESSAGES_PER_TURN = 8  # agent messages handled before the loop gets a turn (clo
 
 class AgentApp(App):
     name = "agent"
-    options_schema = {
-        "url": (str, None),
-        "encoding": (str, "mulaw"),
-        "media_rate": (int, 8000),
-        "connect_timeout": ((int, float), 5.0),
-        "headers": (dict, {}),
-        "barge_in": (bool, False),
-        "barge_in_threshold_dbfs": ((int, float), -30.0),
-        "fallback": (str, ""),
-        "reconnect_max_delay": ((int, float), 5.0),
-        "max_buffer_seconds": ((int, float), 120.0),
-    }
-    required_options = frozenset({"url"})
+    options: AgentOptions
 
-    def __init__(self, context) -> None:
-        super().__init__(context)
-        options = self.options
-        url = options["url"]
-        if not url.startswith(("ws://", "wss://")):
-            raise AppOptionError(f"app 'agent': url {url!r} must start with ws:// or wss://")
-        try:
-            self.stream_format = StreamFormat(options["encoding"], options["media_rate"])
-        except MediaStreamsError as error:
-            raise AppOptionError(f"app 'agent': {error}") from None
-        for key in ("connect_timeout", "reconnect_max_delay", "max_buffer_seconds"):
-            if not options[key] > 0:
-                raise AppOptionError(f"app 'agent': option {key} must be greater than 0, not {options[key]}")
-        if not -90.0 <= options["barge_in_threshold_dbfs"] <= 0.0:
-            raise AppOptionError("app 'agent': barge_in_threshold_dbfs must be between -90 and 0")
-        headers = options["headers"]
-        if not all(isinstance(key, str) and isinstance(value, str) for key, value in headers.items()):
-            raise AppOptionError("app 'agent': headers must map header names to text values")
-        self.headers = dict(headers)
-        fallback = options["fallback"]
-        self.fallback_path = resolve_path(context.base_dir, fallback) if fallback else ""
-        self.fallback = Prompt(self.fallback_path) if fallback else None
+    def __init__(self, context: AppContext, options: AgentOptions) -> None:
+        super().__init__(context, options)
+        self.stream_format = StreamFormat(options.encoding, options.media_rate)
+        self.headers = dict(options.headers)
+        self.fallback_path = resolve_path(context.base_dir, options.fallback) if options.fallback else ""
+        self.fallback = Prompt(self.fallback_path) if options.fallback else None
         self.stats = AgentStats()
 
     async def start(self) -> None:
@@ -153,11 +126,11 @@ class AgentLeg:
     async def run(self) -> None:
         leg = self.leg
         rate = await leg.wait_rate()
-        leg.outbound.capacity = max(1, round(self.options["max_buffer_seconds"] / FRAME_PERIOD))
+        leg.outbound.capacity = max(1, round(self.options.max_buffer_seconds / FRAME_PERIOD))
         self.to_agent = StreamResampler(rate, self.stream_format.rate)
         self.from_agent = StreamResampler(self.stream_format.rate, rate)
-        if self.options["barge_in"]:
-            self.vad = EnergyVad(rate, self.options["barge_in_threshold_dbfs"], onset_frames=2, hangover_ms=400)
+        if self.options.barge_in:
+            self.vad = EnergyVad(rate, self.options.barge_in_threshold_dbfs, onset_frames=2, hangover_ms=400)
         self.stats.buffers[leg.outbound] = leg.kind
         pump = asyncio.create_task(self._pump_caller_audio(), name=f"agent-in-{leg.kind}")
         try:
@@ -177,9 +150,9 @@ class AgentLeg:
                 return
             try:
                 websocket = await connect(
-                    self.options["url"],
+                    self.options.url,
                     additional_headers=self.app.headers or None,
-                    open_timeout=self.options["connect_timeout"],
+                    open_timeout=self.options.connect_timeout,
                     max_size=MAX_MESSAGE_BYTES,
                     # Little in the socket's own buffer: a slow agent shows in the outbox,
                     # where old caller audio gives way to new, not as hidden seconds of delay.
@@ -190,9 +163,9 @@ class AgentLeg:
                 )
             except (OSError, TimeoutError, WebSocketException) as error:
                 self.stats.connect_failures[leg.kind] += 1
-                delay = min(max(delay * 2, FIRST_RETRY_DELAY), self.options["reconnect_max_delay"])
+                delay = min(max(delay * 2, FIRST_RETRY_DELAY), self.options.reconnect_max_delay)
                 log.warning("agent unreachable %s url=%s: %s; retry in %.1fs",
-                            self.log_prefix, self.options["url"], _describe(error), delay)
+                            self.log_prefix, self.options.url, _describe(error), delay)
                 await self._play_fallback()
                 continue
             delay = 0.0
@@ -216,7 +189,7 @@ class AgentLeg:
         )
         self.outbox.clear()  # caller audio from a previous session is stale
         self.session = session
-        log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options["url"],
+        log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options.url,
                  session.stream_sid, self.stream_format.encoding, self.stream_format.rate)
         sender = asyncio.create_task(self._send_outbox(websocket, [session.connected(), session.start()]))
         receiver = asyncio.create_task(self._receive(websocket))
@@ -268,7 +241,7 @@ class AgentLeg:
             if frame.rate != to_agent.in_rate:  # "auto" learned the leg's rate from this frame
                 to_agent = self.to_agent = StreamResampler(frame.rate, self.stream_format.rate)
                 if vad is not None:
-                    vad = self.vad = EnergyVad(frame.rate, self.options["barge_in_threshold_dbfs"],
+                    vad = self.vad = EnergyVad(frame.rate, self.options.barge_in_threshold_dbfs,
                                                onset_frames=2, hangover_ms=400)
             samples = numpy.frombuffer(frame.payload, dtype="<i2")
             if vad is not None:

@@ -9,7 +9,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from audiogw.shared.audiosocket import other_leg
-from audiogw.worker.apps.base import App
+from audiogw.worker.apps.base import App, AppContext, AppOptions
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 class BridgeApp(App):
     name = "bridge"
 
-    def __init__(self, context) -> None:
-        super().__init__(context)
+    def __init__(self, context: AppContext, options: AppOptions) -> None:
+        super().__init__(context, options)
         self._legs: dict[uuid.UUID, dict[str, "Leg"]] = {}
 
     async def run_leg(self, leg: "Leg") -> None:

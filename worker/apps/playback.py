@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from audiogw.shared.apps import PlaybackOptions
 from audiogw.shared.audiosocket import frame_bytes
 from audiogw.shared.config import resolve_path
-from audiogw.worker.apps.base import App, AppOptionError
+from audiogw.worker.apps.base import App, AppContext, AppOptionError
 from audiogw.worker.apps.prompt import Prompt
 
 if TYPE_CHECKING:
@@ -20,13 +21,11 @@ CHUNK_FRAMES = 5  # 100 ms per push: few wake-ups, still well inside the lead
 
 class PlaybackApp(App):
     name = "playback"
-    options_schema = {"file": (str, None), "loop": (bool, False)}
-    required_options = frozenset({"file"})
+    options: PlaybackOptions
 
-    def __init__(self, context) -> None:
-        super().__init__(context)
-        path = self.options["file"]
-        self.path = resolve_path(context.base_dir, path)
+    def __init__(self, context: AppContext, options: PlaybackOptions) -> None:
+        super().__init__(context, options)
+        self.path = resolve_path(context.base_dir, options.file)
         self.prompt = Prompt(self.path)
 
     async def start(self) -> None:
@@ -50,6 +49,6 @@ class PlaybackApp(App):
                 if leg.closed.is_set():
                     return
             leg.finish()
-            if not self.options["loop"]:
+            if not self.options.loop:
                 break
         await leg.wait_closed()

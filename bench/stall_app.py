@@ -1,6 +1,7 @@
 """stall: echo plus a deliberate blocking call on the event loop, for benchmarks only.
 
-This app exists to prove isolation in ``audiogw bench``: every ``stall_every``
+This app (``audiogw.bench.stall_app:StallApp``, not in the production registry)
+exists to prove isolation in ``audiogw bench``: every ``stall_every``
 seconds it calls ``time.sleep(stall_seconds)`` on the worker's event loop, as
 an app that made a synchronous AI or TTS request would. Every leg on that loop
 stops getting frames for the length of the stall. The benchmark then shows
@@ -16,26 +17,40 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from audiogw.worker.apps.base import App, AppContext, AppOptionError
+from audiogw.shared.apps import AppOptionError, AppOptions
+from audiogw.worker.apps.base import App, AppContext
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
 
-log = logging.getLogger("audiogw.worker.apps.stall")
+log = logging.getLogger("audiogw.bench.stall_app")
+
+
+class StallOptions(AppOptions):
+    """``stall_seconds`` blocked (0-10) every ``stall_every`` seconds (> 0)."""
+
+    stall_seconds: float = 0.3
+    stall_every: float = 1.0
+
+    def check(self, base_dir: str) -> None:
+        super().check(base_dir)
+        if not 0.0 <= self.stall_seconds <= 10.0:
+            raise AppOptionError(f"option stall_seconds must be 0-10, not {self.stall_seconds:g}", "stall_seconds")
+        if not self.stall_every > 0.0:
+            raise AppOptionError(f"option stall_every must be positive, not {self.stall_every:g}", "stall_every")
 
 
 class StallApp(App):
-    name = "stall"
-    options_schema = {"stall_seconds": ((int, float), 0.3), "stall_every": ((int, float), 1.0)}
+    """Outside the registry on purpose: run it as ``--app audiogw.bench.stall_app:StallApp``."""
 
-    def __init__(self, context: AppContext) -> None:
-        super().__init__(context)
-        self.stall_seconds = float(self.options["stall_seconds"])
-        self.stall_every = float(self.options["stall_every"])
-        if not 0.0 <= self.stall_seconds <= 10.0:
-            raise AppOptionError(f"app 'stall': stall_seconds must be 0-10, not {self.stall_seconds:g}")
-        if not self.stall_every > 0.0:
-            raise AppOptionError(f"app 'stall': stall_every must be positive, not {self.stall_every:g}")
+    name = "stall"
+    Options = StallOptions
+    options: StallOptions
+
+    def __init__(self, context: AppContext, options: StallOptions) -> None:
+        super().__init__(context, options)
+        self.stall_seconds = options.stall_seconds
+        self.stall_every = options.stall_every
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -20,20 +20,9 @@ from audiogw.bench.isolation import bench_command
 from audiogw.bench.report import write_report
 from audiogw.bench.scenarios import BenchSettings, ScenarioResult, _freeze, _process_state
 from audiogw.bench.stats import CallOutcome, group_summary
-from audiogw.worker.apps import APPS, AppContext, AppOptionError, create_app
 from conftest import realtime_allowed
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def test_stall_app_is_registered_and_checks_its_options():
-    assert "stall" in APPS
-    app = create_app("stall", AppContext(extension="1201", options={}))
-    assert (app.stall_seconds, app.stall_every) == (0.3, 1.0)
-    assert create_app("stall", AppContext("1201", {"stall_seconds": 1, "stall_every": 0.5})).stall_seconds == 1.0
-    for options in ({"stall_every": 0}, {"stall_seconds": -0.1}, {"stall_seconds": "0.3"}, {"colour": 1}):
-        with pytest.raises(AppOptionError):
-            create_app("stall", AppContext("1201", options))
 
 
 def test_tiny_bench_end_to_end(tmp_path, capsys):

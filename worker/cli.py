@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from audiogw.shared.apps import BUILTIN_APPS
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.config import AudioSocketSettings, ConfigError, parse_config, parse_option, validate_extension_id
 
@@ -32,7 +33,8 @@ def _options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--extension", required=True, callback=_extension_id, help="Extension id (digits, * and #).")
 @click.option("--ia-port", required=True, type=click.IntRange(0, 65535), help="Port for the visitor's (ia) leg; 0 picks one.")
 @click.option("--retorno-port", required=True, type=click.IntRange(0, 65535), help="Port for the resident's (retorno) leg; 0 picks one.")
-@click.option("--app", default="echo", show_default=True, help="echo, playback, bridge or agent.")
+@click.option("--app", default="echo", show_default=True,
+              help=f"{', '.join(BUILTIN_APPS)}, or an app outside the registry as module:Class.")
 @click.option("--option", "options", multiple=True, callback=_options, metavar="KEY=VALUE", help="App option (repeatable).")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--allow", multiple=True, default=("127.0.0.0/8",), show_default=True, help="Peer networks that may connect (repeatable).")

@@ -43,10 +43,6 @@ def test_the_check_sees_a_worker_module_when_one_is_loaded():  # the test above 
     assert "audiogw.worker.stats" in _loaded_after("import audiogw.worker.stats")
 
 
-@pytest.mark.xfail(reason="supervisor/control.py imports supervisor/commands.py, whose "
-                          "`from audiogw.worker.apps import APPS, AppOptionError` loads every app (numpy, soxr, "
-                          "websockets); supervisor/cli.py's start() does `from audiogw.worker.apps import APPS`. "
-                          "Owned by issue #12's app-registry change.", strict=False)
 def test_the_whole_supervisor_runs_without_the_workers_modules():
     assert _loaded_after("import audiogw.supervisor.cli, audiogw.supervisor.control, "
                          "audiogw.supervisor.metrics, audiogw.supervisor.daemon") == []

@@ -184,7 +184,7 @@ def test_log_lines_follow_the_policy(tmp_path: Path) -> None:
         (logging.WARNING, f"reload: audiosocket.lead_frames changed; {RELOAD_NOTES[Reload.NEW_WORKERS]}"),
     ]
     # No worker keeps the old value when every one is replaced: nothing to warn about.
-    replaced = config(tmp_path, audiosocket="lead_frames = 4", extensions=TWO.replace('"echo"', '"playback"')
+    replaced = config(tmp_path, audiosocket="lead_frames = 4", extensions=TWO.replace('"echo"', '"agent"\noptions = { url = "ws://x" }')
                       .replace('"bridge"', '"echo"'))
     plan = plan_reload(old, replaced, running_of(old))
     assert plan.keep_old == () and plan.log_lines() == [(logging.INFO, "reload: audiosocket.lead_frames changed; applied")]
@@ -265,7 +265,7 @@ def test_reload_applies_the_policy_to_every_runtime_and_healthz_agrees(tmp_path:
     folder = tmp_path / "gw"
     folder.mkdir()
     old = config(folder, supervisor="heartbeat_timeout = 3.0\nbackoff_max = 30.0")
-    supervisor = Supervisor(old, NoZygote(), ("echo", "bridge", "playback", "agent"))
+    supervisor = Supervisor(old, NoZygote())
     try:
         for extension in old.extensions:  # as if their workers ran: unchanged, so not restarted
             supervisor.extensions[extension.id] = ExtensionRuntime(extension, {}, restart_policy(old))
@@ -288,7 +288,7 @@ def test_reload_applies_a_new_log_level_to_the_supervisor(tmp_path: Path) -> Non
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     old = config(folder, supervisor='log_level = "info"', extensions="")
-    supervisor = Supervisor(old, NoZygote(), ("echo",))
+    supervisor = Supervisor(old, NoZygote())
     try:
         config(folder, supervisor='log_level = "debug"', extensions="")
         asyncio.run(supervisor.reload())

@@ -14,6 +14,7 @@ imported to find the class and its ``Options`` model, so it must import cheaply.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -224,6 +225,13 @@ def _load_class(ref: str) -> type[AppDeclaration]:
     return found
 
 
+@functools.cache
+def _option_names(model: type[AppOptions]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every option, the required ones); cached: msgspec resolves the type hints on each call."""
+    fields = msgspec.structs.fields(model)
+    return frozenset(field.name for field in fields), frozenset(field.name for field in fields if field.required)
+
+
 _WRONG_TYPE = re.compile(r"- at `\$\.(?P<option>[A-Za-z0-9_]+)")
 
 
@@ -237,12 +245,12 @@ def parse_app_options(app: str, options: Mapping[str, Any], base_dir: str) -> Ap
     spec = app_spec(app)
     model = spec.options
     label = f"app {spec.name!r}"
-    fields = msgspec.structs.fields(model)
-    unknown = sorted(set(options) - {field.name for field in fields})
+    names, required = _option_names(model)
+    unknown = sorted(set(options) - names)
     if unknown:
-        known = ", ".join(sorted(field.name for field in fields))
-        raise AppOptionError(f"{label}: unknown option(s) {', '.join(unknown)} (known: {known})", unknown[0])
-    missing = sorted(field.name for field in fields if field.required and field.name not in options)
+        raise AppOptionError(f"{label}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})",
+                             unknown[0])
+    missing = sorted(required - set(options))
     if missing:
         raise AppOptionError(f"{label}: missing option(s) {', '.join(missing)}", missing[0])
     try:

@@ -54,6 +54,7 @@ class Supervisor:
         self.zygote = zygote
         self.extensions: dict[str, ExtensionRuntime] = {}
         self.store = ExtensionStore(config.supervisor.state_dir)
+        self.store.load(config.base_dir)  # checked like the config file, before anything starts (ConfigError)
         self.records = WorkerRecords(config.supervisor.state_dir)
         self.started_at = time.time()
         self.signals: asyncio.Queue[int] = asyncio.Queue()
@@ -386,7 +387,6 @@ class Supervisor:
         control = self.control = ControlServer(self, self._zmq)
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
-        self.store.load(self.config.base_dir)
         for extension in self.store.effective(self.config.extensions).values():
             try:
                 self.add_runtime(extension)

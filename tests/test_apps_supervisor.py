@@ -96,3 +96,20 @@ def test_reload_refuses_a_config_with_a_bad_option_and_changes_nothing(superviso
     assert "extension[1].options.url" in result.stderr and "ws://" in result.stderr
     assert [row["id"] for row in supervisor.ctl("list")] == [row["id"] for row in before]
     assert saved_ids(supervisor) == set()
+
+
+def test_a_state_file_entry_the_app_refuses_stops_the_start_with_the_reason(tmp_path):
+    """Checked like the config file, before any worker or socket: exit 2 (config error), no traceback."""
+    base = free_port_block(20)
+    config_path = write_config(tmp_path, base, extensions=1)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "extensions.json").write_bytes(orjson.dumps({"added": [
+        {"id": "1300", "ia_port": base + 10, "retorno_port": base + 11, "app": "playback",
+         "options": {"file": "gone.wav"}}], "removed": []}))
+    result = subprocess.run(
+        [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config", str(config_path)],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )
+    assert result.returncode == 2, result
+    assert "added[0].options.file" in result.stderr and str(tmp_path / "gone.wav") in result.stderr
+    assert "Traceback" not in result.stderr

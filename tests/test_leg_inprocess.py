@@ -22,8 +22,7 @@ from audiogw.shared.audiosocket import (
     frame_bytes,
 )
 from audiogw.shared.config import AudioSocketSettings
-from audiogw.worker.apps.base import AppContext
-from audiogw.worker.apps.echo import EchoApp
+from audiogw.worker.apps import AppContext, create_app
 from audiogw.worker.leg import FIRST_AUDIO_GRACE, LegProtocol
 from audiogw.worker.server import ExtensionWorker
 
@@ -88,7 +87,7 @@ class FakeTransport(asyncio.Transport):
 
 async def _worker(clock: ManualClock, options: dict | None = None) -> ExtensionWorker:
     context = AppContext(extension="1201", options=options or {})
-    return ExtensionWorker("1201", EchoApp(context), AudioSocketSettings(), clock=clock)
+    return ExtensionWorker("1201", create_app("echo", context), AudioSocketSettings(), clock=clock)
 
 
 async def _connected(clock: ManualClock, options: dict | None = None, peer=("127.0.0.1", 40000)):

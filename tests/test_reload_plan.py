@@ -25,7 +25,7 @@ from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy, WorkerLifecycle, WorkerState
 from audiogw.supervisor.metrics import heartbeat_timeout_of
 from audiogw.supervisor.reload_plan import plan_reload
-from supervisor_fixture import SupervisorProcess, kill_tree, write_config
+from supervisor_fixture import METRICS_OFFSET, SupervisorProcess, kill_tree, write_config
 
 BASE = """
 [supervisor]
@@ -330,7 +330,9 @@ def test_reloaded_heartbeat_timeout_governs_lifecycle_and_healthz_alike(gateway)
     assert _healthz(gateway)[0] == 200
     base = gateway.base_port
     text = gateway.config_path.read_text().replace("heartbeat_timeout = 1.0", "heartbeat_timeout = 30.0")
-    text = text.replace('metrics = "127.0.0.1:0"', 'metrics = "127.0.0.1:1"')
+    metrics_line = f'metrics = "127.0.0.1:{base + METRICS_OFFSET}"'
+    assert metrics_line in text
+    text = text.replace(metrics_line, 'metrics = "127.0.0.1:1"')
     text = text.replace(f'id = "1202"\nia_port = {base + 2}\nretorno_port = {base + 3}',
                         f'id = "1203"\nia_port = {base + 2}\nretorno_port = {base + 3}\n'
                         f'[[extension]]\nid = "1202"\nia_port = {base + 4}\nretorno_port = {base + 5}')

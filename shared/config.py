@@ -41,7 +41,6 @@ from audiogw.shared.settings import (
 )
 
 __all__ = [
-    "KNOWN_APPS",
     "EXTENSION_ID_PATTERN",
     "OPTION_KEY_PATTERN",
     "ConfigError",
@@ -60,8 +59,6 @@ __all__ = [
     "resolve_path",
     "reserved_ports",
 ]
-
-KNOWN_APPS: tuple[str, ...] = tuple(BUILTIN_APPS)
 
 # \A and \Z (not ^ and $) so that match(), search() and fullmatch() all agree and
 # a trailing newline is not silently accepted.

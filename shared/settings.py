@@ -746,8 +746,9 @@ def reference_text() -> str:
     """The commented reference config: every key with its doc, bounds, reload note and
     default, then ``[defaults]`` and the example extensions. ``etc/audiogw.toml`` is this
     text (a test compares them), so a declared key is documented by construction."""
-    from audiogw.shared.config import KNOWN_APPS  # config imports this module
+    from audiogw.shared.apps import BUILTIN_APPS
 
+    names = tuple(BUILTIN_APPS)
     unknown = set(REFERENCE_VALUES) - {setting.key for settings in SECTIONS.values() for setting in settings}
     if unknown:
         raise ValueError(f"REFERENCE_VALUES names undeclared keys: {sorted(unknown)}")
@@ -757,7 +758,7 @@ def reference_text() -> str:
         for setting in settings:
             lines.extend(_reference_entry(setting))
         parts.append("\n".join(lines) + "\n")
-    apps = ", ".join(KNOWN_APPS[:-1]) + f" or {KNOWN_APPS[-1]}" if len(KNOWN_APPS) > 1 else ", ".join(KNOWN_APPS)
+    apps = ", ".join(names) + ", or a module:Class reference"
     parts.append(_REFERENCE_TAIL.format(apps=apps))
     return "\n".join(parts)
 

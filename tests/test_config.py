@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audiogw.shared.apps import BUILTIN_APPS
 from audiogw.shared.config import (
     EXTENSION_ID_PATTERN,
-    KNOWN_APPS,
     AudioSocketSettings,
     Config,
     ConfigError,
@@ -657,7 +657,7 @@ def test_app_outside_the_registry_by_reference(tmp_path: Path) -> None:
     assert load_config(path).extensions[0].app == reference
     error = refused(tmp_path, extensions_text(extension_table(app="karaoke")))
     assert error.key == "extension[0].app"
-    assert set(KNOWN_APPS) == {"echo", "playback", "bridge", "agent"}
+    assert set(BUILTIN_APPS) == {"echo", "playback", "bridge", "agent"}
 
 
 def test_default_app_must_be_known_too(tmp_path: Path) -> None:

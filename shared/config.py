@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from audiogw.shared.apps import BUILTIN_APPS, AppOptionError, app_spec, parse_app_options
+from audiogw.shared.apps import AppOptionError, app_spec, parse_app_options
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.settings import (
     AudioSocketSettings,

@@ -77,6 +77,8 @@ MESSAGES_PER_TURN = 8  # agent messages handled before the loop gets a turn (clo
 class AgentApp(App):
     name = "agent"
     options: AgentOptions
+    # How a leg opens its WebSocket: websockets' connect (a test sets a fake on the app).
+    connect = staticmethod(connect)
 
     def __init__(self, context: AppContext, options: AgentOptions) -> None:
         super().__init__(context, options)
@@ -149,7 +151,7 @@ class AgentLeg:
             if delay and await _closed_within(leg, delay):
                 return
             try:
-                websocket = await connect(
+                websocket = await self.app.connect(
                     self.options.url,
                     additional_headers=self.app.headers or None,
                     open_timeout=self.options.connect_timeout,

@@ -49,13 +49,13 @@ import psutil
 
 from audiogw.bench.asterisk_ami import Ami
 from audiogw.bench.asterisk_receiver import load as load_receiver
-from audiogw.bench.gateway import logged_leg_records
+from audiogw.bench.gateway import LEG_RECORDS_FOLDER
 from audiogw.bench.resources import SchedulingProbe, process_tree
 from audiogw.client.asterisk import AsteriskError, PrivateAsterisk, find_asterisk
 from audiogw.client.ctl import request
 from audiogw.shared.net import free_port_block
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
-from audiogw.shared.records import LegRecord
+from audiogw.shared.records import LegRecord, read_leg_records_folder
 from audiogw.shared.wav import tone, write_wav
 
 REALTIME_PRIORITY = 10  # as `asterisk -p`
@@ -115,7 +115,7 @@ def write_config(folder: Path, base_port: int, settings: Settings, wav: Path,
     extensions = [(f"13{index + 1:02d}", "playback") for index in range(settings.playback_extensions)]
     extensions += [(f"14{index + 1:02d}", "echo") for index in range(settings.echo_extensions)]
     lines = ["[supervisor]", f'control = "ipc://{folder}/run/control.sock"', 'metrics = "127.0.0.1:0"',
-             f'state_dir = "{folder}/state"', "[audiosocket]",
+             f'state_dir = "{folder}/state"', f'leg_records = "{folder}/{LEG_RECORDS_FOLDER}"', "[audiosocket]",
              f"port_range = [{base_port}, {base_port + 2 * len(extensions) - 1}]"]
     if realtime_priority is not None:
         lines.append(f"realtime_priority = {realtime_priority}")
@@ -469,9 +469,9 @@ def _wait_legs(run: Run, uuids: set[str], timeout: float = 30.0) -> list[dict[st
     while True:
         # with a worker killed its legs never log: give the others a few seconds, not the whole timeout
         limit = 8.0 if _kills(run) else timeout
-        legs = [leg for leg in logged_leg_records(run.supervisor.log()[run.log_offset:],
-                                                  set(run.playback) | set(run.echo))
-                if leg.uuid in uuids]
+        extensions = set(run.playback) | set(run.echo)
+        legs = [leg for leg in read_leg_records_folder(run.supervisor.folder / LEG_RECORDS_FOLDER)
+                if leg.uuid in uuids and leg.extension in extensions]
         if len(legs) >= len(uuids) or time.monotonic() - began > limit:
             return legs
         time.sleep(0.2)

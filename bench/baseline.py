@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import sys
 
@@ -22,10 +23,12 @@ import uvloop
 from audiogw.shared.config import Config, ConfigError, load_config
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.net import bind_listener
+from audiogw.shared.records import leg_records_file
 from audiogw.worker.apps import AppContext, create_app
 from audiogw.worker.main import set_parent_death_signal
 from audiogw.worker.clock import clock_phase
 from audiogw.worker.realtime import realtime_before_logging
+from audiogw.worker.records import RecordWriter
 from audiogw.worker.server import ExtensionWorker
 
 
@@ -36,6 +39,10 @@ async def serve_all(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     workers: list[ExtensionWorker] = []
+    writers: list[RecordWriter] = []
+    folder = config.supervisor.leg_records
+    if folder is not None:
+        os.makedirs(folder, exist_ok=True)
     for slot, extension in enumerate(config.extensions):
         backlog = config.audiosocket.listen_backlog
         sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port, backlog),
@@ -48,12 +55,17 @@ async def serve_all(config: Config) -> None:
         context.stats = worker.stats
         await worker.serve(sockets)
         workers.append(worker)
+        if folder is not None:  # the same leg records a supervisor's workers write
+            writers.append(writer := RecordWriter(leg_records=leg_records_file(folder, extension.id)))
+            writer.attach(worker)
     gc.freeze()  # as serve_worker does: the same collector behaviour as a real worker
     print("ready", flush=True)
     await stop.wait()
     for worker in workers:
         worker.stop_accepting()
     await asyncio.gather(*(worker.close() for worker in workers), return_exceptions=True)
+    for writer in writers:
+        writer.close()
 
 
 @click.command()

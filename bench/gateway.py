@@ -10,7 +10,6 @@ process.
 from __future__ import annotations
 
 import os
-import re
 import select
 import signal
 import subprocess
@@ -22,33 +21,11 @@ from typing import Any
 
 from audiogw.bench.resources import process_tree
 from audiogw.client.ctl import request
-from audiogw.shared.records import LegRecord
+from audiogw.shared.records import LegRecord, read_leg_records_folder
 
 
-# The one reader of a log's `leg end` lines, for the workers a supervisor (or the single-loop
-# baseline) runs: unlike a standalone worker (--leg-records), they have no record channel yet.
-LEG_END = re.compile(
-    r"leg end extension=(?P<extension>\S+) leg=(?P<leg>\S+) uuid=(?P<uuid>\S+) reason=(?P<reason>\S+) "
-    r"duration=(?P<duration>[\d.]+)s frames_in=(?P<frames_received>\d+) frames_out=(?P<frames_sent>\d+) "
-    r"underruns=(?P<underruns>\d+) late=(?P<late_frames>\d+) max_send_gap_ms=(?P<max_send_gap_ms>[\d.]+) "
-    r"dropped_flood=(?P<inbound_flood>\d+) dropped_latency=(?P<latency>\d+)"
-)
-
-
-def logged_leg_records(log_text: str, extensions: set[str] | None = None) -> list[LegRecord]:
-    """The legs whose `leg end` lines are in ``log_text`` (of ``extensions``, or all), as leg records."""
-    records = []
-    for match in LEG_END.finditer(log_text):
-        if extensions is not None and match["extension"] not in extensions:
-            continue
-        records.append(LegRecord(
-            extension=match["extension"], leg=match["leg"], uuid=match["uuid"], reason=match["reason"],
-            duration=float(match["duration"]), frames_received=int(match["frames_received"]),
-            frames_sent=int(match["frames_sent"]), underruns=int(match["underruns"]),
-            late_frames=int(match["late_frames"]), max_send_gap_ms=float(match["max_send_gap_ms"]),
-            dropped={"inbound_flood": int(match["inbound_flood"]), "latency": int(match["latency"])}, dtmf="",
-        ))
-    return records
+# Where a bench config's workers write their leg records (supervisor.leg_records), in its folder.
+LEG_RECORDS_FOLDER = "legs"
 
 
 class GatewayError(RuntimeError):
@@ -80,6 +57,7 @@ def write_bench_config(folder: Path, extensions: list[ExtensionPlan], base_port:
         'control = "ipc://run/control.sock"',
         'metrics = "127.0.0.1:0"',
         'state_dir = "state"',
+        f'leg_records = "{LEG_RECORDS_FOLDER}"',
         "drain_seconds = 1.0",
         "backoff_initial = 0.0",
         "[audiosocket]",
@@ -161,6 +139,10 @@ class Gateway:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def leg_records(self) -> list[LegRecord]:
+        """The legs that ended so far, as their workers recorded them (supervisor.leg_records)."""
+        return read_leg_records_folder(self.folder / LEG_RECORDS_FOLDER)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

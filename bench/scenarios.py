@@ -25,7 +25,6 @@ from audiogw.bench.gateway import (
     GatewayError,
     SingleLoopGateway,
     SupervisorGateway,
-    logged_leg_records,
 )
 from audiogw.bench.load import PlannedCall, load_outcomes, write_plan
 from audiogw.bench.resources import ResourceSampler, SchedulingProbe
@@ -42,6 +41,7 @@ from audiogw.bench.stats import (
 from audiogw.bench.supervisor import first_frame_after
 from audiogw.bench.worker import worker_legs
 from audiogw.shared.net import free_port_block
+from audiogw.shared.records import LegRecord
 
 # The benchmark-only app that blocks its own loop (time.sleep), by reference: production
 # supervisors do not know it by name.
@@ -415,9 +415,9 @@ def capacity_steps(settings: BenchSettings) -> list[int]:
     return steps
 
 
-def _worker_max_send_gap(log_text: str) -> float | None:
-    """Largest gap between two writes of one leg, over the legs that ended in ``log_text``."""
-    gaps = worker_legs(logged_leg_records(log_text)).get("max_send_gap_ms")
+def _worker_max_send_gap(records: list[LegRecord]) -> float | None:
+    """Largest gap between two writes of one leg, over these legs' records."""
+    gaps = worker_legs(records).get("max_send_gap_ms")
     return gaps["max"] if gaps else None
 
 
@@ -433,7 +433,7 @@ def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], No
         gateway.start()
         for total in capacity_steps(settings):
             plan = plan_calls(gateway.ports, total // settings.extensions, "ia")
-            log_before = len(gateway.log())
+            legs_before = {(record.uuid, record.leg) for record in gateway.leg_records()}
             load = run_load(gateway, plan, settings.capacity_seconds, folder, settings, target="")
             if not gateway.alive():
                 raise BenchError(f"supervisor died during capacity at {total} calls:\n{gateway.log()[-3000:]}")
@@ -447,9 +447,10 @@ def run_capacity(settings: BenchSettings, workdir: Path, log: Callable[[str], No
                     "machine_outside_bench_percent": resources.get("machine", {}).get("outside_bench_percent"),
                     "machine_max_late_ms": load.machine["max_late_ms"],
                     "machine_late_over_20ms": load.machine["late_over_20ms"],
-                    # The workers' own view (their `leg end` lines: time between their own
+                    # The workers' own view (their leg records: time between their own
                     # writes), which the load client's lag cannot touch.
-                    "worker_max_send_gap_ms": _worker_max_send_gap(gateway.log()[log_before:])}
+                    "worker_max_send_gap_ms": _worker_max_send_gap(
+                        [record for record in gateway.leg_records() if (record.uuid, record.leg) not in legs_before])}
             step["held"] = capacity_held(step)
             steps.append(step)
             log(f"  capacity {total} calls: p99 {step['p99_deviation_ms']:.3f} ms, gaps>40ms {step['gaps_over_40ms']}, "

@@ -76,3 +76,17 @@ def read_leg_records(path: str | os.PathLike[str]) -> list[LegRecord]:
         return []
     lines = raw.split(b"\n")
     return [msgspec.convert(orjson.loads(line), LegRecord) for line in lines[:-1] if line]
+
+
+def leg_records_file(folder: str | os.PathLike[str] | None, extension_id: str) -> str | None:
+    """Where an extension's workers append their leg records (``supervisor.leg_records``); None: nowhere."""
+    return None if folder is None else os.path.join(folder, f"{extension_id}.jsonl")
+
+
+def read_leg_records_folder(folder: str | os.PathLike[str]) -> list[LegRecord]:
+    """Every extension's records in a ``supervisor.leg_records`` folder, extension by extension."""
+    try:
+        names = sorted(name for name in os.listdir(folder) if name.endswith(".jsonl"))
+    except FileNotFoundError:
+        return []
+    return [record for name in names for record in read_leg_records(os.path.join(folder, name))]

@@ -458,6 +458,10 @@ SUPERVISOR: tuple[Setting, ...] = (
             "127.0.0.1:9464"),
     path(_S, "state_dir", "Folder for persisted extensions (added with `ctl add-extension`) and the pid/lock file.",
          RESTART, default="var"),
+    path(_S, "leg_records", "Folder where each worker appends one JSON line per ended call leg to\n"
+         "EXTENSION.jsonl (end reason, duration, frames, underruns, drops by reason, DTMF,\n"
+         "the app's figures): call records for people and programs. Written from a thread,\n"
+         "never from the audio loop. Unset: none.", NEW_WORKERS, example="../var/legs"),
     number(_S, "heartbeat_interval", 1.0, "Seconds between worker heartbeats.", NEW_WORKERS, positive=True),
     number(_S, "heartbeat_timeout", 3.0, "Seconds without a heartbeat before a worker counts as hung and is restarted\n"
            "(must be longer than heartbeat_interval).", LIVE, positive=True),

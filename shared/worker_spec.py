@@ -31,6 +31,8 @@ class WorkerSpec:
     clock_slot: int | None = None
     # The supervisor's pid: the worker ends itself if that process goes away.
     supervisor_pid: int | None = None
+    # File this worker appends one JSON line (shared/records.py LegRecord) per ended leg to; None: none.
+    leg_records: str | None = None
 
 
 __all__ = ["WorkerSpec"]

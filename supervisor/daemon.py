@@ -21,6 +21,7 @@ from audiogw.shared.logs import configure_logging
 from audiogw.shared.messages import (
     Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
 )
+from audiogw.shared.records import leg_records_file
 from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
@@ -95,7 +96,21 @@ class Supervisor:
             log_level=settings.log_level,
             clock_slot=self._clock_slots.setdefault(extension.id, len(self._clock_slots)),
             supervisor_pid=os.getpid(),
+            leg_records=self._leg_records_file(extension.id),
         )
+
+    def _leg_records_file(self, extension_id: str) -> str | None:
+        """The extension's leg-record file, its folder created if need be (a reload may name a new one)."""
+        folder = self.config.supervisor.leg_records
+        if folder is None:
+            return None
+        try:
+            os.makedirs(folder, mode=0o750, exist_ok=True)
+        except OSError as error:
+            log.error("supervisor.leg_records: cannot create %s: %s; workers run without leg records",
+                      folder, error.strerror or error)
+            return None
+        return leg_records_file(folder, extension_id)
 
     def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:
         """Bind the sockets (PortInUse on a conflict), persist if asked, then start the worker.

@@ -9,14 +9,10 @@ import json
 import subprocess
 import sys
 
-import msgspec
 import numpy
 import pytest
 
 from audiogw.bench.asterisk import source_summary
-from audiogw.bench.gateway import logged_leg_records
-from audiogw.shared.audiosocket import encode_audio, encode_dtmf
-from conftest import raw_connect, wait_for
 
 try:
     from asterisk_fixture import asterisk_binary  # noqa: F401 - the shared fixture (skips without Asterisk)
@@ -43,38 +39,6 @@ def test_source_summary_counts_gaps_and_missing_frames():
     assert summary["gaps_over_40ms"] == 1
     assert summary["max_gap_ms"] == pytest.approx(60.0)
     assert summary["late_reads"] == 3
-
-
-def test_logged_leg_records_read_the_workers_leg_end_lines():
-    log = ("2026-12-01 INFO audiogw.worker.leg[1] leg end extension=1401 leg=ia uuid=ab reason=peer_closed "
-           "duration=3.02s frames_in=150 frames_out=151 underruns=0 late=0 max_send_gap_ms=22.1 dropped_flood=2 "
-           "dropped_latency=3 dtmf=''\n"
-           "2026-12-01 INFO audiogw.worker.leg[2] leg end extension=1301 leg=ia uuid=cd reason=peer_closed "
-           "duration=1.00s frames_in=0 frames_out=50 underruns=0 late=0 max_send_gap_ms=31.5 dropped_flood=0 "
-           "dropped_latency=0 dtmf=''\n")
-    legs = logged_leg_records(log, {"1401"})
-    assert [(leg.uuid, leg.frames_received, leg.frames_sent, leg.max_send_gap_ms, leg.dropped) for leg in legs] == [
-        ("ab", 150, 151, 22.1, {"inbound_flood": 2, "latency": 3})]
-    assert len(logged_leg_records(log)) == 2
-
-
-def test_logged_leg_records_agree_with_the_workers_own_records(start_worker):
-    """The log reader (for supervisor-run workers) and the worker's `leg end` line must not drift apart."""
-    worker = start_worker("echo")
-    for port in (worker.ia_port, worker.retorno_port):
-        sock = raw_connect(port)
-        sock.sendall(encode_dtmf("4") + encode_audio(bytes(320)) * 3)
-        sock.close()
-    recorded = sorted(worker.wait_legs(2), key=lambda record: record.uuid)
-    logged = wait_for(lambda: len(found := logged_leg_records(worker.log())) == 2 and found, what="both leg end lines")
-    logged.sort(key=lambda record: record.uuid)
-    rounded = {"duration": 0.011, "max_send_gap_ms": 0.051}  # the log's %.2f and %.1f
-    for record, line in zip(recorded, logged):
-        assert msgspec.structs.replace(record, duration=0.0, max_send_gap_ms=0.0, dtmf="") == \
-            msgspec.structs.replace(line, duration=0.0, max_send_gap_ms=0.0)
-        for name, tolerance in rounded.items():
-            assert getattr(line, name) == pytest.approx(getattr(record, name), abs=tolerance)
-    assert [record.dtmf for record in recorded] == ["4", "4"]
 
 
 @pytest.mark.timeout(120)

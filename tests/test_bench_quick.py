@@ -64,6 +64,8 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     capacity = report["capacity"]
     assert [step["calls"] for step in capacity["steps"]] == [2]
     assert "last_held_calls" in capacity and capacity["limit"]
+    # The workers' own view comes from their leg records (supervisor.leg_records), not the log.
+    assert capacity["steps"][0]["worker_max_send_gap_ms"] is not None
     assert all(isinstance(check["check"], str) and check["pass"] in (True, False, None) for check in report["checks"])
 
     markdown = (results / "report.md").read_text()

@@ -91,12 +91,21 @@ def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket], records: Rec
         spec.settings.realtime_priority, spec.extension,
         lambda: configure_logging(spec.log_format, spec.log_level, off_loop=True),
     )
+    own_records = None
+    if records is None and spec.leg_records is not None:
+        try:
+            records = own_records = RecordWriter(leg_records=spec.leg_records)
+        except OSError as error:  # the calls matter more than their records: serve without
+            log.error("worker extension=%s cannot write leg records to %s: %s; serving without them",
+                      spec.extension, spec.leg_records, error.strerror or error)
     try:
         return uvloop.run(serve_worker(spec, sockets, records))
     except AppOptionError as error:
         log.error("worker extension=%s cannot start: %s", spec.extension, error)
         return 78  # EX_CONFIG: the supervisor must not restart it in a loop
     finally:
+        if own_records is not None:
+            own_records.close()
         listener.stop()  # writes what is still queued
 
 

@@ -176,6 +176,10 @@ class Supervisor:
         return {row["id"]: {"frames_received": row["frames_received"], "frames_sent": row["frames_sent"]}
                 for row in self.call("status")}
 
+    def restarts(self) -> dict[str, int]:
+        """extension -> worker restarts so far, from ``ctl status``."""
+        return {row["id"]: row["restarts"] for row in self.call("status")}
+
     def settled_counters(self, interval: float = 1.2, attempts: int = 4) -> dict[str, dict[str, int]]:
         """Counters once they stop moving: workers report them with their heartbeat (default every 1 s)."""
         previous = self.counters()
@@ -415,7 +419,7 @@ class Run:
     playback: list[str]
     echo: list[str]
     progress: Any = print
-    log_offset: int = 0
+    restarts_before: dict[str, int] = field(default_factory=dict)  # ctl status restarts at the scenario's start
     groups: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -464,11 +468,11 @@ def _groups(run: Run, extra: dict[str, list[int]]) -> dict[str, list[int]]:
 
 
 def _wait_legs(run: Run, uuids: set[str], timeout: float = 30.0) -> list[dict[str, Any]]:
-    """The leg-end lines of this scenario's calls (a worker killed mid-call logs none for its legs)."""
+    """The leg records of this scenario's calls (a worker killed mid-call records none for its legs)."""
     began = time.monotonic()
     while True:
-        # with a worker killed its legs never log: give the others a few seconds, not the whole timeout
-        limit = 8.0 if _kills(run) else timeout
+        # with a worker killed its legs never record: give the others a few seconds, not the whole timeout
+        limit = 8.0 if _restarts(run) else timeout
         extensions = set(run.playback) | set(run.echo)
         legs = [leg for leg in read_leg_records_folder(run.supervisor.folder / LEG_RECORDS_FOLDER)
                 if leg.uuid in uuids and leg.extension in extensions]
@@ -477,10 +481,11 @@ def _wait_legs(run: Run, uuids: set[str], timeout: float = 30.0) -> list[dict[st
         time.sleep(0.2)
 
 
-def _kills(run: Run) -> list[str]:
-    """Workers the supervisor killed during this scenario (e.g. hung: no heartbeat)."""
-    return [line.split(" WARNING ", 1)[-1] for line in run.supervisor.log()[run.log_offset:].splitlines()
-            if "worker kill " in line]
+def _restarts(run: Run) -> dict[str, int]:
+    """Workers the supervisor restarted during this scenario (killed when hung, or crashed), by extension, from ``ctl status``."""
+    now = run.supervisor.restarts()
+    return {extension: count - run.restarts_before.get(extension, 0)
+            for extension, count in sorted(now.items()) if count > run.restarts_before.get(extension, 0)}
 
 
 def _legs_summary(legs: list[LegRecord], calls: int) -> dict[str, Any]:
@@ -493,7 +498,7 @@ def _legs_summary(legs: list[LegRecord], calls: int) -> dict[str, Any]:
 def relay(run: Run, calls: int) -> dict[str, Any]:
     """N audiogw playback calls beside N Milliwatt calls, both relayed by Asterisk to the receivers."""
     settings = run.settings
-    run.log_offset = len(run.supervisor.log())
+    run.restarts_before = run.supervisor.restarts()
     before = run.supervisor.counters()
     count = max(1, -(-2 * calls // settings.calls_per_receiver))
     receivers = Receivers(run.folder, run.receiver_port, count, settings.receiver_realtime)
@@ -531,7 +536,7 @@ def relay(run: Run, calls: int) -> dict[str, Any]:
         "scenario": "relay", "calls": calls, "sources": summary,
         "p99_ratio": gw / mw if mw > 0 else None,
         "worker_max_send_gap_ms": workers["max_send_gap_ms"], "worker_legs": workers,
-        "worker_kills": _kills(run),
+        "worker_restarts": _restarts(run),
         "window": {key: value for key, value in window.items() if key != "start"},
         "receivers": count, "originate_errors": errors[:5], "originate_error_count": len(errors),
         "unknown_calls": unknown, "asterisk_drained": drained,
@@ -541,7 +546,7 @@ def relay(run: Run, calls: int) -> dict[str, Any]:
 def echo(run: Run, calls: int) -> dict[str, Any]:
     """N calls of Asterisk's Milliwatt into audiogw echo: what the workers sent back, and their own send gaps."""
     settings = run.settings
-    run.log_offset = len(run.supervisor.log())
+    run.restarts_before = run.supervisor.restarts()
     before = run.supervisor.counters()
     plan = []
     uuids = set()
@@ -569,7 +574,7 @@ def echo(run: Run, calls: int) -> dict[str, Any]:
                          "frames_sent": sum(after[ext]["frames_sent"] - before[ext]["frames_sent"] for ext in run.echo)},
         "frames_expected_per_call": int(round(settings.seconds / FRAME_PERIOD)),
         "worker_max_send_gap_ms": workers["max_send_gap_ms"],
-        "leg_end_reasons": workers["end_reasons"], "worker_kills": _kills(run),
+        "leg_end_reasons": workers["end_reasons"], "worker_restarts": _restarts(run),
         "window": {key: value for key, value in window.items() if key != "start"},
         "originate_errors": errors[:5], "originate_error_count": len(errors), "asterisk_drained": drained,
     }
@@ -711,7 +716,7 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{scenario['legs_logged']} / {scenario['calls']} |")
     lines += ["", "## CPU over each window (% of one core) and run-queue wait (ms per s)", "",
               "| mode | scenario | workers | Asterisk | receivers | supervisor | machine (rest) | workers' wait | "
-              "Asterisk's wait | host wake-ups > 20 ms late | workers killed (no heartbeat) |",
+              "Asterisk's wait | host wake-ups > 20 ms late | worker restarts (hung or crashed) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in report["modes"]:
         for scenario in mode["scenarios"]:
@@ -728,7 +733,7 @@ def markdown(report: dict[str, Any]) -> str:
                          f"({scenario['window']['rest_of_host_cpu_percent']:.0f}) | "
                          f"{_fmt(worker.get('runqueue_wait_ms_per_s'), 0)} | "
                          f"{_fmt(cpu.get('asterisk', {}).get('runqueue_wait_ms_per_s'), 0)} | "
-                         f"{scenario['window']['host_wakeups'].get('late_over_20ms')} | {len(scenario['worker_kills'])} |")
+                         f"{scenario['window']['host_wakeups'].get('late_over_20ms')} | {sum(scenario['worker_restarts'].values())} |")
     lines += ["", "## Targets (issue 11)", "", "| mode | check | measured | target | pass |", "|---|---|---|---|---|"]
     for check in report["checks"]:
         verdict = "–" if check["pass"] is None else ("yes" if check["pass"] else "**no**")

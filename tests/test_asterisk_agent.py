@@ -6,7 +6,7 @@ the worker.
 """
 from __future__ import annotations
 
-import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +16,7 @@ import pytest
 
 from asterisk_fixture import assert_no_asterisk_errors
 from asterisk_phone import Script, find_offset, frame_scores
+from audiogw.client.asterisk import free_tcp_port
 from audiogw.client.demo_agent import DEFAULT_PROMPTS
 from audiogw.shared.wav import read_wav
 from conftest import wait_for
@@ -24,15 +25,19 @@ from conftest import wait_for
 @pytest.fixture
 def demo_agent(tmp_path):
     log_path = tmp_path / "demo-agent.log"
+    port = free_tcp_port()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "audiogw.client.demo_agent", "--port", "0"],
+        process = subprocess.Popen([sys.executable, "-m", "audiogw.client.demo_agent", "--port", str(port)],
                                    stdout=log, stderr=log)
 
     def url():
         if process.poll() is not None:
             raise AssertionError(f"demo agent exited {process.returncode}:\n{log_path.read_text()}")
-        match = re.search(r"listening on (ws://\S+)", log_path.read_text(errors="replace"))
-        return match.group(1) if match else None
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return None
+        return f"ws://127.0.0.1:{port}/"
 
     yield wait_for(url, 15, what="the demo agent to listen"), log_path
     process.terminate()

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import textwrap
 import time
@@ -315,7 +314,7 @@ def gateway(tmp_path):
 
 
 def _healthz(gateway) -> tuple[int, dict]:
-    url = re.search(r"metrics listening on (http://\S+)/metrics", gateway.log()).group(1) + "/healthz"
+    url = gateway.metrics_url.removesuffix("/metrics") + "/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, json.loads(response.read())

@@ -64,6 +64,7 @@ from audiogw.bench.worker import (
     worker_legs,
 )
 from audiogw.client.softphone import Call, CallConnectError, CallResult, kernel_timestamps_supported
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.media_streams import (
     GatewayStart,
     MediaStreamsError,
@@ -668,7 +669,7 @@ def _offset(spread_seconds: float, index: int, calls: int) -> float:
 
 
 def _leg(ports: dict[str, int], index: int) -> tuple[str, int]:
-    leg = "ia" if index % 2 == 0 else "retorno"
+    leg = LEG_KINDS[index % 2]
     return leg, ports[leg]
 
 

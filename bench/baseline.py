@@ -45,8 +45,7 @@ async def serve_all(config: Config) -> None:
         os.makedirs(folder, exist_ok=True)
     for slot, extension in enumerate(config.extensions):
         backlog = config.audiosocket.listen_backlog
-        sockets = {"ia": bind_listener(config.audiosocket.bind, extension.ia_port, backlog),
-                   "retorno": bind_listener(config.audiosocket.bind, extension.retorno_port, backlog)}
+        sockets = {kind: bind_listener(config.audiosocket.bind, port, backlog) for kind, port in extension.ports().items()}
         context = AppContext(extension=extension.id, options=extension.options, base_dir=config.base_dir)
         # Staggered clocks, as the supervisor gives its workers: the same worker code, fairly compared.
         worker = ExtensionWorker(extension.id, create_app(extension.app, context), config.audiosocket,

@@ -21,6 +21,7 @@ from typing import Any
 
 from audiogw.bench.resources import process_tree
 from audiogw.client.ctl import request
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.records import LegRecord, read_leg_records_folder
 
 
@@ -87,7 +88,7 @@ class Gateway:
         self.extensions = extensions
         self.realtime_priority = realtime_priority
         self.config_path = write_bench_config(folder, extensions, base_port, realtime_priority)
-        self.ports = {extension.id: {"ia": base_port + 2 * index, "retorno": base_port + 2 * index + 1}
+        self.ports = {extension.id: {kind: base_port + 2 * index + offset for offset, kind in enumerate(LEG_KINDS)}
                       for index, extension in enumerate(extensions)}
         self.log_path = folder / f"{self.kind}.log"
         self.process: subprocess.Popen | None = None

@@ -40,6 +40,7 @@ from audiogw.bench.stats import (
 )
 from audiogw.bench.supervisor import first_frame_after
 from audiogw.bench.worker import worker_legs
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.net import free_port_block
 from audiogw.shared.records import LegRecord
 
@@ -134,7 +135,7 @@ def plan_calls(ports: dict[str, dict[str, int]], calls_per_extension: int, legs:
     for round_index in range(calls_per_extension):
         for extension in extensions:
             index = len(plan)
-            leg = "ia" if legs == "ia" or round_index % 2 == 0 else "retorno"
+            leg = LEG_KINDS[0] if legs == "ia" else LEG_KINDS[round_index % 2]
             plan.append(PlannedCall(index, extension, leg, ports[extension][leg], index / total if total else 0.0))
     return plan
 

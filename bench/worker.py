@@ -52,6 +52,7 @@ import uvloop
 
 from audiogw.bench.load import CallRecord, PlannedCall, run_calls
 from audiogw.client.softphone import kernel_timestamps_supported
+from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, PacingStats, pacing_stats_many, window_arrivals
 from audiogw.shared.records import LegRecord, read_leg_records, read_ready
 
@@ -69,7 +70,7 @@ async def _run_calls(host: str, ports: dict[str, int], calls: int, seconds: floa
                      legs: str) -> list[CallRecord]:
     plan = []
     for index in range(calls):
-        leg = "ia" if legs == "ia" or index % 2 == 0 else "retorno"
+        leg = LEG_KINDS[0] if legs == "ia" else LEG_KINDS[index % 2]
         offset = spread * index / calls if calls > 1 else 0.0
         plan.append(PlannedCall(index, EXTENSION, leg, ports[leg], offset))
     return await run_calls(host, plan, seconds)
@@ -282,7 +283,7 @@ def analyse(records: list[CallRecord], seconds: float, sampler: ResourceSampler 
         "config": config,
         "calls": {"placed": len(records), "completed": len(completed), "failed": len(failed),
                   "failure_reasons": failures,
-                  "by_leg": {leg: sum(1 for record in completed if record.leg == leg) for leg in ("ia", "retorno")}},
+                  "by_leg": {leg: sum(1 for record in completed if record.leg == leg) for leg in LEG_KINDS}},
         "frames": {
             "expected_per_call": expected,
             "expected_means": (

@@ -13,6 +13,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from audiogw.client.ctl import request
+from audiogw.shared.net import free_port_block
 from conftest import wait_for
 
 METRICS_OFFSET = 19  # the metrics server's port, from the base of the test's 20-port block
@@ -99,6 +100,17 @@ def write_config(folder: Path, base_port: int, extensions: int = 2, app: str | N
     path = folder / "audiogw.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def supervisor_process(tmp_path: Path):
+    """A started supervisor on the two-extension test config; for ``pytest.fixture(name=...)(supervisor_process)``."""
+    base = free_port_block(20)
+    process = SupervisorProcess(tmp_path, write_config(tmp_path, base), base)
+    process.start()
+    yield process
+    process.stop()
+    if process.process is not None:
+        kill_tree(process.process.pid)
 
 
 def children_of(pid: int) -> list[psutil.Process]:

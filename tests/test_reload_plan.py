@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
-from audiogw.shared.net import free_port_block
 from audiogw.shared.settings import RELOAD_NOTES, SECTIONS, Reload, Setting
 from audiogw.supervisor.daemon import Supervisor, restart_policy
 from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy, WorkerLifecycle, WorkerState
 from audiogw.supervisor.metrics import heartbeat_timeout_of
 from audiogw.supervisor.reload_plan import plan_reload
-from supervisor_fixture import METRICS_OFFSET, SupervisorProcess, kill_tree, write_config
+from supervisor_fixture import METRICS_OFFSET, supervisor_process
 
 BASE = """
 [supervisor]
@@ -302,15 +301,7 @@ def test_reload_applies_a_new_log_level_to_the_supervisor(tmp_path: Path) -> Non
 # ---------------------------------------------- a real supervisor carries it out
 
 
-@pytest.fixture
-def gateway(tmp_path):
-    base = free_port_block(20)
-    process = SupervisorProcess(tmp_path, write_config(tmp_path, base), base)
-    process.start()
-    yield process
-    process.stop()
-    if process.process is not None:
-        kill_tree(process.process.pid)
+gateway = pytest.fixture(name="gateway")(supervisor_process)
 
 
 def _healthz(gateway) -> tuple[int, dict]:

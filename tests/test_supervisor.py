@@ -14,19 +14,10 @@ import pytest
 from audiogw.client.ctl import CtlRefused
 from audiogw.client.softphone import place_call
 from conftest import wait_for
-from audiogw.shared.net import free_port_block
-from supervisor_fixture import SupervisorProcess, kill_tree, write_config
+from supervisor_fixture import supervisor_process
 
 
-@pytest.fixture
-def supervisor(tmp_path):
-    base = free_port_block(20)
-    process = SupervisorProcess(tmp_path, write_config(tmp_path, base), base)
-    process.start()
-    yield process
-    process.stop()
-    if process.process is not None:
-        kill_tree(process.process.pid)
+supervisor = pytest.fixture(name="supervisor")(supervisor_process)
 
 
 def _new_pid(supervisor, extension, old_pid, timeout=10.0):

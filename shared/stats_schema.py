@@ -195,11 +195,20 @@ EXTENSION_FIGURES: tuple[Field, ...] = (
           "Unix time the supervisor last heard from the extension's worker."),
 )
 
+# Why a control request (or client) was refused, each reason always exported:
+# too few/many frames, a bad or refused command, a command that failed, too many
+# requests in flight (answered at once), a tcp client whose key is not authorized
+# (no reply), a tcp client whose CURVE handshake failed (no key, wrong server key).
+CONTROL_REFUSAL_REASONS: tuple[str, ...] = (
+    "malformed", "bad_request", "internal_error", "busy", "unauthorized", "handshake_failed",
+)
+
 # The supervisor's own figures (no extension label).
 SUPERVISOR_FIGURES: tuple[Field, ...] = (
     Field("control_refused", "audiogw_control_refused", "counter",
-          "Control requests refused: malformed, bad_request, internal_error, or unauthorized (a tcp client "
-          "whose CURVE key is not in curve_authorized_clients).", by="reason"),
+          "Control requests refused: malformed, bad_request, internal_error, busy (too many in flight), "
+          "unauthorized (a tcp client whose CURVE key is not in curve_authorized_clients) or handshake_failed "
+          "(a tcp client with no CURVE key or the wrong server key).", by="reason"),
 )
 
 # ctl status columns that are not worker figures, before and after the sections' columns.

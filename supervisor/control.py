@@ -1,5 +1,11 @@
 """The control endpoint: a ZeroMQ ROUTER serving `audiogw ctl`, one task per request.
 
+A flood cannot bend it: at most ``MAX_IN_FLIGHT`` requests are handled at once
+(``MAX_IN_FLIGHT_PER_PEER`` from one client connection), the excess is refused
+at once with "busy"; the socket is read in batches of ``READ_BATCH`` messages,
+yielding to the event loop between batches so the worker bus (heartbeats) is
+never starved by control traffic.
+
 ipc endpoints live in a folder only the owner can enter; a tcp endpoint
 requires CURVE both ways: encryption, the client authenticating the server, and
 a ZAP handler admitting only clients whose public key is in
@@ -13,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 import zmq.asyncio
@@ -23,6 +29,7 @@ from zmq.utils import z85
 
 from audiogw.shared.config import Config, ConfigError
 from audiogw.shared.messages import MessageError, Reply, decode_request, encode_reply
+from audiogw.shared.stats_schema import CONTROL_REFUSAL_REASONS
 from audiogw.supervisor.commands import CommandRefused, dispatch
 
 if TYPE_CHECKING:
@@ -41,15 +48,21 @@ def prepare_ipc_folder(endpoint: str) -> None:
 
 SERVER_KEY = "supervisor.curve_server_secret_key"
 CLIENTS_KEY = "supervisor.curve_authorized_clients"
-# One client key's refusals are logged at most this often (seconds); at most
-# REFUSAL_LOG_KEYS keys are remembered (then forgotten all at once).
-REFUSAL_LOG_INTERVAL = 60.0
+# Refusal warnings: the first from each peer is written in full (at most
+# REFUSAL_LOG_BURST of them per REFUSAL_LOG_INTERVAL seconds); every other refusal
+# is added up into one summary line per interval. A peer is "new" again after
+# REFUSAL_PEER_MEMORY seconds; at most REFUSAL_LOG_KEYS peers are remembered.
+REFUSAL_LOG_INTERVAL = 10.0
+REFUSAL_LOG_BURST = 5
+REFUSAL_PEER_MEMORY = 60.0
 REFUSAL_LOG_KEYS = 1024
 
-
-# Why a control request was refused: too few/many frames, a bad or refused command,
-# a command that failed, a tcp client whose key is not authorized (it gets no reply).
-CONTROL_REFUSAL_REASONS = ("malformed", "bad_request", "internal_error", "unauthorized")
+# Control requests handled at once (every client together / from one connection);
+# past either bound a request is refused at once with "busy".
+MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT_PER_PEER = 4
+# Messages taken off the control socket before yielding to the event loop once.
+READ_BATCH = 16
 
 
 def _is_z85_key(key: bytes) -> bool:
@@ -99,6 +112,88 @@ def check_control_keys(config: Config) -> None:
         load_authorized_keys(settings.curve_authorized_clients or "", config.path)
 
 
+def _request_id(raw: bytes) -> str | None:
+    """The id of a request refused before dispatch, so its client recognises the answer."""
+    try:
+        return decode_request(raw).id
+    except MessageError as error:
+        return error.request_id
+
+
+class RefusalLog:
+    """Refusal warnings an operator can read during a flood: the first from each peer, then sums.
+
+    "969 refused in 5 s" becomes a handful of lines: each new peer's first refusal
+    in full (at most ``burst`` per interval), every other one counted by reason
+    into one summary line per ``interval``, written when the interval ends.
+    """
+
+    def __init__(self, logger: logging.Logger, *, interval: float = REFUSAL_LOG_INTERVAL,
+                 burst: int = REFUSAL_LOG_BURST, memory: float = REFUSAL_PEER_MEMORY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = logger
+        self.interval = interval
+        self.burst = burst
+        self.memory = memory
+        self.clock = clock
+        self._seen: dict[str, float] = {}  # peer -> when its refusal was last written in full
+        self._window_start: float | None = None
+        self._written = 0  # full lines in this window
+        self._suppressed: Counter[str] = Counter()  # by reason, in this window
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def refused(self, reason: str, peer: str, message: str, *args: Any) -> None:
+        """Log (or count for the next summary) one refusal of ``peer`` for ``reason``."""
+        now = self.clock()
+        self.flush(now)
+        if self._window_start is None:
+            self._window_start = now
+        last = self._seen.get(peer)
+        if (last is None or now - last >= self.memory) and self._written < self.burst:
+            if len(self._seen) >= REFUSAL_LOG_KEYS:
+                self._seen.clear()
+            self._seen[peer] = now
+            self._written += 1
+            self.log.warning(message, *args, extra={"event": "control_refused", "reason": reason, "peer": peer})
+            return
+        self._suppressed[reason] += 1
+        self._schedule_flush(now)
+
+    def flush(self, now: float | None = None, *, force: bool = False) -> None:
+        """Write the summary of the window that ended (or of this one, with ``force``), then start anew."""
+        now = self.clock() if now is None else now
+        start = self._window_start
+        if start is None or (not force and now - start < self.interval):
+            return
+        if self._suppressed:
+            total = sum(self._suppressed.values())
+            by_reason = ", ".join(f"{reason}: {count}" for reason, count in sorted(self._suppressed.items()))
+            self.log.warning("control: %d more refused in %.0f s (%s)", total, max(now - start, 0.0), by_reason,
+                             extra={"event": "control_refused_summary", "refused": dict(self._suppressed),
+                                    "seconds": round(now - start, 3)})
+        self._suppressed.clear()
+        self._written = 0
+        self._window_start = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+
+    def _schedule_flush(self, now: float) -> None:
+        """The summary of a flood that stopped is still written when its interval ends."""
+        if self._flush_timer is not None or self._window_start is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a unit test): the next refusal or flush(force=True) writes it
+        delay = max(0.0, self._window_start + self.interval - now)
+        self._flush_timer = loop.call_later(delay, self._timer_flush)
+
+    def _timer_flush(self) -> None:
+        self._flush_timer = None
+        self.flush(force=True)
+
+
 class ClientAuthenticator(AsyncioAuthenticator):
     """ZAP handler of the control socket: only CURVE clients whose public key is in ``folder``.
 
@@ -110,14 +205,15 @@ class ClientAuthenticator(AsyncioAuthenticator):
     refuses everyone until fixed.
     """
 
-    def __init__(self, context: zmq.Context, folder: str, file: str | None) -> None:
+    def __init__(self, context: zmq.Context, folder: str, file: str | None,
+                 refusal_log: RefusalLog | None = None) -> None:
         super().__init__(context, log=logging.getLogger("audiogw.supervisor.control.zap"))
         self.folder = folder
         self.file = file
         self._peer = "?"
         self._seen: tuple[tuple[str, int, int, int], ...] | None = None
         self._keys: frozenset[bytes] | None = None  # Z85 public keys; None: no usable list, admit nobody
-        self._logged: dict[str, float] = {}  # refused public key -> when it was last logged
+        self.refusal_log = refusal_log or RefusalLog(log)
         self.refused = 0  # tcp clients refused (every attempt, logged or not)
         self.configure_curve_callback(domain="*", credentials_provider=self)
 
@@ -175,18 +271,15 @@ class ClientAuthenticator(AsyncioAuthenticator):
         return False
 
     def _log_refusal(self, public_key: str) -> None:
-        """Name every refused key, but a client retrying with the same key only once per interval."""
-        now = time.monotonic()
-        if now - self._logged.get(public_key, -REFUSAL_LOG_INTERVAL) < REFUSAL_LOG_INTERVAL:
-            return
-        if len(self._logged) >= REFUSAL_LOG_KEYS:
-            self._logged.clear()
-        self._logged[public_key] = now
+        """Name a refused key the first time; a flood of them is summed up (see RefusalLog)."""
         if self._keys is None:
-            log.warning("control: refused a tcp client from %s (public key %s): no usable list of authorized "
-                        "clients in %s (see the error above)", self._peer, public_key, self.folder)
+            self.refusal_log.refused(
+                "unauthorized", public_key,
+                "control: refused a tcp client from %s (public key %s): no usable list of authorized "
+                "clients in %s (see the error above)", self._peer, public_key, self.folder)
             return
-        log.warning(
+        self.refusal_log.refused(
+            "unauthorized", public_key,
             "control: refused a tcp client from %s: public key %s is not authorized (Unknown key); "
             "to allow it, put its .key certificate in %s",
             self._peer, public_key, self.folder,
@@ -200,13 +293,15 @@ class ControlServer:
         settings = config.supervisor
         self.endpoint = settings.control
         self.authenticator: ClientAuthenticator | None = None
+        self.refusal_log = RefusalLog(log)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         if self.endpoint.startswith("tcp://"):
             public, secret = load_server_keypair(settings.curve_server_secret_key or "", config.path)
             load_authorized_keys(settings.curve_authorized_clients or "", config.path)
             # ZAP first: a CURVE socket bound while no handler listens admits every client.
-            self.authenticator = ClientAuthenticator(context, settings.curve_authorized_clients or "", config.path)
+            self.authenticator = ClientAuthenticator(context, settings.curve_authorized_clients or "", config.path,
+                                                     self.refusal_log)
             self.authenticator.start()
             self.authenticator.refresh()
             self.socket.curve_secretkey = secret
@@ -216,21 +311,53 @@ class ControlServer:
             prepare_ipc_folder(self.endpoint)
         self.socket.bind(self.endpoint)
         self._tasks: set[asyncio.Task] = set()
+        self._in_flight: Counter[bytes] = Counter()  # client connection (ROUTER identity) -> requests in flight
         self.requests = 0
         self.refused: Counter[str] = Counter()  # by reason: see refusals()
 
     async def serve(self) -> None:
+        """Read requests, at most READ_BATCH before the event loop runs its other callbacks (the bus)."""
+        read = 0
         while True:
             frames = await self.socket.recv_multipart()
+            read += 1
+            if read >= READ_BATCH:
+                read = 0
+                # recv of a queued message completes without yielding: give heartbeats their turn.
+                await asyncio.sleep(0)
             if len(frames) != 2:
                 self.refused["malformed"] += 1
-                log.warning("control: refused a message of %d frames (expected identity + body)", len(frames))
+                self.refusal_log.refused("malformed", frames[0].hex() if frames else "?",
+                                         "control: refused a message of %d frames (expected identity + body)",
+                                         len(frames))
                 if frames:
                     await self._reply(frames[0], Reply.failure(None, "expected exactly one message frame"))
                 continue
-            task = asyncio.get_running_loop().create_task(self._handle(frames[0], frames[1]))
+            identity = frames[0]
+            if len(self._tasks) >= MAX_IN_FLIGHT or self._in_flight[identity] >= MAX_IN_FLIGHT_PER_PEER:
+                await self._refuse_busy(identity, frames[1])
+                continue
+            self._in_flight[identity] += 1
+            task = asyncio.get_running_loop().create_task(self._handle(identity, frames[1]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _task, identity=identity: self._done(identity))
+
+    def _done(self, identity: bytes) -> None:
+        self._in_flight[identity] -= 1
+        if self._in_flight[identity] <= 0:
+            del self._in_flight[identity]
+
+    async def _refuse_busy(self, identity: bytes, raw: bytes) -> None:
+        """Answer at once, without decoding or dispatching: a flood costs one reply per request."""
+        self.refused["busy"] += 1
+        in_flight, mine = len(self._tasks), self._in_flight[identity]
+        self.refusal_log.refused("busy", identity.hex(),
+                                 "control: refused a request: busy (%d in flight, %d from this client)",
+                                 in_flight, mine)
+        await self._reply(identity, Reply.failure(
+            _request_id(raw), f"busy: {in_flight} control requests in flight ({mine} from this client); "
+                              "try again shortly"))
 
     async def _handle(self, identity: bytes, raw: bytes) -> None:
         self.requests += 1
@@ -255,7 +382,7 @@ class ControlServer:
 
     def refusals(self) -> dict[str, int]:
         """Requests refused since start, by reason, every reason present (for /metrics)."""
-        counts = {reason: self.refused[reason] for reason in CONTROL_REFUSAL_REASONS if reason != "unauthorized"}
+        counts = {reason: self.refused[reason] for reason in CONTROL_REFUSAL_REASONS}
         counts["unauthorized"] = self.authenticator.refused if self.authenticator is not None else 0
         return counts
 
@@ -266,6 +393,7 @@ class ControlServer:
             log.warning("control: could not reply: %s", error)
 
     def close(self) -> None:
+        self.refusal_log.flush(force=True)
         for task in self._tasks:
             task.cancel()
         self.socket.close(linger=100)

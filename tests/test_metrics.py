@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audiogw.client.ctl import CtlRefused, request
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.histogram import LATENCY_BUCKETS, Histogram
+from audiogw.shared.stats_schema import CONTROL_REFUSAL_REASONS
 from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy
 from audiogw.supervisor.metrics import (
@@ -545,7 +546,7 @@ def test_refused_control_requests_are_counted_by_reason(gateway):
         return {s.labels["reason"]: s.value for s in gateway.scrape()["audiogw_control_refused"].samples}
 
     before = refused()
-    assert set(before) == {"malformed", "bad_request", "internal_error", "unauthorized"}
+    assert set(before) == set(CONTROL_REFUSAL_REASONS)
     with pytest.raises(CtlRefused):
         gateway.ctl("no-such-command")
     with pytest.raises(CtlRefused):

@@ -89,6 +89,7 @@ class MetricsSnapshot:
     samples: tuple[ExtensionSample, ...] = ()
     control_refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     heartbeat_timeout: float = 3.0
+    heartbeat_interval: float | None = None  # None: no lateness check (see heartbeat_late_after)
 
 
 # ----------------------------------------------------------------- pure conversion
@@ -238,6 +239,23 @@ def heartbeat_timeout_of(supervisor: "Supervisor") -> float:
         return 3.0
 
 
+# /healthz says "degraded" once a worker's heartbeat is this many intervals old,
+# well before heartbeat_timeout gets it killed: the one rule for "late".
+LATE_AFTER_INTERVALS = 2.0
+
+
+def heartbeat_late_after(heartbeat_interval: float) -> float:
+    """Seconds of silence after which a running worker's heartbeat counts as late."""
+    return LATE_AFTER_INTERVALS * heartbeat_interval
+
+
+def heartbeat_interval_of(supervisor: "Supervisor") -> float | None:
+    try:
+        return float(supervisor.config.supervisor.heartbeat_interval)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_AGE) -> MetricsSnapshot:
     """Everything a scrape needs, read on the event loop; an unreadable extension is logged and left out."""
     now = time.monotonic()
@@ -249,7 +267,8 @@ def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_
             log.exception("metrics: skipping extension %s", getattr(getattr(runtime, "config", None), "id", "?"))
     control = getattr(supervisor, "control", None)
     refusals = control.refusals() if control is not None else {}
-    return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor))
+    return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor),
+                           heartbeat_interval_of(supervisor))
 
 
 class SupervisorCollector(Collector):
@@ -269,16 +288,26 @@ class SupervisorCollector(Collector):
                                   control_refusals=snapshot.control_refusals)
 
 
-def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float) -> tuple[int, dict[str, Any]]:
+def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
+           heartbeat_interval: float | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) for /healthz: 200 when every extension is up, else 503 naming the others.
 
     "Up" is the same test as ``audiogw_extension_up``: RUNNING and heard from
-    within the heartbeat timeout.
+    within the heartbeat timeout. A running worker whose heartbeat is late
+    (:func:`heartbeat_late_after`) is named under ``late`` with its silence, so
+    /healthz turns 503 before the lifecycle kills it.
     """
     samples = list(samples)
     down = [sample.id for sample in samples if not sample.is_up(now, heartbeat_timeout)]
-    if down:
-        return 503, {"status": "degraded", "down": down}
+    late = []
+    if heartbeat_interval is not None:
+        limit = heartbeat_late_after(heartbeat_interval)
+        late = [{"extension": sample.id, "seconds_since_heartbeat": round(now - sample.last_heartbeat, 3),
+                 "late_after_seconds": limit}
+                for sample in samples
+                if sample.running and sample.last_heartbeat is not None and now - sample.last_heartbeat > limit]
+    if down or late:
+        return 503, {"status": "degraded", "down": down, **({"late": late} if late else {})}
     return 200, {"status": "ok", "extensions": len(samples)}
 
 
@@ -357,7 +386,8 @@ class MetricsServer:
 
     def _healthz(self, start_response: Callable) -> Iterable[bytes]:
         snapshot = self.snapshot
-        code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout)
+        code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout,
+                            heartbeat_interval=snapshot.heartbeat_interval)
         status = "200 OK" if code == 200 else "503 Service Unavailable"
         return self._reply(start_response, status, orjson.dumps(body), content_type="application/json")
 

@@ -26,6 +26,7 @@ import zmq.asyncio
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 from audiogw.shared.config import Config, ConfigError
 from audiogw.shared.messages import MessageError, Reply, decode_request, encode_reply
@@ -63,6 +64,25 @@ MAX_IN_FLIGHT = 32
 MAX_IN_FLIGHT_PER_PEER = 4
 # Messages taken off the control socket before yielding to the event loop once.
 READ_BATCH = 16
+
+# CURVE handshakes that fail before the ZAP handler sees a key (no CURVE key, the
+# wrong server key, garbage): seen only by a socket monitor. A handshake the ZAP
+# handler refused (EVENT_HANDSHAKE_FAILED_AUTH) is already counted as unauthorized.
+HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+_HANDSHAKE_HINTS = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "mechanism mismatch: the client has no CURVE key",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "cryptographic error: the client has the wrong server public key",
+}
+
+
+def handshake_failure_reason(event: int, value: int) -> str:
+    """What a failed handshake most likely means, for a person."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "the connection failed before the handshake ended"
+    hint = _HANDSHAKE_HINTS.get(value)
+    if hint is not None:
+        return hint
+    return f"protocol error {value:#x}"
 
 
 def _is_z85_key(key: bytes) -> bool:
@@ -293,6 +313,7 @@ class ControlServer:
         settings = config.supervisor
         self.endpoint = settings.control
         self.authenticator: ClientAuthenticator | None = None
+        self.monitor: zmq.asyncio.Socket | None = None  # tcp only: failed CURVE handshakes
         self.refusal_log = RefusalLog(log)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -307,6 +328,7 @@ class ControlServer:
             self.socket.curve_secretkey = secret
             self.socket.curve_publickey = public
             self.socket.curve_server = True
+            self.monitor = self.socket.get_monitor_socket(HANDSHAKE_FAILURES)
         else:
             prepare_ipc_folder(self.endpoint)
         self.socket.bind(self.endpoint)
@@ -317,6 +339,10 @@ class ControlServer:
 
     async def serve(self) -> None:
         """Read requests, at most READ_BATCH before the event loop runs its other callbacks (the bus)."""
+        if self.monitor is not None:
+            task = asyncio.get_running_loop().create_task(self._watch_handshakes(self.monitor), name="control-monitor")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         read = 0
         while True:
             frames = await self.socket.recv_multipart()
@@ -342,6 +368,28 @@ class ControlServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda _task, identity=identity: self._done(identity))
+
+    async def _watch_handshakes(self, monitor: zmq.asyncio.Socket) -> None:
+        """Count and log (rate-limited) every tcp client whose CURVE handshake failed."""
+        while True:
+            try:
+                event = parse_monitor_message(await monitor.recv_multipart())
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                return  # the socket is closing
+            except Exception:
+                log.exception("control: unreadable socket monitor event")
+                continue
+            if not event["event"] & HANDSHAKE_FAILURES:
+                continue
+            self.refused["handshake_failed"] += 1
+            endpoint = event["endpoint"].decode("utf-8", "replace")
+            reason = handshake_failure_reason(int(event["event"]), int(event["value"]))
+            self.refusal_log.refused(
+                "handshake_failed", f"handshake:{reason}",
+                "control: refused a tcp client on %s: CURVE handshake failed (%s); it gets no reply",
+                endpoint, reason)
 
     def _done(self, identity: bytes) -> None:
         self._in_flight[identity] -= 1
@@ -396,6 +444,9 @@ class ControlServer:
         self.refusal_log.flush(force=True)
         for task in self._tasks:
             task.cancel()
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
         self.socket.close(linger=100)
         if self.authenticator is not None:  # after the socket: never a listening socket without ZAP
             self.authenticator.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy
 import uvloop
 
 from audiogw.shared.audiosocket import KIND_FOR_RATE
+from audiogw.shared.errors import OneLineErrors, report_error
 from audiogw.shared.wav import WavError, read_wav, tone, write_wav
 
 from .softphone import (
@@ -81,7 +83,20 @@ class UuidType(click.ParamType):
             self.fail(f"{value!r} is not a UUID", param, ctx)
 
 
-@click.command("call")
+class _CallCommand(OneLineErrors, click.Command):
+    """Errors as one line, JSON under --json (see audiogw.shared.errors)."""
+
+
+def _check_record_path(path: Path) -> None:
+    """A --record file that cannot be written is a usage error before the call, not after it."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"cannot write {path}: folder {folder} does not exist", param_hint="--record")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.BadParameter(f"cannot write {path}: permission denied", param_hint="--record")
+
+
+@click.command("call", cls=_CallCommand)
 @click.argument("address", metavar="HOST:PORT", type=HostPort())
 @click.option("--uuid", "call_uuid", type=UuidType(), default=None, help="Call UUID (default: random).")
 @click.option("--play", "play_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -145,26 +160,28 @@ def call_command(
         dtmf_plan(dtmf, dtmf_at, seconds)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dtmf") from None
+    if record_path is not None:
+        _check_record_path(record_path)
     try:
         result = uvloop.run(place_call(
             host, port, call_uuid=call_uuid, source=source, rate=sample_rate, seconds=seconds,
             dtmf=dtmf, dtmf_at=dtmf_at, record=record_path is not None, connect_timeout=connect_timeout,
         ))
     except CallConnectError as exc:
-        click.echo(f"audiogw call: {exc}", err=True)
+        report_error("unreachable", str(exc), as_json=as_json)
         sys.exit(1)
     if record_path is not None and result.recorded is not None:
         try:
             write_wav(record_path, result.recorded, sample_rate)
         except OSError as exc:
-            click.echo(f"audiogw call: cannot write {record_path}: {exc.strerror or exc}", err=True)
+            report_error("io", f"cannot write {record_path}: {exc.strerror or exc}", as_json=as_json)
             sys.exit(1)
     if as_json:
         click.echo(json.dumps(_as_dict(result, host, port)))
     else:
         click.echo(_as_text(result, host, port, record_path))
     if result.hung_up_by == "error":
-        click.echo(f"audiogw call: {result.error}", err=True)
+        report_error("refused", str(result.error), as_json=False)  # the JSON result above carries it
         sys.exit(1)
 
 

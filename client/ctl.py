@@ -44,6 +44,7 @@ from audiogw.shared.commands import (
     CommandSpec,
 )
 from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
+from audiogw.shared.errors import OneLineErrors, json_requested, report_error
 from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
@@ -479,9 +480,24 @@ def _dump_json(result: Any, *, indent: bool = True) -> str:
 # ------------------------------------------------------------------------ click
 
 
-def _fail(code: int, message: str) -> NoReturn:
-    click.echo(message, err=True)
+# An exit status's error kind when the caller names none.
+_KIND_OF_EXIT = {EXIT_REFUSED: "refused", EXIT_USAGE: "usage", EXIT_UNREACHABLE: "unreachable"}
+
+
+def _json_requested() -> bool:
+    ctx = click.get_current_context(silent=True)
+    settings = ctx.find_object(_Settings) if ctx is not None else None
+    return json_requested() or (settings is not None and settings.json)
+
+
+def _fail(code: int, message: str, kind: str | None = None) -> NoReturn:
+    """One line (``error: ...``, or a JSON error under --json), then exit ``code``."""
+    report_error(kind or _KIND_OF_EXIT.get(code, "internal"), message, as_json=_json_requested())
     raise click.exceptions.Exit(code)
+
+
+class _CtlGroup(OneLineErrors, click.Group):
+    """Usage errors (click's own included) print as every other error: one line, JSON under --json."""
 
 
 @dataclass
@@ -514,16 +530,16 @@ class _Settings:
         if not endpoint.startswith("tcp://"):
             return _Target(endpoint)
         if server_path is None:
-            _fail(EXIT_USAGE, f"{PROG}: {endpoint} is a tcp:// endpoint: give the supervisor's CURVE public key "
+            _fail(EXIT_USAGE, f"{endpoint} is a tcp:// endpoint: give the supervisor's CURVE public key "
                   "with --server-key PATH")
         if client_path is None:
-            _fail(EXIT_USAGE, f"{PROG}: {endpoint} is a tcp:// endpoint: give this client's CURVE secret key "
+            _fail(EXIT_USAGE, f"{endpoint} is a tcp:// endpoint: give this client's CURVE secret key "
                   "with --client-key PATH (its public .key must be in the supervisor's curve_authorized_clients "
                   "folder)")
         try:
             return _Target(endpoint, load_server_public_key(server_path), load_client_keypair(client_path)[1])
         except CtlEndpointError as error:
-            _fail(EXIT_USAGE, f"{PROG}: {error}")
+            _fail(EXIT_USAGE, str(error))
 
     def _config(self) -> Config:
         path = self.config_path or default_config_path()
@@ -533,7 +549,7 @@ class _Settings:
             hint = ""
             if self.config_path is None:
                 hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
-            _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
+            _fail(EXIT_USAGE, f"{error}{hint}", "config")
 
 
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
@@ -544,13 +560,13 @@ def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
             server_public_key=target.server_key, client_secret_key=target.client_secret,
         )
     except CtlRefused as error:
-        _fail(EXIT_REFUSED, f"error: {error.message}")
+        _fail(EXIT_REFUSED, error.message)
     except CtlUnreachable as error:
-        _fail(EXIT_UNREACHABLE, f"{PROG}: {error}")
+        _fail(EXIT_UNREACHABLE, str(error))
     except CtlEndpointError as error:
-        _fail(EXIT_USAGE, f"{PROG}: {error}")
+        _fail(EXIT_USAGE, str(error))
     except CtlProtocolError as error:
-        _fail(EXIT_REFUSED, f"error: {error}")
+        _fail(EXIT_REFUSED, str(error), "protocol")
 
 
 def _settings(ctx: click.Context, json_flag: bool) -> _Settings:
@@ -593,7 +609,7 @@ def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "json_flag", is_flag=True, help=JSON_HELP)(function)
 
 
-@click.group(name="ctl")
+@click.group(name="ctl", cls=_CtlGroup)
 @click.option(
     "--config",
     "config_path",
@@ -818,7 +834,7 @@ def keygen_command(folder: str) -> None:
     names = ("server.key", "server.key_secret", "client.key_secret", "client.key", "authorized_clients/client.key")
     existing = [name for name in names if os.path.exists(os.path.join(folder, name))]
     if existing:
-        _fail(EXIT_USAGE, f"{PROG}: {os.path.join(folder, existing[0])} exists; not overwriting keys")
+        _fail(EXIT_USAGE, f"{os.path.join(folder, existing[0])} exists; not overwriting keys")
     old_umask = os.umask(0o077)  # owner-only from the first byte: secret keys are never readable by others
     try:
         os.makedirs(os.path.join(folder, "authorized_clients"), exist_ok=True)

@@ -39,7 +39,9 @@ def write_wav(path: str | os.PathLike[str], samples_int16: numpy.ndarray, rate: 
         raise ValueError(f"write_wav expects int16 samples, not {samples.dtype}")
     if samples.ndim != 1:
         raise ValueError(f"write_wav expects mono (1-D) samples, not shape {samples.shape}")
-    with wave.open(os.fspath(path), "wb") as writer:
+    # Our own open(): a path that cannot be opened raises OSError cleanly (wave.open's
+    # half-built writer would print a second traceback from its __del__).
+    with open(path, "wb") as handle, wave.open(handle, "wb") as writer:
         writer.setnchannels(1)
         writer.setsampwidth(2)
         writer.setframerate(int(rate))

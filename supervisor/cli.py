@@ -8,6 +8,7 @@ import click
 
 from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import ConfigError, default_config_path, load_config
+from audiogw.shared.errors import report_error
 from audiogw.shared.logs import configure_logging
 
 log = logging.getLogger("audiogw.supervisor")
@@ -31,14 +32,14 @@ def start(config_path: str | None) -> None:
         config = load_config(path)
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
     except ConfigError as error:
-        click.echo(f"audiogw-supervisor: {error}", err=True)
+        report_error("config", str(error))
         sys.exit(2)
     configure_logging(config.supervisor.log_format, config.supervisor.log_level)
     lock = StateLock(config.supervisor.state_dir)
     try:
         lock.acquire()
     except AlreadyRunning as error:
-        click.echo(f"audiogw-supervisor: {error}", err=True)
+        report_error("refused", str(error))
         sys.exit(1)
     try:
         WorkerRecords(config.supervisor.state_dir).kill_stale()

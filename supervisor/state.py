@@ -92,7 +92,10 @@ class ExtensionStore:
         for index, entry in enumerate(added if isinstance(added, list) else []):
             extension = ExtensionConfig.from_dict(entry, base_dir=base_dir, source=self.path, key=f"added[{index}]")
             self.added[extension.id] = extension
-        self.removed = {str(item) for item in data.get("removed", [])}
+        removed = data.get("removed", [])
+        if not isinstance(removed, list) or not all(isinstance(item, (str, int)) for item in removed):
+            raise ConfigError(self.path, "removed", "must be a list of extension ids")
+        self.removed = {str(item) for item in removed}
 
     def save(self) -> None:
         data = {

@@ -243,7 +243,7 @@ def test_ctl_refuses_what_the_supervisor_refuses_for_the_same_reason(fake, argv,
     assert result.exit_code == 2, result.output
     assert fake.sent == []
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("Error: Invalid value for ")
+    assert message.startswith("error: Invalid value for ")
     reason = message.split("': ", 1)[1].replace("--ia-port", "ia_port")
     assert caught.value.reason.endswith(reason), (caught.value.reason, reason)
 

@@ -418,7 +418,7 @@ def test_add_extension_json(supervisor, run):
 def test_bad_arguments_are_usage_errors_and_nothing_is_sent(supervisor, run, argv):
     result = run(*argv)
     assert result.exit_code == 2, result.output
-    assert "Error" in result.stderr
+    assert result.stderr.startswith("error: ")
     assert supervisor.requests == []
 
 

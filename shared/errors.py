@@ -1,0 +1,95 @@
+"""One way every command prints an error: one line, no traceback; under ``--json`` a JSON object.
+
+Human: ``error: MESSAGE`` on stderr. JSON: ``{"error": {"kind": KIND, "message": MESSAGE}}``
+on stdout (what a script parses), with the same exit status either way.
+"""
+from __future__ import annotations
+
+from typing import IO, NoReturn
+
+import orjson
+
+PREFIX = "error: "
+
+# What went wrong, for scripts: the supervisor refused, no reply, a bad command line,
+# a bad config (or state) file, a reply of the wrong shape, a file that cannot be written.
+ERROR_KINDS = ("refused", "unreachable", "usage", "config", "protocol", "io", "internal")
+
+
+def one_line(message: str) -> str:
+    """A message as one line: continuation lines joined, so logs and terminals show it whole."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def error_text(kind: str, message: str, *, as_json: bool) -> str:
+    """The line that reports this error (no newline)."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"unknown error kind {kind!r}")
+    message = one_line(message)
+    if as_json:
+        return orjson.dumps({"error": {"kind": kind, "message": message}}).decode()
+    return PREFIX + message
+
+
+def report_error(kind: str, message: str, *, as_json: bool = False, stream: IO[str] | None = None) -> None:
+    """Print the error: JSON on stdout under ``--json``, else ``error: ...`` on stderr."""
+    import click  # noqa: PLC0415 - the printing of every CLI here (and CliRunner captures it)
+
+    text = error_text(kind, message, as_json=as_json)
+    if stream is not None:
+        print(text, file=stream)
+    else:
+        click.echo(text, err=not as_json)
+
+
+
+# ctx.meta key (shared by a click context and its children): was --json on the command line.
+JSON_META = "audiogw.json"
+EXIT_USAGE = 2  # click's own usage status, which ctl documents too
+
+
+def json_requested() -> bool:
+    """Did the running click command's line ask for --json (for an error raised anywhere in it)."""
+    import click  # noqa: PLC0415
+
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(JSON_META))
+
+
+class OneLineErrors:
+    """Mixin for a click Command or Group: click's usage errors, and an OSError of the command's
+    own files, print as every other error (one line, JSON under --json) with click's exit status."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+        import click  # noqa: PLC0415
+
+        words = list(args)
+        as_json = "--json" in (words[: words.index("--")] if "--" in words else words)
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)  # type: ignore[misc]
+        except click.ClickException as error:
+            _click_failure(error, as_json)
+        ctx.meta[JSON_META] = as_json or bool(ctx.meta.get(JSON_META))
+        return ctx
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        import click  # noqa: PLC0415
+
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except click.ClickException as error:
+            _click_failure(error, bool(ctx.meta.get(JSON_META)))
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as error:  # a file the command reads or writes: say which, never a traceback
+            report_error("io", str(error), as_json=bool(ctx.meta.get(JSON_META)))
+            raise click.exceptions.Exit(1) from None
+
+
+def _click_failure(error: Exception, as_json: bool) -> NoReturn:
+    import click  # noqa: PLC0415
+
+    code = getattr(error, "exit_code", 1)
+    report_error("usage" if code == EXIT_USAGE else "internal", error.format_message(),  # type: ignore[attr-defined]
+                 as_json=as_json)
+    raise click.exceptions.Exit(code)

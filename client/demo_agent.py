@@ -29,6 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.settings import LOG_FORMATS, LOG_LEVELS
 from audiogw.shared.media_streams import (
     MAX_MESSAGE_BYTES,
     RATES,
@@ -291,9 +292,14 @@ async def _watch_parent(parent_pid: int, stopping: asyncio.Event) -> None:
               default=None, help="Folder with greeting.wav and confirm.wav (default: the built-in chimes).")
 @click.option("--parent-pid", type=click.IntRange(1), default=None, hidden=True,
               help="Exit when this process (the supervisor) is no longer the parent.")
-def demo_agent_command(host: str, port: int, prompts_dir: Path | None, parent_pid: int | None) -> None:
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="human", show_default=True,
+              help="Log line format (the supervisor passes its supervisor.log_format).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info",
+              show_default=True, help="Log level (the supervisor passes its supervisor.log_level).")
+def demo_agent_command(host: str, port: int, prompts_dir: Path | None, parent_pid: int | None,
+                       log_format: str, log_level: str) -> None:
     """Run a reference voice agent speaking Twilio Media Streams over WebSocket."""
-    configure_logging()
+    configure_logging(log_format, log_level)
     try:
         uvloop.run(_serve_until_signalled(host, port, prompts_dir, parent_pid))
     except WavError as exc:

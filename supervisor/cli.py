@@ -52,7 +52,8 @@ def start(config_path: str | None) -> None:
         if config.supervisor.demo_agent is not None:
             from audiogw.supervisor.demo_agent import DemoAgentProcess
 
-            demo_agent = DemoAgentProcess(*config.supervisor.demo_agent)
+            demo_agent = DemoAgentProcess(*config.supervisor.demo_agent, log_format=config.supervisor.log_format,
+                                          log_level=config.supervisor.log_level)
             demo_agent.start()
         try:
             status = _run(config, zygote)

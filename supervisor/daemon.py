@@ -184,8 +184,9 @@ class Supervisor:
                 log.exception("cannot start worker for extension %s", runtime.id)
                 self._act(runtime, runtime.lifecycle.exited(time.monotonic(), code=None, signal=None))
         elif action == Action.KILL and runtime.pid is not None:
-            log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid,
-                        runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else "")
+            reason = runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else ""
+            log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid, reason,
+                        extra={"event": "worker_kill", "extension": runtime.id, "reason": reason})
             try:
                 os.kill(runtime.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -280,8 +281,9 @@ class Supervisor:
         if isinstance(message, Ready) and runtime.lifecycle.state == WorkerState.STARTING:
             runtime.lifecycle.ready(now)
             runtime.ready_event.set()
-            log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
-                     (now - (runtime.started_at or now)) * 1000)
+            took = (now - (runtime.started_at or now)) * 1000
+            log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid, took,
+                     extra={"event": "worker_ready", "extension": runtime.id, "ms": round(took)})
             self._notify_ready_if_all_serving()
             self._wake.set()  # its deadlines changed; a heartbeat only pushes them later
 

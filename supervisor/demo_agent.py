@@ -18,14 +18,15 @@ log = logging.getLogger("audiogw.supervisor")
 
 
 class DemoAgentProcess:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, log_format: str = "human", log_level: str = "info") -> None:
         self.host = host
         self.port = port
+        self.log_args = ["--log-format", log_format, "--log-level", log_level]  # its lines like ours
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         command = [sys.executable, "-m", "audiogw.client.demo_agent", "--host", self.host,
-                   "--port", str(self.port), "--parent-pid", str(os.getpid())]
+                   "--port", str(self.port), "--parent-pid", str(os.getpid()), *self.log_args]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         log.info("demo agent start pid=%d url=ws://%s:%d/", self.process.pid, self.host, self.port)
 

@@ -491,6 +491,8 @@ class LegProtocol(asyncio.Protocol):
         log.info(
             "leg start extension=%s leg=%s uuid=%s peer=%s app=%s",
             worker.extension, self.leg_kind, call_uuid, self.peer, worker.app.name,
+            extra={"event": "leg_start", "extension": worker.extension, "leg": self.leg_kind,
+                   "uuid": str(call_uuid), "peer": str(self.peer), "app": worker.app.name},
         )
         # The app's first step runs before the clock's: a prompt that is ready is
         # queued by then, and the first tick already carries it.
@@ -516,6 +518,8 @@ class LegProtocol(asyncio.Protocol):
             "leg refused extension=%s leg=%s peer=%s uuid=%s reason=%s: %s",
             self.worker.extension, self.leg_kind, self.peer,
             self.leg.uuid if self.leg else "-", reason, message,
+            extra={"event": "leg_refused", "extension": self.worker.extension, "leg": self.leg_kind,
+                   "peer": str(self.peer), "uuid": str(self.leg.uuid) if self.leg else None, "reason": reason},
         )
         self.end(reason, send_hangup=self.leg is not None, abort=reason == "slow_reader")
 
@@ -554,6 +558,12 @@ class LegProtocol(asyncio.Protocol):
             worker.extension, leg.kind, leg.uuid, reason, self._clock() - leg.started_at,
             leg.frames_received, leg.frames_sent, leg.underruns, leg.late_frames,
             leg.max_send_gap * 1000, leg.flood_dropped, leg.outbound.latency_dropped, leg.dtmf_received[:64],
+            extra={"event": "leg_end", "extension": worker.extension, "leg": leg.kind, "uuid": str(leg.uuid),
+                   "reason": reason, "duration": round(self._clock() - leg.started_at, 3),
+                   "frames_in": leg.frames_received, "frames_out": leg.frames_sent, "underruns": leg.underruns,
+                   "late": leg.late_frames, "max_send_gap_ms": round(leg.max_send_gap * 1000, 1),
+                   "dropped_flood": leg.flood_dropped, "dropped_latency": leg.outbound.latency_dropped,
+                   "dtmf": leg.dtmf_received[:64]},
         )
         if worker.on_leg_end is not None:
             worker.on_leg_end(leg)

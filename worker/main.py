@@ -71,13 +71,17 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
     if link is not None:
         link.start()
         link.send(Ready)
-    log.info("worker ready extension=%s pid=%d", spec.extension, os.getpid())
+    log.info("worker ready extension=%s pid=%d", spec.extension, os.getpid(),
+             extra={"event": "worker_ready", "extension": spec.extension})
     command = await commands.get()
     if isinstance(command, Drain):
-        log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.reason, command.seconds)
+        log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.reason, command.seconds,
+                 extra={"event": "worker_stopping", "extension": spec.extension, "reason": command.reason,
+                        "drain": command.seconds})
         await worker.drain(command.seconds)
     else:  # Stop
-        log.info("worker stopping extension=%s reason=%s", spec.extension, command.reason)
+        log.info("worker stopping extension=%s reason=%s", spec.extension, command.reason,
+                 extra={"event": "worker_stopping", "extension": spec.extension, "reason": command.reason})
     await worker.close()
     if link is not None:
         await link.close()

@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocke
 from audiogw.shared.apps import AgentOptions
 from audiogw.shared.audiosocket import Kind
 from audiogw.shared.config import resolve_path
+from audiogw.shared.logs import register_header_secrets
 from audiogw.shared.media_streams import (
     MAX_MESSAGE_BYTES,
     AgentClear,
@@ -84,6 +85,7 @@ class AgentApp(App):
         super().__init__(context, options)
         self.stream_format = StreamFormat(options.encoding, options.media_rate)
         self.headers = dict(options.headers)
+        register_header_secrets(self.headers)  # never logged, at any level (websockets logs headers at debug)
         self.fallback_path = resolve_path(context.base_dir, options.fallback) if options.fallback else ""
         self.fallback = Prompt(self.fallback_path) if options.fallback else None
         self.stats = AgentStats()

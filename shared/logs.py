@@ -74,6 +74,13 @@ class RedactingFilter(logging.Filter):
     """On the handler: redacts the formatted message (and a header logged as ``"%s: %s"``) of every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._redact(record)
+        except Exception:  # noqa: BLE001 - never lose a record (or kill the log thread) over redaction
+            record.msg, record.args = redact(str(record.msg)), None
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
         args = record.args
         if isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str) \
                 and args[0].strip().lower() in SENSITIVE_HEADERS:
@@ -81,7 +88,7 @@ class RedactingFilter(logging.Filter):
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: let the formatter report it as logging does
-            return True
+            return
         cleaned = redact(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
@@ -89,15 +96,29 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
-        for key, value in list(vars(record).items()):
-            if key not in _STANDARD_ATTRIBUTES and isinstance(value, str):
+        for key, value in extra_fields(record).items():
+            if isinstance(value, str):
                 setattr(record, key, redact(value))
-        return True
+
+
+def _plain(value: Any) -> Any:
+    """A field value JSON can carry: a library's object (websockets passes its connection,
+    a weak proxy that may be dead by now) becomes its text, or is left out."""
+    try:
+        if value is None or isinstance(value, (str, int, float, bool)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [_plain(item) for item in value]
+        if isinstance(value, dict):
+            return {str(key): _plain(item) for key, item in value.items()}
+        return str(value)
+    except Exception:  # noqa: BLE001 - a dead weakref proxy raises ReferenceError even on isinstance()
+        return None
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The fields a call passed with ``extra=``."""
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
+    """The fields a call passed with ``extra=``, as plain JSON values."""
+    return {key: _plain(value) for key, value in vars(record).items() if key not in _STANDARD_ATTRIBUTES}
 
 
 class JsonFormatter(logging.Formatter):
@@ -113,7 +134,7 @@ class JsonFormatter(logging.Formatter):
             entry.setdefault(key, value)
         if record.exc_info or record.exc_text:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=_plain).decode()
 
 
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
@@ -124,6 +145,14 @@ def _log_uncaught(kind: type[BaseException], value: BaseException, traceback: Tr
         sys.__excepthook__(kind, value, traceback)
         return
     logging.getLogger("audiogw").critical("uncaught exception", exc_info=(kind, value, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("audiogw").critical("uncaught exception in thread %s", name,
+                                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def configure_logging(
@@ -146,6 +175,7 @@ def configure_logging(
     logging.captureWarnings(True)  # warnings.warn() lines in the same format (py.warnings logger)
     if log_format == "json":
         sys.excepthook = _log_uncaught  # a crash's traceback is one JSON line too
+        threading.excepthook = _log_uncaught_in_thread
     if not off_loop:
         root.handlers[:] = [handler]
         return None

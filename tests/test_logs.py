@@ -101,3 +101,18 @@ def test_a_json_debug_supervisor_with_an_agent_logs_only_json_and_never_the_toke
     assert {"worker_ready", "leg_start", "leg_end"} <= events, events
     leg_end = next(entry for entry in entries if entry.get("event") == "leg_end")
     assert leg_end["extension"] == "1201" and isinstance(leg_end["frames_in"], int)
+
+
+def test_a_dead_weak_proxy_in_extra_neither_breaks_the_line_nor_the_log(captured) -> None:
+    import weakref
+
+    class Connection:
+        pass
+
+    buffer = captured("json")
+    connection = Connection()
+    proxy = weakref.proxy(connection)
+    del connection  # websockets passes its connection as a weak proxy; it may be gone when the line is written
+    logging.getLogger("websockets.client").debug("> EOF", extra={"websocket": proxy})
+    [entry] = [orjson.loads(line) for line in buffer.getvalue().splitlines()]
+    assert entry["message"] == "> EOF" and entry["websocket"] is None

@@ -1,6 +1,7 @@
 """A flood of control requests from one client bends neither /healthz nor a normal `ctl list`."""
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import urllib.error
@@ -46,13 +47,20 @@ def test_status_flood_keeps_healthz_and_ctl_list(supervisor):
             if flood.poll(1000):
                 replies.append(flood.recv_multipart()[-1])
 
-    flooder = threading.Thread(target=send_and_collect)
-    flooder.start()
     health_codes: list[int] = []
+
+    def watch_health() -> None:  # a probe every few ms: a stall of the bus reading shows as "late"
+        while flooder.is_alive():
+            health_codes.append(healthz(supervisor))
+            time.sleep(0.005)
+
+    flooder = threading.Thread(target=send_and_collect)
+    watcher = threading.Thread(target=watch_health)
+    flooder.start()
+    watcher.start()
     list_times: list[float] = []
     try:
         while flooder.is_alive():
-            health_codes.append(healthz(supervisor))
             started = time.monotonic()
             rows = request(supervisor.endpoint, "list", timeout=DEFAULT_TIMEOUT)  # raises on a timeout or refusal
             list_times.append(time.monotonic() - started)
@@ -60,6 +68,7 @@ def test_status_flood_keeps_healthz_and_ctl_list(supervisor):
             time.sleep(0.02)
     finally:
         flooder.join()
+        watcher.join()
         flood.close()
         context.term()
     decoded = [decode_reply(raw) for raw in replies]
@@ -67,7 +76,7 @@ def test_status_flood_keeps_healthz_and_ctl_list(supervisor):
     assert len(decoded) == FLOOD, "every flooded request got an answer"
     assert busy and all(reply.error.startswith("busy:") for reply in busy), {reply.error for reply in busy}
     assert len(health_codes) >= 3, "the flood lasted long enough to be watched"
-    assert set(health_codes) == {200}, health_codes
+    assert set(health_codes) == {200}, sorted(collections.Counter(health_codes).items())
     assert max(list_times) < DEFAULT_TIMEOUT
 
     def busy_counted():

@@ -365,7 +365,10 @@ class Supervisor:
             if extension.id not in self.extensions:
                 self.add_runtime(extension)
         result = plan.result()
-        log.info("reload done: %s", {key: value for key, value in result.items() if value and key != "unchanged"})
+        done = {key: value for key, value in result.items() if value and key != "unchanged"}
+        text = " ".join(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+                        for key, value in done.items())
+        log.info("reload done: %s", text or "nothing changed", extra={"event": "reload_done", "changes": done})
         return result
 
     async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig) -> ExtensionRuntime:

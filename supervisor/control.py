@@ -420,7 +420,8 @@ class ControlServer:
             reply = Reply.success(request_id, await dispatch(self.supervisor, request.command, request.args))
         except (MessageError, CommandRefused) as error:
             self.refused["bad_request"] += 1
-            log.warning("control: refused: %s", error)
+            # Each ctl request is a new connection: the burst limit, not the peer, bounds a flood of these.
+            self.refusal_log.refused("bad_request", identity.hex(), "control: refused: %s", error)
             reply = Reply.failure(request_id, str(error))
         except Exception as error:  # a bug in one command must not take the supervisor down
             self.refused["internal_error"] += 1

@@ -84,3 +84,23 @@ def test_status_flood_keeps_healthz_and_ctl_list(supervisor):
         return refused["busy"] == len(busy) or None
     wait_for(busy_counted, 5, what="/metrics to count every busy refusal")  # published at the next bus read
     assert supervisor.log().count("refused a request: busy") <= REFUSAL_LOG_BURST
+
+
+def test_a_flood_of_bad_requests_logs_a_handful_of_lines(supervisor):
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(supervisor.endpoint)
+    count = 300
+    try:
+        for _ in range(count):  # one at a time: never busy, every one refused as a bad request
+            sock.send(encode_request(Request(command="no-such-command", id=uuid.uuid4().hex, args={})))
+            assert sock.poll(5000), "no answer"
+            assert not decode_reply(sock.recv_multipart()[-1]).ok
+    finally:
+        sock.close()
+        context.term()
+    supervisor.stop()  # writes the last summary
+    lines = [line for line in supervisor.log().splitlines() if "refused" in line]
+    assert 1 < len(lines) <= REFUSAL_LOG_BURST + 2, lines  # the first named, the rest summed up
+    assert any("more refused in" in line and "bad_request" in line for line in lines)

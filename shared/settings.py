@@ -472,6 +472,8 @@ SUPERVISOR: tuple[Setting, ...] = (
     number(_S, "flap_window", 10.0, "Flap detection: more than flap_max_restarts restarts of one worker within\n"
            "flap_window seconds marks it as flapping (FATAL).", LIVE, positive=True),
     integer(_S, "flap_max_restarts", 5, "Restarts of one worker allowed within flap_window.", LIVE, minimum=1),
+    number(_S, "fatal_retry", 60.0, "Seconds a fatal worker (flapping, or refused by its config) waits before one\n"
+           "more try on its own (0 = only `ctl restart-extension`).", LIVE, minimum=0.0),
     number(_S, "drain_seconds", 10.0, "Seconds a graceful stop (SIGTERM, `ctl stop`) lets calls in progress finish.",
            LIVE, minimum=0.0),
     choice(_S, "log_format", "human", LOG_FORMATS, "log format",

@@ -46,6 +46,7 @@ def restart_policy(config: Config) -> RestartPolicy:
         flap_window=settings.flap_window,
         flap_max_restarts=settings.flap_max_restarts,
         heartbeat_timeout=settings.heartbeat_timeout,
+        fatal_retry=settings.fatal_retry,
     )
 
 

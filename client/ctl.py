@@ -401,7 +401,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right
     return "\n".join(lines)
 
 
-LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "PID")
+LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "PID", "REASON")
 
 
 def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -416,6 +416,7 @@ def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _plain(row.get("app")),
             _plain(row.get("state")),
             _plain(row.get("pid")),
+            _plain(row.get("reason")),  # the last failure
         ]
         for row in rows
     ]
@@ -539,8 +540,10 @@ class _Settings:
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
     target = settings.target()
     try:
+        spec = DECLARATIONS.get(command)
         return request(
-            target.endpoint, command, args, timeout=settings.timeout,
+            target.endpoint, command, args,
+            timeout=spec.client_timeout(settings.timeout) if spec is not None else settings.timeout,
             server_public_key=target.server_key, client_secret_key=target.client_secret,
         )
     except CtlRefused as error:

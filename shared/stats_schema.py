@@ -207,7 +207,10 @@ HEAD_COLUMNS: tuple[Column, ...] = (
     Column("id", "EXT", "text"), Column("state", "STATE", "text"), Column("pid", "PID"),
     Column("uptime", "UPTIME", "duration"), Column("restarts", "RESTARTS"),
 )
-TAIL_COLUMNS: tuple[Column, ...] = (Column("memory_bytes", "MEM", "bytes"), Column("cpu_percent", "CPU", "percent"))
+TAIL_COLUMNS: tuple[Column, ...] = (
+    Column("memory_bytes", "MEM", "bytes"), Column("cpu_percent", "CPU", "percent"),
+    Column("reason", "REASON", "text"),  # the last failure (last: it is the one long cell)
+)
 
 CORE_SECTIONS: tuple[Section, ...] = (LEGS, WORKER)
 # An app's section: app name -> "module:attribute", imported on first use (the

@@ -24,8 +24,8 @@ from audiogw.shared.messages import (
 from audiogw.shared.records import leg_records_file
 from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.supervisor import systemd
-from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
-from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
+from audiogw.supervisor.extension import ExtensionRuntime, PortInUse, bind_extension_sockets
+from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState, describe_exit
 from audiogw.supervisor.reload_plan import plan_reload
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
@@ -113,29 +113,67 @@ class Supervisor:
             return None
         return leg_records_file(folder, extension_id)
 
-    def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:
-        """Bind the sockets (PortInUse on a conflict), persist if asked, then start the worker.
+    def add_runtime(self, extension: ExtensionConfig, *, bind_now: bool = False) -> ExtensionRuntime:
+        """Start an extension's worker; its outcome (serving, or why not) arrives in ``runtime.outcome``.
 
-        The state file is written before the worker starts (and before the
-        reply), and nothing is left behind when binding or writing fails.
+        ``bind_now`` (add-extension): bind first and raise PortInUse, leaving
+        nothing behind. Otherwise (start, reload) a port that cannot be bound
+        leaves the extension listed as ``failed`` with the reason, retried with
+        the lifecycle's backoff: never dropped silently.
         """
-        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog)
-        if persist:
-            try:
-                self.store.added[extension.id] = extension
-                self.store.removed.discard(extension.id)
-                self.store.save()
-            except OSError:
-                self.store.added.pop(extension.id, None)
-                for sock in sockets.values():
-                    sock.close()
-                raise
+        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension,
+                                         self.config.audiosocket.listen_backlog) if bind_now else {}
         runtime = ExtensionRuntime(extension, sockets, restart_policy(self.config))
         self.extensions[extension.id] = runtime
+        runtime.expect_outcome()
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
 
+    def persist_added(self, extension: ExtensionConfig) -> None:
+        """Save an added extension (it comes back at every start); OSError leaves the store as it was."""
+        previous = self.store.added.get(extension.id)
+        was_removed = extension.id in self.store.removed
+        try:
+            self.store.added[extension.id] = extension
+            self.store.removed.discard(extension.id)
+            self.store.save()
+        except OSError:
+            if previous is None:
+                self.store.added.pop(extension.id, None)
+            else:
+                self.store.added[extension.id] = previous
+            if was_removed:
+                self.store.removed.add(extension.id)
+            raise
+
+    async def discard_extension(self, runtime: ExtensionRuntime) -> None:
+        """Take back an extension that never served (add-extension refused): no drain, no call to
+        keep; its process (a respawn, perhaps) is killed and its ports are freed before the reply."""
+        self.extensions.pop(runtime.id, None)
+        runtime.lifecycle.request_stop(time.monotonic())
+        process = runtime.process
+        if process is not None and process.exitcode is None:
+            process.kill()
+            try:
+                await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
+            except TimeoutError:
+                log.warning("worker extension=%s pid=%s did not exit after SIGKILL", runtime.id, process.pid)
+        runtime.close_sockets()
+        self._wake.set()
+
     def _spawn(self, runtime: ExtensionRuntime) -> None:
+        if not runtime.sockets:
+            try:
+                runtime.sockets = bind_extension_sockets(self.config.audiosocket.bind, runtime.config,
+                                                         self.config.audiosocket.listen_backlog)
+            except PortInUse as error:
+                now = time.monotonic()
+                runtime.lifecycle.cannot_listen(now, str(error))
+                log.error("extension %s failed: %s; retry in %.1f s", runtime.id, error,
+                          max(0.0, (runtime.lifecycle.retry_at or now) - now))
+                runtime.settle(str(error))
+                self._wake.set()
+                return
         process = self.zygote.spawn(self.worker_spec(runtime.config), runtime.sockets, name=f"audiogw-worker-{runtime.id}")
         runtime.attach(process)
         runtime.lifecycle.spawned(time.monotonic())
@@ -163,8 +201,11 @@ class Supervisor:
         state_before = runtime.lifecycle.state
         action = runtime.lifecycle.exited(now, code=exit_code, signal=signal_number)
         if exit_code == EX_CONFIG and runtime.lifecycle.state != WorkerState.STOPPED:
-            runtime.lifecycle.mark_fatal(now, "cannot start with this config")
+            runtime.lifecycle.mark_fatal(now, f"exited with code {EX_CONFIG}: cannot start with this config "
+                                              "(the worker's log line says why)")
             action = Action.NONE
+        if state_before != WorkerState.STOPPING:
+            runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
         state = runtime.lifecycle.state
         if state_before == WorkerState.STOPPING:
             log.info("worker exit extension=%s pid=%d %s", runtime.id, process.pid, how)
@@ -181,9 +222,11 @@ class Supervisor:
         if action == Action.SPAWN:
             try:
                 self._spawn(runtime)
-            except Exception:
+            except Exception as error:
                 log.exception("cannot start worker for extension %s", runtime.id)
-                self._act(runtime, runtime.lifecycle.exited(time.monotonic(), code=None, signal=None))
+                action = runtime.lifecycle.exited(time.monotonic(), code=None, signal=None)
+                runtime.settle(f"cannot start the worker: {error}")
+                self._act(runtime, action)
         elif action == Action.KILL and runtime.pid is not None:
             log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid,
                         runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else "")
@@ -281,6 +324,7 @@ class Supervisor:
         if isinstance(message, Ready) and runtime.lifecycle.state == WorkerState.STARTING:
             runtime.lifecycle.ready(now)
             runtime.ready_event.set()
+            runtime.settle(None)
             log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid,
                      (now - (runtime.started_at or now)) * 1000)
             self._notify_ready_if_all_serving()
@@ -367,14 +411,20 @@ class Supervisor:
         log.info("reload done: %s", {key: value for key, value in result.items() if value and key != "unchanged"})
         return result
 
-    async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig) -> ExtensionRuntime:
-        ports_changed = (runtime.config.ia_port, runtime.config.retorno_port) != (extension.ia_port, extension.retorno_port)
-        new_sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog) if ports_changed else None
-        await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=False)
-        if new_sockets is not None:
-            runtime.close_sockets()
-            runtime.sockets = new_sockets
+    async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig,
+                                drain: float | None = None) -> ExtensionRuntime:
+        """Stop the worker (draining ``drain`` s, default drain_seconds) and start it with ``extension``.
+
+        New ports are bound by the new start: one that cannot be bound leaves the
+        extension ``failed`` and retried, like at start-up.
+        """
+        ports_changed = runtime.config.ports() != extension.ports()
+        await self.stop_extension(runtime, self.config.supervisor.drain_seconds if drain is None else drain,
+                                  remove=False)
+        if ports_changed or not runtime.sockets:
+            runtime.close_sockets()  # empty: the start binds (again)
         runtime.config = extension
+        runtime.expect_outcome()
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
 

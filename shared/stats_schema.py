@@ -184,6 +184,8 @@ WORKER = Section(None, fields=(
 EXTENSION_FIGURES: tuple[Field, ...] = (
     Field("up", "audiogw_extension_up", "gauge", "1 while the extension's worker is running and heartbeating, else 0."),
     Field("restarts", "audiogw_worker_restarts", "counter", "Worker restarts by the supervisor."),
+    Field("fatal_retries", "audiogw_worker_fatal_retries", "counter",
+          "Tries of a fatal worker on the slow supervisor.fatal_retry timer (also counted in restarts)."),
     Field("rss", "audiogw_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.",
           unit="bytes"),
     Field("cpu_seconds", "audiogw_worker_cpu_seconds", "counter",

@@ -206,6 +206,7 @@ def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
         **_summary(runtime),
         "uptime": uptime,
         "restarts": runtime.lifecycle.restarts,
+        "fatal_retries": runtime.lifecycle.fatal_retries,
         **status_figures(runtime.totals(), runtime.stats),
         "memory_bytes": rss,
         "cpu_seconds": cpu_seconds,

@@ -47,13 +47,18 @@ def launch(tmp_path: Path, config: Path, base: int) -> SupervisorProcess:
         [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config", str(config)],
         stdout=log, stderr=log, cwd=tmp_path,
     )
-    wait_for(lambda: process.ctl("list", timeout=1.0) if process.process.poll() is None else _died(process), 15,
-             what="supervisor to answer list")
+    wait_for(lambda: _answers(process), 20, what="supervisor to answer list")
     return process
 
 
-def _died(process: SupervisorProcess):
-    raise AssertionError(f"supervisor exited {process.process.returncode}:\n{process.log()}")
+def _answers(process: SupervisorProcess) -> bool:
+    if process.process.poll() is not None:
+        raise AssertionError(f"supervisor exited {process.process.returncode}:\n{process.log()}")
+    try:
+        process.ctl("list", timeout=1.0)
+    except Exception:  # not listening yet
+        return False
+    return True
 
 
 @pytest.fixture

@@ -234,12 +234,16 @@ def request(
     silently drops the others (:class:`CtlUnreachable` after ``timeout``).
 
     Raises :class:`CtlRefused` on ``ok: false``, :class:`CtlUnreachable` when no
-    reply with this request's id arrives within ``timeout`` seconds,
+    reply with this request's id arrives within ``timeout`` seconds (for a command
+    that waits for a worker, at least its declared ``reply_timeout``: the supervisor
+    answers before that),
     :class:`CtlProtocolError` on a malformed reply to this request, and
     :class:`CtlEndpointError` for an unusable endpoint or key.
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    if (spec := DECLARATIONS.get(command)) is not None:  # never shorter than the supervisor's own wait
+        timeout = spec.client_timeout(timeout)
     _check_endpoint(endpoint)
     curve_key: bytes | None = None
     client_keys: tuple[bytes, bytes] | None = None
@@ -540,10 +544,8 @@ class _Settings:
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
     target = settings.target()
     try:
-        spec = DECLARATIONS.get(command)
         return request(
-            target.endpoint, command, args,
-            timeout=spec.client_timeout(settings.timeout) if spec is not None else settings.timeout,
+            target.endpoint, command, args, timeout=settings.timeout,
             server_public_key=target.server_key, client_secret_key=target.client_secret,
         )
     except CtlRefused as error:

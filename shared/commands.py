@@ -286,7 +286,8 @@ ADD_EXTENSION = CommandSpec(
     Extension,
     help="Add extension ID and start its worker; prints its two ports.\n\n"
          "Answers once the worker serves (persisted: it survives a supervisor restart), or "
-         "refuses with the reason it failed (nothing saved, its ports freed).",
+         "refuses with the reason it failed (nothing saved, its ports freed). ctl waits at least "
+         f"{START_REPLY_TIMEOUT:g} s for that answer, whatever --timeout says.",
     check=_two_ports,
     reply_timeout=START_REPLY_TIMEOUT,
 )
@@ -296,7 +297,8 @@ REMOVE_EXTENSION = CommandSpec(
 RESTART_EXTENSION = CommandSpec(
     "restart-extension", "Restart extension ID's worker (its calls are dropped).", (_ID,), Extension,
     help="Restart extension ID's worker (its calls are dropped); clears failed and fatal at once.\n\n"
-         "Answers once the worker serves, or refuses with the reason it failed.",
+         "Answers once the worker serves, or refuses with the reason it failed (ctl waits at least "
+         f"{START_REPLY_TIMEOUT:g} s for it).",
     reply_timeout=START_REPLY_TIMEOUT,
 )
 LIST = CommandSpec("list", "List the extensions: ports, app, worker state and pid.", (), list[Extension])

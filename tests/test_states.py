@@ -249,3 +249,24 @@ def test_restart_extension_clears_fatal_at_once_and_says_when_it_fails_again(tmp
     assert result.returncode == 0, result
     assert orjson.loads(result.stdout)["state"] == "running"
     assert time.monotonic() - begun < RestartPolicy().start_timeout, "at once, not on the 60 s timer"
+
+
+def test_reload_of_an_extension_whose_port_is_busy_lists_it_failed_then_serves(tmp_path, started):
+    base = free_port_block(20)
+    config = configure(tmp_path, base, ["backoff_max = 1.0"], extensions=1)
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    blocker = occupy(base + 11)  # the retorno port of the extension the reload adds
+    try:
+        config.write_text(config.read_text() + f'[[extension]]\nid = "1300"\nia_port = {base + 10}\n'
+                                               f'retorno_port = {base + 11}\n')
+        result = ctl(supervisor, "reload")
+        assert result.returncode == 0, result
+        row = wait_for(lambda: (r := rows(supervisor).get("1300")) and r["state"] == "failed" and r, 10,
+                       what="1300 failed after the reload")
+        assert f"cannot listen on 127.0.0.1:{base + 11} (retorno leg of extension 1300)" in row["reason"]
+        assert port_is_free(base + 10), "nothing half-bound while it waits"
+        assert healthz(supervisor)[0] == 503
+    finally:
+        blocker.close()
+    wait_for(lambda: rows(supervisor)["1300"]["state"] == "running", 10, what="1300 serving once the port is free")

@@ -244,6 +244,7 @@ class Supervisor:
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
+            self._notify_ready_if_all_serving()  # an exit or a busy port settles a start too
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
@@ -432,13 +433,35 @@ class Supervisor:
     def all_serving(self) -> bool:
         return all(r.lifecycle.state == WorkerState.RUNNING for r in self.extensions.values())
 
+    def start_settled(self) -> bool:
+        """Every extension's first start has an outcome: it serves, or it failed (busy port, exit,
+        start timeout). One that cannot serve does not hold readiness back (SPEC)."""
+        return all(r.outcome is None or r.outcome.done() for r in self.extensions.values())
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: how many serve, and each one that does not, with its state and reason."""
+        down = [r for r in self.extensions.values() if r.lifecycle.state != WorkerState.RUNNING]
+        line = f"{len(self.extensions) - len(down)} of {len(self.extensions)} extension(s) serving"
+        if down:
+            line += "; not serving: " + ", ".join(
+                f"{r.id} {r.state}" + (f" ({r.reason})" if r.reason else "") for r in down)
+        return line.replace("\n", " ")
+
     def _notify_ready_if_all_serving(self) -> None:
-        if not self._ready_sent and self.all_serving():
+        """READY=1 once the start has settled; STATUS= then and whenever it changes."""
+        if not self._ready_sent and not self.start_settled():
+            return
+        status = self.status_line()
+        if not self._ready_sent:
             self._ready_sent = True
-            systemd.notify("READY=1")
-            log.info("supervisor ready: %d extension(s) serving", len(self.extensions))
+            systemd.notify(f"READY=1\nSTATUS={status}")
+            log.info("supervisor ready: %s", status)
+        elif status != self._status_sent:
+            systemd.notify(f"STATUS={status}")
+        self._status_sent = status
 
     _ready_sent = False
+    _status_sent = ""
     _closing = False
 
     # -- main ------------------------------------------------------------------

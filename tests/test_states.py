@@ -270,3 +270,27 @@ def test_reload_of_an_extension_whose_port_is_busy_lists_it_failed_then_serves(t
     finally:
         blocker.close()
     wait_for(lambda: rows(supervisor)["1300"]["state"] == "running", 10, what="1300 serving once the port is free")
+
+
+def test_readiness_is_not_held_back_by_a_busy_port_and_status_names_it(tmp_path, started, monkeypatch):
+    """A fake $NOTIFY_SOCKET: READY=1 arrives although 1202 cannot serve, with STATUS= saying why."""
+    base = free_port_block(20)
+    config = configure(tmp_path, base, [])
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(15)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    blocker = occupy(base + 2)
+    try:
+        supervisor = launch(tmp_path, config, base)
+        started.append(supervisor)
+        while True:
+            message = notify.recv(4096).decode()
+            if "READY=1" in message:
+                break
+        status = dict(line.split("=", 1) for line in message.splitlines())["STATUS"]
+        assert status.startswith("1 of 2 extension(s) serving; not serving: 1202 failed (cannot listen on"), status
+        assert rows(supervisor)["1201"]["state"] == "running"
+    finally:
+        blocker.close()
+        notify.close()

@@ -43,7 +43,13 @@ from audiogw.shared.commands import (
     ArgumentInvalid,
     CommandSpec,
 )
-from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
+from audiogw.shared.config import (
+    CONFIG_SEARCH_HELP,
+    ConfigError,
+    ControlConfig,
+    default_config_path,
+    load_control_config,
+)
 from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
@@ -507,7 +513,7 @@ class _Settings:
         if self.endpoint is not None:
             endpoint, server_path, client_path = self.endpoint, self.server_key, self.client_key
         else:
-            supervisor = self._config().supervisor
+            supervisor = self._config()
             endpoint = supervisor.control
             server_path = self.server_key or supervisor.curve_server_public_key
             client_path = self.client_key or supervisor.curve_client_secret_key
@@ -525,15 +531,20 @@ class _Settings:
         except CtlEndpointError as error:
             _fail(EXIT_USAGE, f"{PROG}: {error}")
 
-    def _config(self) -> Config:
-        path = self.config_path or default_config_path()
+    def _config(self) -> ControlConfig:
+        """The control settings only: an error elsewhere in the file is one warning line,
+        so ctl still reaches the supervisor (to list, reload or stop) while the file is edited."""
         try:
-            return load_config(path)
+            config = load_control_config(default_config_path(self.config_path))
         except ConfigError as error:
             hint = ""
             if self.config_path is None:
                 hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
             _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
+        if config.problem is not None:
+            click.echo(f"{PROG}: warning: the config file has an error (the supervisor would refuse it): "
+                       f"{config.problem}", err=True)
+        return config
 
 
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
@@ -598,7 +609,7 @@ def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="Config file naming the control endpoint [default: $AUDIOGW_CONFIG, else etc/audiogw.toml].",
+    help=f"Config file naming the control endpoint [default: {CONFIG_SEARCH_HELP}].",
 )
 @click.option("--endpoint", callback=_endpoint, help="Control endpoint (ipc://PATH or tcp://HOST:PORT) instead of --config.")
 @click.option(

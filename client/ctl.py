@@ -539,7 +539,7 @@ class _Settings:
         except ConfigError as error:
             hint = ""
             if self.config_path is None:
-                hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
+                hint = " (or give the endpoint: --endpoint URL)"
             _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
         if config.problem is not None:
             click.echo(f"{PROG}: warning: the config file has an error (the supervisor would refuse it): "

@@ -467,8 +467,8 @@ def parse_config(
 _TOML_POSITION = re.compile(r"\A(?P<message>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)\Z", re.S)
 
 
-def _read_toml(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
-    """The file's absolute path and its decoded TOML; unreadable or invalid TOML is a ConfigError."""
+def _read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The file's absolute path and its text; unreadable or not UTF-8 is a ConfigError."""
     absolute = os.path.abspath(os.fspath(path))
     try:
         with open(absolute, "rb") as handle:
@@ -476,11 +476,15 @@ def _read_toml(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
     except OSError as error:
         raise ConfigError(absolute, "", f"cannot read: {error.strerror or error}") from None
     try:
-        text = raw.decode("utf-8")
+        return absolute, raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(absolute, "", f"cannot read: not UTF-8 (byte {error.start})") from None
+
+
+def _decode_toml(text: str, file: str) -> dict[str, Any]:
+    """Decoded TOML; a syntax error is a ConfigError with its line and column."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         match = _TOML_POSITION.match(message)
@@ -489,14 +493,13 @@ def _read_toml(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
         elif message.endswith("(at end of document)"):
             last_line = len(text.splitlines()) or 1
             message = f"line {last_line} (end of file): {message[: -len('(at end of document)')].strip()}"
-        raise ConfigError(absolute, "", f"invalid TOML: {message}") from None
-    return absolute, data
+        raise ConfigError(file, "", f"invalid TOML: {message}") from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; relative paths in it resolve against its folder."""
-    absolute, data = _read_toml(path)
-    return parse_config(data, path=absolute, base_dir=os.path.dirname(absolute))
+    absolute, text = _read_text(path)
+    return parse_config(_decode_toml(text, absolute), path=absolute, base_dir=os.path.dirname(absolute))
 
 
 # The [supervisor] keys `audiogw ctl` needs to reach the supervisor: all it validates.
@@ -517,9 +520,19 @@ class ControlConfig:
 
 def load_control_config(path: str | os.PathLike[str]) -> ControlConfig:
     """Only CONTROL_SETTINGS, each through its declaration in shared/settings.py; an error
-    in them (or unreadable TOML) is raised, an error anywhere else is kept in ``problem``."""
-    absolute, data = _read_toml(path)
+    in them is raised, an error anywhere else is kept in ``problem``. A TOML syntax error
+    outside ``[supervisor]`` is one too: that table alone is decoded then."""
+    absolute, text = _read_text(path)
     base_dir = os.path.dirname(absolute)
+    syntax: ConfigError | None = None
+    try:
+        data = _decode_toml(text, absolute)
+    except ConfigError as error:
+        syntax = error
+        try:
+            data = _decode_toml(_supervisor_table_text(text), absolute)
+        except ConfigError:
+            raise syntax from None  # the error is in [supervisor] itself: report it where it is
     supervisor = _expect_table(data.get("supervisor", {}), absolute, "supervisor")
     context = ParseContext(absolute, base_dir)
     declared = {setting.name: setting for setting in SECTIONS["supervisor"]}
@@ -528,9 +541,24 @@ def load_control_config(path: str | os.PathLike[str]) -> ControlConfig:
         setting = declared[name]
         raw = supervisor.get(name, setting.default)
         values[name] = None if raw is None else setting.parse(raw, context, setting.key)
-    problem: ConfigError | None = None
-    try:
-        parse_config(data, path=absolute, base_dir=base_dir)
-    except ConfigError as error:
-        problem = error
+    problem = syntax
+    if problem is None:
+        try:
+            parse_config(data, path=absolute, base_dir=base_dir)
+        except ConfigError as error:
+            problem = error
     return ControlConfig(absolute, problem=problem, **values)
+
+
+def _supervisor_table_text(text: str) -> str:
+    """The ``[supervisor]`` table's lines (header to the next table header), to decode on its
+    own when a syntax error elsewhere makes the whole file undecodable."""
+    lines: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        header = line.split("#", 1)[0].strip()
+        if header.startswith("["):
+            inside = header == "[supervisor]"
+        if inside:
+            lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""

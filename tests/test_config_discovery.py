@@ -129,3 +129,25 @@ def test_ctl_survives_a_typo_elsewhere(served: SupervisorProcess, home: dict[str
     result = run(CTL, home, "ctl", "list", cwd=folder)
     assert result.returncode == 2, result.stderr
     assert "supervisor.control" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_control_config_reads_only_the_control_settings(tmp_path: Path) -> None:
+    from audiogw.shared.config import ConfigError, load_control_config
+
+    path = tmp_path / "audiogw.toml"
+    text = '[supervisor]\ncontrol = "ipc://run/c.sock"\nstate_dir = "var"\n\n[audiosocket]\nbind = "127.0.0.1"\n'
+    path.write_text(text)
+    config = load_control_config(path)
+    assert config.control == f"ipc://{tmp_path}/run/c.sock" and config.problem is None
+    path.write_text(text.replace('bind = "127.0.0.1"', "bind = 127.0.0.1"))  # TOML syntax error elsewhere
+    config = load_control_config(path)
+    assert config.control == f"ipc://{tmp_path}/run/c.sock"
+    assert "invalid TOML" in str(config.problem) and "line 6" in str(config.problem)
+    path.write_text(text.replace("state_dir", "stat_dir"))  # a typo in [supervisor], not a control key
+    assert "supervisor.stat_dir" in str(load_control_config(path).problem)
+    path.write_text(text.replace('control = "ipc://run/c.sock"', "control = ipc://run/c.sock"))
+    with pytest.raises(ConfigError, match="line 2"):
+        load_control_config(path)
+    path.write_text(text.replace('control = "ipc://run/c.sock"', 'control = "tcp://127.0.0.1:5555"'))
+    config = load_control_config(path)  # the missing server keys are the supervisor's concern, not ctl's
+    assert config.control == "tcp://127.0.0.1:5555" and "curve_server_secret_key" in str(config.problem)

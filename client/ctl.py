@@ -36,6 +36,7 @@ from audiogw.shared.commands import (
     LIST,
     RELOAD,
     REMOVE_EXTENSION,
+    RESET,
     RESTART_EXTENSION,
     STATUS,
     STOP,
@@ -407,7 +408,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right
     return "\n".join(lines)
 
 
-LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "PID")
+LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "SOURCE", "PID")
 
 
 def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -421,11 +422,12 @@ def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _plain(row.get("retorno_port")),
             _plain(row.get("app")),
             _plain(row.get("state")),
+            _plain(row.get("source")),
             _plain(row.get("pid")),
         ]
         for row in rows
     ]
-    return format_table(LIST_HEADERS, cells, right=(1, 2, 5))
+    return format_table(LIST_HEADERS, cells, right=(1, 2, 6))
 
 
 # How each stats_schema Column format is shown.
@@ -474,6 +476,9 @@ def format_reload(result: Mapping[str, Any]) -> str:
         items = result.get(key) or []
         text = ", ".join(str(item) for item in items) if isinstance(items, list) else str(items)
         lines.append(f"{key}: {text or '-'}")
+    for override in result.get("overridden") or []:
+        if isinstance(override, Mapping):
+            lines.append(f"{_plain(override.get('id'))}: {_plain(override.get('reason'))}")
     return "\n".join(lines)
 
 
@@ -705,6 +710,8 @@ HUMAN: dict[CommandSpec, Human] = {
     RELOAD: lambda result, args: format_reload(_mapping(result)),
     STOP: lambda result, args: "supervisor stopping" + (f" (drain {args['drain']:g} s)" if "drain" in args else ""),
     DIALPLAN: _dialplan_text,
+    RESET: lambda result, args: (f"extension {_result_id(result, args['id'])}: runtime change dropped, "
+                                 f"the file's definition counts ({_mapping(result).get('action', '?')})"),
 }
 
 

@@ -24,7 +24,7 @@ def cli() -> None:
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
     from audiogw.supervisor.control import check_control_keys
-    from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
+    from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
     try:
         config = load_config(default_config_path(config_path))
@@ -39,6 +39,9 @@ def start(config_path: str | None) -> None:
     except AlreadyRunning as error:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(1)
+    except StateDirError as error:
+        click.echo(f"audiogw-supervisor: {config.path}: {error}", err=True)
+        sys.exit(2)
     try:
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.

@@ -512,9 +512,15 @@ class _Settings:
     timeout: float
     server_key: str | None
     client_key: str | None = None
+    _target: _Target | None = None  # read once: `top` must not re-read the file (and re-warn) every refresh
 
     def target(self) -> _Target:
         """The endpoint to use and, for tcp://, both CURVE keys; exit 2 if unusable."""
+        if self._target is None:
+            self._target = self._resolve_target()
+        return self._target
+
+    def _resolve_target(self) -> _Target:
         if self.endpoint is not None:
             endpoint, server_path, client_path = self.endpoint, self.server_key, self.client_key
         else:

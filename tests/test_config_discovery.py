@@ -121,6 +121,9 @@ def test_ctl_survives_a_typo_elsewhere(served: SupervisorProcess, home: dict[str
     assert "1201" in result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "warning" in lines[0] and "audiosocket.bindd" in lines[0], result.stderr
+    # `top` reads the file once: one warning, not one per refresh
+    result = run(CTL, home, "ctl", "top", "--iterations", "3", "--interval", "0.05", cwd=folder)
+    assert result.returncode == 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     # from elsewhere, through --config, the same
     result = run(CTL, home, "ctl", "--config", str(path), "list", cwd=folder.parent)
     assert result.returncode == 0 and "audiosocket.bindd" in result.stderr

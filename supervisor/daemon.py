@@ -321,7 +321,12 @@ class Supervisor:
         if runtime is None:
             if target is None:
                 return "unchanged"
-            self.add_runtime(target)
+            try:
+                self.add_runtime(target)
+            except OSError:  # its port is held by another program: keep the removal, nothing changed
+                self.store.removed.add(extension_id)
+                self.store.save()
+                raise
             return "started"
         async with runtime.lock:
             runtime.source = self.store.source(extension_id)

@@ -129,3 +129,21 @@ def test_state_files_are_owner_only(gateway) -> None:
     assert "extensions.json" in files and "workers.json" in files
     for name in files:
         assert stat.S_IMODE(os.stat(folder / name).st_mode) == 0o600, name
+
+
+def test_reset_whose_port_another_program_holds_changes_nothing(gateway) -> None:
+    import socket
+
+    gateway.ctl("remove-extension", {"id": "1202", "drain": 0})
+    config = load_config(gateway.config_path)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", config.extension("1202").ia_port))
+    holder.listen()
+    try:
+        with pytest.raises(CtlRefused, match="reset of 1202 failed"):
+            gateway.ctl("reset", {"id": "1202"})
+    finally:
+        holder.close()
+    assert state_file(gateway)["removed"] == ["1202"] and "1202" not in rows(gateway)
+    assert gateway.ctl("reset", {"id": "1202"})["action"] == "started"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 
 import click
 
-from audiogw.shared.config import CONFIG_NAME
+from audiogw.shared.config import CONFIG_NAME, ConfigError, parse_config
 from audiogw.shared.settings import AUDIOSOCKET, reference_text, toml_value
 
 DEMO_AGENT = "127.0.0.1:8765"
@@ -56,10 +57,17 @@ def init_command(folder: str, force: bool, demo_agent: bool) -> None:
     if os.path.exists(path) and not force:
         click.echo(f"audiogw init: {path} already exists; not overwritten (use --force to replace it)", err=True)
         sys.exit(1)
+    text = starter_text(demo_agent)
+    try:  # what the supervisor will check, from where the file will be (the control socket's path length...)
+        parse_config(tomllib.loads(text), path=os.path.abspath(path), base_dir=os.path.abspath(folder))
+    except ConfigError as error:
+        click.echo(f"audiogw init: the starter config would not start from {folder}: {error} "
+                   "(choose a shorter folder)", err=True)
+        sys.exit(2)
     try:
         os.makedirs(folder, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(starter_text(demo_agent))
+            handle.write(text)
     except OSError as error:
         click.echo(f"audiogw init: cannot write {path}: {error.strerror or error}", err=True)
         sys.exit(2)

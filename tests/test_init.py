@@ -78,3 +78,10 @@ def test_started_config_serves(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             pass
         kill_tree(process.pid)
+
+
+def test_init_refuses_a_folder_the_config_could_not_start_from(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    result = init(str(deep), cwd=tmp_path)
+    assert result.returncode == 2 and "supervisor.control" in result.stderr and "Traceback" not in result.stderr
+    assert not (deep / "audiogw.toml").exists()

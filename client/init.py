@@ -61,8 +61,7 @@ def init_command(folder: str, force: bool, demo_agent: bool) -> None:
     try:  # what the supervisor will check, from where the file will be (the control socket's path length...)
         parse_config(tomllib.loads(text), path=os.path.abspath(path), base_dir=os.path.abspath(folder))
     except ConfigError as error:
-        click.echo(f"audiogw init: the starter config would not start from {folder}: {error} "
-                   "(choose a shorter folder)", err=True)
+        click.echo(f"audiogw init: not written, it could not start there: {error}", err=True)
         sys.exit(2)
     try:
         os.makedirs(folder, exist_ok=True)

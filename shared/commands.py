@@ -21,7 +21,7 @@ from audiogw.shared.config import ConfigError, parse_option, validate_extension_
 __all__ = [
     "ArgumentInvalid", "ConfigDefault", "Arg", "CommandSpec", "DECLARATIONS",
     "ADD_EXTENSION", "REMOVE_EXTENSION", "RESTART_EXTENSION", "LIST", "STATUS", "RELOAD", "STOP", "DIALPLAN",
-    "Extension", "Removed", "Reloaded", "Stopping", "Dialplan",
+    "RESET", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
 ]
 
 MAX_DRAIN_SECONDS = 86400
@@ -235,6 +235,7 @@ class Extension(msgspec.Struct):
     options: dict[str, Any]
     state: str  # starting, running, backoff, failed, fatal, stopping (supervisor/lifecycle.py PUBLIC_STATE)
     pid: int | None
+    source: str = "file"  # "file" (the config file) or "runtime" (ctl add-extension), see ctl reset
     reason: str | None = None  # the last failure: exit status or signal, missed heartbeats, a busy port...
 
 
@@ -242,11 +243,27 @@ class Removed(msgspec.Struct):
     id: str
 
 
+class Override(msgspec.Struct):
+    """An extension whose file definition a runtime change hides, and what to do about it."""
+
+    id: str
+    reason: str
+
+
 class Reloaded(msgspec.Struct):
     added: list[str]
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    overridden: list[Override] = []
+
+
+class Reset(msgspec.Struct):
+    """``ctl reset``: what applying the file's definition did (started, replaced, removed, unchanged)."""
+
+    id: str
+    action: str
+    source: str
 
 
 class Stopping(msgspec.Struct):
@@ -311,8 +328,14 @@ RELOAD = CommandSpec(
 )
 STOP = CommandSpec("stop", "Stop the supervisor and every worker, gracefully.", (_DRAIN,), Stopping)
 DIALPLAN = CommandSpec("dialplan", "Print the Asterisk dialplan lines for extension ID.", (_ID,), Dialplan)
+RESET = CommandSpec(
+    "reset", "Drop ID's runtime change: the file's definition counts again.", (_ID,), Reset,
+    help="Drop the runtime change of extension ID (ctl add-extension / remove-extension) so the config "
+         "file's definition, or its absence, counts again; applied at once, like a reload of ID. Persisted.",
+    reply_timeout=START_REPLY_TIMEOUT,
+)
 
 DECLARATIONS: dict[str, CommandSpec] = {
     spec.name: spec
-    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN)
+    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN, RESET)
 }

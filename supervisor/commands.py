@@ -24,6 +24,7 @@ from audiogw.shared.commands import (
     LIST,
     RELOAD,
     REMOVE_EXTENSION,
+    RESET,
     RESTART_EXTENSION,
     STATUS,
     STOP,
@@ -34,6 +35,7 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.shared.stats_schema import status_figures
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
+from audiogw.supervisor.state import SOURCE_RUNTIME
 from audiogw.shared.apps import AppOptionError, parse_app_options
 
 if TYPE_CHECKING:
@@ -105,7 +107,7 @@ def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
     return {
         "id": config.id, "ia_port": config.ia_port, "retorno_port": config.retorno_port,
         "app": config.app, "options": dict(config.options),
-        "state": runtime.state, "pid": runtime.pid, "reason": runtime.reason,
+        "state": runtime.state, "pid": runtime.pid, "source": runtime.source, "reason": runtime.reason,
     }
 
 
@@ -150,6 +152,7 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
             raise CommandRefused(f"{error.key}: {error.reason}") from None
         try:
             runtime = supervisor.add_runtime(extension, bind_now=True)
+            runtime.source = SOURCE_RUNTIME  # saved once it serves; never from the file meanwhile
             break
         except PortInUse as error:
             if error.port in explicit_ports(args):
@@ -237,6 +240,21 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
 
 
+async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    deadline = _deadline(RESET)
+    extension_id = args["id"]
+    try:
+        action = await supervisor.reset_extension(extension_id)
+    except LookupError as error:
+        raise CommandRefused(str(error.args[0])) from None
+    except OSError as error:  # the state file could not be written, or the file's ports cannot be bound
+        raise CommandRefused(f"reset of {extension_id} failed: {error}") from None
+    runtime = supervisor.extensions.get(extension_id)
+    if runtime is not None and action in ("started", "replaced"):
+        await _outcome(runtime, deadline)  # answers when it serves or failed (its state says which)
+    return {"id": extension_id, "action": action, "source": "file"}
+
+
 def pair(handlers: Mapping[CommandSpec, Handler]) -> dict[str, Command]:
     """Each declaration with its handler, by name; a declaration without a handler (or the reverse) is a bug."""
     declared = set(DECLARATIONS.values())
@@ -257,5 +275,6 @@ HANDLERS: dict[CommandSpec, Handler] = {
     RELOAD: reload,
     STOP: stop,
     DIALPLAN: dialplan,
+    RESET: reset,
 }
 COMMANDS: dict[str, Command] = pair(HANDLERS)

@@ -21,10 +21,15 @@ from audiogw.shared.config import ConfigError, parse_option, validate_extension_
 __all__ = [
     "ArgumentInvalid", "ConfigDefault", "Arg", "CommandSpec", "DECLARATIONS",
     "ADD_EXTENSION", "REMOVE_EXTENSION", "RESTART_EXTENSION", "LIST", "STATUS", "RELOAD", "STOP", "DIALPLAN",
-    "Extension", "Removed", "Reloaded", "Stopping", "Dialplan",
+    "RESET", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
 ]
 
 MAX_DRAIN_SECONDS = 86400
+# Commands that wait for a worker to serve or fail (add-extension, restart-extension) answer
+# within reply_timeout - REPLY_MARGIN; ctl waits reply_timeout. The worker's start timeout
+# (RestartPolicy.start_timeout, 5 s) fits inside, so its kill is the answer, never ctl's timeout.
+START_REPLY_TIMEOUT = 15.0
+REPLY_MARGIN = 2.0
 
 
 class ArgumentInvalid(ValueError):
@@ -171,6 +176,17 @@ class CommandSpec:
     result: Any = Any
     help: str | None = None
     check: Check | None = None
+    reply_timeout: float | None = None  # ctl waits at least this long for the reply (see server_wait)
+
+    @property
+    def server_wait(self) -> float | None:
+        """How long the supervisor may wait for the truth before it answers: always
+        REPLY_MARGIN short of what ctl waits, so the two timeouts cannot cross."""
+        return None if self.reply_timeout is None else self.reply_timeout - REPLY_MARGIN
+
+    def client_timeout(self, asked: float) -> float:
+        """The seconds ctl waits: what was asked (``--timeout``), never less than ``reply_timeout``."""
+        return asked if self.reply_timeout is None else max(asked, self.reply_timeout)
 
     def arg(self, name: str) -> Arg:
         return next(arg for arg in self.args if arg.name == name)
@@ -217,12 +233,21 @@ class Extension(msgspec.Struct):
     retorno_port: int
     app: str
     options: dict[str, Any]
-    state: str
+    state: str  # starting, running, backoff, failed, fatal, stopping (supervisor/lifecycle.py PUBLIC_STATE)
     pid: int | None
+    source: str = "file"  # "file" (the config file) or "runtime" (ctl add-extension), see ctl reset
+    reason: str | None = None  # the last failure: exit status or signal, missed heartbeats, a busy port...
 
 
 class Removed(msgspec.Struct):
     id: str
+
+
+class Override(msgspec.Struct):
+    """An extension whose file definition a runtime change hides, and what to do about it."""
+
+    id: str
+    reason: str
 
 
 class Reloaded(msgspec.Struct):
@@ -230,6 +255,15 @@ class Reloaded(msgspec.Struct):
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    overridden: list[Override] = []
+
+
+class Reset(msgspec.Struct):
+    """``ctl reset``: what applying the file's definition did (started, replaced, removed, unchanged)."""
+
+    id: str
+    action: str
+    source: str
 
 
 class Stopping(msgspec.Struct):
@@ -268,14 +302,21 @@ ADD_EXTENSION = CommandSpec(
     ),
     Extension,
     help="Add extension ID and start its worker; prints its two ports.\n\n"
-         "The change is persisted: it survives a supervisor restart.",
+         "Answers once the worker serves (persisted: it survives a supervisor restart), or "
+         "refuses with the reason it failed (nothing saved, its ports freed). ctl waits at least "
+         f"{START_REPLY_TIMEOUT:g} s for that answer, whatever --timeout says.",
     check=_two_ports,
+    reply_timeout=START_REPLY_TIMEOUT,
 )
 REMOVE_EXTENSION = CommandSpec(
     "remove-extension", "Stop extension ID's worker and forget it. Persisted.", (_ID, _DRAIN), Removed
 )
 RESTART_EXTENSION = CommandSpec(
-    "restart-extension", "Restart extension ID's worker (its calls are dropped).", (_ID,), Extension
+    "restart-extension", "Restart extension ID's worker (its calls are dropped).", (_ID,), Extension,
+    help="Restart extension ID's worker (its calls are dropped); clears failed and fatal at once.\n\n"
+         "Answers once the worker serves, or refuses with the reason it failed (ctl waits at least "
+         f"{START_REPLY_TIMEOUT:g} s for it).",
+    reply_timeout=START_REPLY_TIMEOUT,
 )
 LIST = CommandSpec("list", "List the extensions: ports, app, worker state and pid.", (), list[Extension])
 STATUS = CommandSpec(
@@ -287,8 +328,14 @@ RELOAD = CommandSpec(
 )
 STOP = CommandSpec("stop", "Stop the supervisor and every worker, gracefully.", (_DRAIN,), Stopping)
 DIALPLAN = CommandSpec("dialplan", "Print the Asterisk dialplan lines for extension ID.", (_ID,), Dialplan)
+RESET = CommandSpec(
+    "reset", "Drop ID's runtime change: the file's definition counts again.", (_ID,), Reset,
+    help="Drop the runtime change of extension ID (ctl add-extension / remove-extension) so the config "
+         "file's definition, or its absence, counts again; applied at once, like a reload of ID. Persisted.",
+    reply_timeout=START_REPLY_TIMEOUT,
+)
 
 DECLARATIONS: dict[str, CommandSpec] = {
     spec.name: spec
-    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN)
+    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN, RESET)
 }

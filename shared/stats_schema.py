@@ -184,6 +184,8 @@ WORKER = Section(None, fields=(
 EXTENSION_FIGURES: tuple[Field, ...] = (
     Field("up", "audiogw_extension_up", "gauge", "1 while the extension's worker is running and heartbeating, else 0."),
     Field("restarts", "audiogw_worker_restarts", "counter", "Worker restarts by the supervisor."),
+    Field("fatal_retries", "audiogw_worker_fatal_retries", "counter",
+          "Tries of a fatal worker on the slow supervisor.fatal_retry timer (also counted in restarts)."),
     Field("rss", "audiogw_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.",
           unit="bytes"),
     Field("cpu_seconds", "audiogw_worker_cpu_seconds", "counter",
@@ -213,10 +215,14 @@ SUPERVISOR_FIGURES: tuple[Field, ...] = (
 
 # ctl status columns that are not worker figures, before and after the sections' columns.
 HEAD_COLUMNS: tuple[Column, ...] = (
-    Column("id", "EXT", "text"), Column("state", "STATE", "text"), Column("pid", "PID"),
+    Column("id", "EXT", "text"), Column("state", "STATE", "text"), Column("source", "SOURCE", "text"),
+    Column("pid", "PID"),
     Column("uptime", "UPTIME", "duration"), Column("restarts", "RESTARTS"),
 )
-TAIL_COLUMNS: tuple[Column, ...] = (Column("memory_bytes", "MEM", "bytes"), Column("cpu_percent", "CPU", "percent"))
+TAIL_COLUMNS: tuple[Column, ...] = (
+    Column("memory_bytes", "MEM", "bytes"), Column("cpu_percent", "CPU", "percent"),
+    Column("reason", "REASON", "text"),  # the last failure (last: it is the one long cell)
+)
 
 CORE_SECTIONS: tuple[Section, ...] = (LEGS, WORKER)
 # An app's section: app name -> "module:attribute", imported on first use (the

@@ -7,7 +7,7 @@ import sys
 import click
 
 from audiogw.shared.blas import single_threaded_blas
-from audiogw.shared.config import ConfigError, default_config_path, load_config
+from audiogw.shared.config import CONFIG_SEARCH_HELP, ConfigError, default_config_path, load_config
 from audiogw.shared.errors import report_error
 from audiogw.shared.logs import configure_logging
 
@@ -21,15 +21,14 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: $AUDIOGW_CONFIG, else etc/audiogw.toml).")
+              help=f"Config file [default: {CONFIG_SEARCH_HELP}].")
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
     from audiogw.supervisor.control import check_control_keys
-    from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
+    from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
-    path = config_path or default_config_path()
     try:
-        config = load_config(path)
+        config = load_config(default_config_path(config_path))
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
     except ConfigError as error:
         report_error("config", str(error))
@@ -41,6 +40,9 @@ def start(config_path: str | None) -> None:
     except AlreadyRunning as error:
         report_error("refused", str(error))
         sys.exit(1)
+    except StateDirError as error:
+        report_error("config", f"{config.path}: {error}")
+        sys.exit(2)
     try:
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.

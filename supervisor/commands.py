@@ -24,6 +24,7 @@ from audiogw.shared.commands import (
     LIST,
     RELOAD,
     REMOVE_EXTENSION,
+    RESET,
     RESTART_EXTENSION,
     STATUS,
     STOP,
@@ -34,13 +35,12 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.shared.stats_schema import status_figures
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
+from audiogw.supervisor.state import SOURCE_RUNTIME
 from audiogw.shared.apps import AppOptionError, parse_app_options
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
     from audiogw.supervisor.extension import ExtensionRuntime
-
-READY_TIMEOUT = 5.0
 
 
 class CommandRefused(Exception):
@@ -81,11 +81,25 @@ def _runtime(supervisor: "Supervisor", extension_id: str) -> "ExtensionRuntime":
     return runtime
 
 
-async def _wait_ready(runtime: "ExtensionRuntime") -> None:
+async def _outcome(runtime: "ExtensionRuntime", deadline: float) -> str | None:
+    """None once the worker started for this request serves, else why it does not.
+
+    ``deadline`` (monotonic) comes from the command's ``server_wait``, which is
+    shorter than ctl's own timeout by construction: the reply is always the
+    supervisor's truth, never ctl's "no reply".
+    """
+    outcome = runtime.outcome
+    if outcome is None:
+        return None if runtime.state == "running" else f"not serving (state {runtime.state})"
     try:
-        await asyncio.wait_for(runtime.ready_event.wait(), READY_TIMEOUT)
+        return await asyncio.wait_for(asyncio.shield(outcome), max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        pass
+        return f"not serving in time (state {runtime.state}{': ' + runtime.reason if runtime.reason else ''})"
+
+
+def _deadline(spec: CommandSpec) -> float:
+    assert spec.server_wait is not None
+    return time.monotonic() + spec.server_wait
 
 
 def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
@@ -93,12 +107,15 @@ def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
     return {
         "id": config.id, "ia_port": config.ia_port, "retorno_port": config.retorno_port,
         "app": config.app, "options": dict(config.options),
-        "state": runtime.lifecycle.state.value, "pid": runtime.pid,
+        "state": runtime.state, "pid": runtime.pid, "source": runtime.source, "reason": runtime.reason,
     }
 
 
 # -- the commands ------------------------------------------------------------------
 async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    """Start the extension and answer only with the truth: it serves (then it is saved), or
+    the reason it failed (then it is not saved, not listed, and its ports are free)."""
+    deadline = _deadline(ADD_EXTENSION)
     extension_id = args["id"]
     if extension_id in supervisor.extensions:
         raise CommandRefused(f"extension {extension_id} already exists")
@@ -120,8 +137,8 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
         ports = dict(args)
         if wanted:
             try:
-                explicit = {args[name] for name in ("ia_port", "retorno_port") if name in args}
-                free = allocate_ports(supervisor.config.audiosocket.port_range, used | explicit, len(wanted))
+                free = allocate_ports(supervisor.config.audiosocket.port_range, used | explicit_ports(args),
+                                      len(wanted))
             except ConfigError as error:
                 raise CommandRefused(error.reason) from None
             ports.update(zip(wanted, free))
@@ -134,16 +151,30 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
         except ConfigError as error:
             raise CommandRefused(f"{error.key}: {error.reason}") from None
         try:
-            runtime = supervisor.add_runtime(extension, persist=True)
+            runtime = supervisor.add_runtime(extension, bind_now=True)
+            runtime.source = SOURCE_RUNTIME  # saved once it serves; never from the file meanwhile
             break
         except PortInUse as error:
-            if not wanted:
-                raise CommandRefused(str(error)) from None
+            if error.port in explicit_ports(args):
+                raise CommandRefused(f"port {error.port} is in use ({error})") from None
             used.update(port for name, port in ports.items() if name in wanted)
     else:
         raise CommandRefused("no two free ports found in the configured range")
-    await _wait_ready(runtime)
+    failure = await _outcome(runtime, deadline)
+    if failure is None:
+        try:
+            supervisor.persist_added(extension)
+        except OSError as error:
+            failure = f"cannot save the state file: {error.strerror or error}"
+    if failure is not None:
+        await supervisor.discard_extension(runtime)
+        raise CommandRefused(f"extension {extension_id} failed: {failure}; not added")
     return _summary(runtime)
+
+
+def explicit_ports(args: dict[str, Any]) -> set[int]:
+    """The ports the request names (a busy one is refused as such, not skipped like a range port)."""
+    return {args[name] for name in ("ia_port", "retorno_port") if name in args}
 
 
 async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
@@ -155,10 +186,14 @@ async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> An
 
 
 async def restart_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    """Restart at once (its calls are dropped: no drain), clearing failed/fatal; answer with the truth."""
+    deadline = _deadline(RESTART_EXTENSION)
     runtime = _runtime(supervisor, args["id"])
     async with runtime.lock:
-        await supervisor.replace_extension(runtime, runtime.config)
-    await _wait_ready(runtime)
+        await supervisor.replace_extension(runtime, runtime.config, drain=0.0)
+    failure = await _outcome(runtime, deadline)
+    if failure is not None:
+        raise CommandRefused(f"extension {runtime.id} restarted but failed: {failure} (state {runtime.state})")
     return _summary(runtime)
 
 
@@ -174,6 +209,7 @@ def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
         **_summary(runtime),
         "uptime": uptime,
         "restarts": runtime.lifecycle.restarts,
+        "fatal_retries": runtime.lifecycle.fatal_retries,
         **status_figures(runtime.totals(), runtime.stats),
         "memory_bytes": rss,
         "cpu_seconds": cpu_seconds,
@@ -204,6 +240,21 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
 
 
+async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    deadline = _deadline(RESET)
+    extension_id = args["id"]
+    try:
+        action = await supervisor.reset_extension(extension_id)
+    except LookupError as error:
+        raise CommandRefused(str(error.args[0])) from None
+    except OSError as error:  # the state file could not be written, or the file's ports cannot be bound
+        raise CommandRefused(f"reset of {extension_id} failed: {error}") from None
+    runtime = supervisor.extensions.get(extension_id)
+    if runtime is not None and action in ("started", "replaced"):
+        await _outcome(runtime, deadline)  # answers when it serves or failed (its state says which)
+    return {"id": extension_id, "action": action, "source": "file"}
+
+
 def pair(handlers: Mapping[CommandSpec, Handler]) -> dict[str, Command]:
     """Each declaration with its handler, by name; a declaration without a handler (or the reverse) is a bug."""
     declared = set(DECLARATIONS.values())
@@ -224,5 +275,6 @@ HANDLERS: dict[CommandSpec, Handler] = {
     RELOAD: reload,
     STOP: stop,
     DIALPLAN: dialplan,
+    RESET: reset,
 }
 COMMANDS: dict[str, Command] = pair(HANDLERS)

@@ -24,8 +24,8 @@ from audiogw.shared.messages import (
 from audiogw.shared.records import leg_records_file
 from audiogw.shared.worker_spec import WorkerSpec
 from audiogw.supervisor import systemd
-from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
-from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
+from audiogw.supervisor.extension import ExtensionRuntime, PortInUse, bind_extension_sockets
+from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState, describe_exit
 from audiogw.supervisor.reload_plan import plan_reload
 from audiogw.supervisor.state import ExtensionStore, WorkerRecords
 from audiogw.supervisor.zygote import Zygote
@@ -46,6 +46,7 @@ def restart_policy(config: Config) -> RestartPolicy:
         flap_window=settings.flap_window,
         flap_max_restarts=settings.flap_max_restarts,
         heartbeat_timeout=settings.heartbeat_timeout,
+        fatal_retry=settings.fatal_retry,
     )
 
 
@@ -112,29 +113,70 @@ class Supervisor:
             return None
         return leg_records_file(folder, extension_id)
 
-    def add_runtime(self, extension: ExtensionConfig, *, persist: bool = False) -> ExtensionRuntime:
-        """Bind the sockets (PortInUse on a conflict), persist if asked, then start the worker.
+    def add_runtime(self, extension: ExtensionConfig, *, bind_now: bool = False) -> ExtensionRuntime:
+        """Start an extension's worker; its outcome (serving, or why not) arrives in ``runtime.outcome``.
 
-        The state file is written before the worker starts (and before the
-        reply), and nothing is left behind when binding or writing fails.
+        ``bind_now`` (add-extension): bind first and raise PortInUse, leaving
+        nothing behind. Otherwise (start, reload) a port that cannot be bound
+        leaves the extension listed as ``failed`` with the reason, retried with
+        the lifecycle's backoff: never dropped silently.
         """
-        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog)
-        if persist:
-            try:
-                self.store.added[extension.id] = extension
-                self.store.removed.discard(extension.id)
-                self.store.save()
-            except OSError:
-                self.store.added.pop(extension.id, None)
-                for sock in sockets.values():
-                    sock.close()
-                raise
+        sockets = bind_extension_sockets(self.config.audiosocket.bind, extension,
+                                         self.config.audiosocket.listen_backlog) if bind_now else {}
         runtime = ExtensionRuntime(extension, sockets, restart_policy(self.config))
+        runtime.source = self.store.source(extension.id)
         self.extensions[extension.id] = runtime
+        runtime.expect_outcome()
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
 
+    def persist_added(self, extension: ExtensionConfig) -> None:
+        """Save an added extension (it comes back at every start); OSError leaves the store as it was."""
+        previous = self.store.added.get(extension.id)
+        was_removed = extension.id in self.store.removed
+        try:
+            self.store.added[extension.id] = extension
+            self.store.removed.discard(extension.id)
+            self.store.save()
+        except OSError:
+            if previous is None:
+                self.store.added.pop(extension.id, None)
+            else:
+                self.store.added[extension.id] = previous
+            if was_removed:
+                self.store.removed.add(extension.id)
+            raise
+        if (runtime := self.extensions.get(extension.id)) is not None:
+            runtime.source = self.store.source(extension.id)
+
+    async def discard_extension(self, runtime: ExtensionRuntime) -> None:
+        """Take back an extension that never served (add-extension refused): no drain, no call to
+        keep; its process (a respawn, perhaps) is killed and its ports are freed before the reply."""
+        self.extensions.pop(runtime.id, None)
+        runtime.lifecycle.request_stop(time.monotonic())
+        process = runtime.process
+        if process is not None and process.exitcode is None:
+            process.kill()
+            try:
+                await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
+            except TimeoutError:
+                log.warning("worker extension=%s pid=%s did not exit after SIGKILL", runtime.id, process.pid)
+        runtime.close_sockets()
+        self._wake.set()
+
     def _spawn(self, runtime: ExtensionRuntime) -> None:
+        if not runtime.sockets:
+            try:
+                runtime.sockets = bind_extension_sockets(self.config.audiosocket.bind, runtime.config,
+                                                         self.config.audiosocket.listen_backlog)
+            except PortInUse as error:
+                now = time.monotonic()
+                runtime.lifecycle.cannot_listen(now, str(error))
+                log.error("extension %s failed: %s; retry in %.1f s", runtime.id, error,
+                          max(0.0, (runtime.lifecycle.retry_at or now) - now))
+                runtime.settle(str(error))
+                self._wake.set()
+                return
         process = self.zygote.spawn(self.worker_spec(runtime.config), runtime.sockets, name=f"audiogw-worker-{runtime.id}")
         runtime.attach(process)
         runtime.lifecycle.spawned(time.monotonic())
@@ -162,8 +204,11 @@ class Supervisor:
         state_before = runtime.lifecycle.state
         action = runtime.lifecycle.exited(now, code=exit_code, signal=signal_number)
         if exit_code == EX_CONFIG and runtime.lifecycle.state != WorkerState.STOPPED:
-            runtime.lifecycle.mark_fatal(now, "cannot start with this config")
+            runtime.lifecycle.mark_fatal(now, f"exited with code {EX_CONFIG}: cannot start with this config "
+                                              "(the worker's log line says why)")
             action = Action.NONE
+        if state_before != WorkerState.STOPPING:
+            runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
         state = runtime.lifecycle.state
         if state_before == WorkerState.STOPPING:
             log.info("worker exit extension=%s pid=%d %s", runtime.id, process.pid, how)
@@ -180,9 +225,11 @@ class Supervisor:
         if action == Action.SPAWN:
             try:
                 self._spawn(runtime)
-            except Exception:
+            except Exception as error:
                 log.exception("cannot start worker for extension %s", runtime.id)
-                self._act(runtime, runtime.lifecycle.exited(time.monotonic(), code=None, signal=None))
+                action = runtime.lifecycle.exited(time.monotonic(), code=None, signal=None)
+                runtime.settle(f"cannot start the worker: {error}")
+                self._act(runtime, action)
         elif action == Action.KILL and runtime.pid is not None:
             reason = runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else ""
             log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid, reason,
@@ -201,6 +248,7 @@ class Supervisor:
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
+            self._notify_ready_if_all_serving()  # an exit or a busy port settles a start too
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
@@ -281,6 +329,7 @@ class Supervisor:
         if isinstance(message, Ready) and runtime.lifecycle.state == WorkerState.STARTING:
             runtime.lifecycle.ready(now)
             runtime.ready_event.set()
+            runtime.settle(None)
             took = (now - (runtime.started_at or now)) * 1000
             log.info("worker ready extension=%s pid=%d in %.0f ms", runtime.id, runtime.pid, took,
                      extra={"event": "worker_ready", "extension": runtime.id, "ms": round(took)})
@@ -304,6 +353,40 @@ class Supervisor:
         if self.config.extension(extension_id) is not None:
             self.store.removed.add(extension_id)
         self.store.save()
+
+    async def reset_extension(self, extension_id: str) -> str:
+        """Drop ``extension_id``'s runtime override and apply the file's definition (as last
+        loaded) at once: start, replace, remove or leave its worker. Returns what was done."""
+        if extension_id not in self.store.overrides():
+            raise LookupError(f"extension {extension_id} has no runtime override (its definition is the file's)")
+        target = self.config.extension(extension_id)
+        runtime = self.extensions.get(extension_id)
+        if target is not None and runtime is None:
+            clash = {port for other in self.extensions.values() for port in other.config.ports().values()}
+            taken = sorted(set(target.ports().values()) & clash)
+            if taken:
+                raise LookupError(f"the file's extension {extension_id} needs port(s) "
+                                  f"{', '.join(map(str, taken))}, used by another extension")
+        self.store.reset(extension_id)
+        if runtime is None:
+            if target is None:
+                return "unchanged"
+            try:
+                self.add_runtime(target, bind_now=True)
+            except OSError:  # its port is held by another program: keep the removal, nothing changed
+                self.store.removed.add(extension_id)
+                self.store.save()
+                raise
+            return "started"
+        async with runtime.lock:
+            runtime.source = self.store.source(extension_id)
+            if target is None:
+                await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=True)
+                return "removed"
+            if runtime.config != target:
+                await self.replace_extension(runtime, target)
+                return "replaced"
+        return "unchanged"
 
     # -- stopping ---------------------------------------------------------
     async def stop_extension(self, runtime: ExtensionRuntime, drain: float, *, remove: bool) -> None:
@@ -340,7 +423,7 @@ class Supervisor:
             raise ConfigError(None, "", "no config file to reload")
         new_config = load_config(self.config.path)
         plan = plan_reload(self.config, new_config, {i: r.config for i, r in self.extensions.items()},
-                           self.store.effective)
+                           self.store.effective, self.store.overrides())
         for level, line in plan.log_lines():
             log.log(level, line)
         old_logging = (self.config.supervisor.log_format, self.config.supervisor.log_level)
@@ -371,14 +454,20 @@ class Supervisor:
         log.info("reload done: %s", text or "nothing changed", extra={"event": "reload_done", "changes": done})
         return result
 
-    async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig) -> ExtensionRuntime:
-        ports_changed = (runtime.config.ia_port, runtime.config.retorno_port) != (extension.ia_port, extension.retorno_port)
-        new_sockets = bind_extension_sockets(self.config.audiosocket.bind, extension, self.config.audiosocket.listen_backlog) if ports_changed else None
-        await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=False)
-        if new_sockets is not None:
-            runtime.close_sockets()
-            runtime.sockets = new_sockets
+    async def replace_extension(self, runtime: ExtensionRuntime, extension: ExtensionConfig,
+                                drain: float | None = None) -> ExtensionRuntime:
+        """Stop the worker (draining ``drain`` s, default drain_seconds) and start it with ``extension``.
+
+        New ports are bound by the new start: one that cannot be bound leaves the
+        extension ``failed`` and retried, like at start-up.
+        """
+        ports_changed = runtime.config.ports() != extension.ports()
+        await self.stop_extension(runtime, self.config.supervisor.drain_seconds if drain is None else drain,
+                                  remove=False)
+        if ports_changed or not runtime.sockets:
+            runtime.close_sockets()  # empty: the start binds (again)
         runtime.config = extension
+        runtime.expect_outcome()
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
 
@@ -386,13 +475,35 @@ class Supervisor:
     def all_serving(self) -> bool:
         return all(r.lifecycle.state == WorkerState.RUNNING for r in self.extensions.values())
 
+    def start_settled(self) -> bool:
+        """Every extension's first start has an outcome: it serves, or it failed (busy port, exit,
+        start timeout). One that cannot serve does not hold readiness back (SPEC)."""
+        return all(r.outcome is None or r.outcome.done() for r in self.extensions.values())
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: how many serve, and each one that does not, with its state and reason."""
+        down = [r for r in self.extensions.values() if r.lifecycle.state != WorkerState.RUNNING]
+        line = f"{len(self.extensions) - len(down)} of {len(self.extensions)} extension(s) serving"
+        if down:
+            line += "; not serving: " + ", ".join(
+                f"{r.id} {r.state}" + (f" ({r.reason})" if r.reason else "") for r in down)
+        return line.replace("\n", " ")
+
     def _notify_ready_if_all_serving(self) -> None:
-        if not self._ready_sent and self.all_serving():
+        """READY=1 once the start has settled; STATUS= then and whenever it changes."""
+        if not self._ready_sent and not self.start_settled():
+            return
+        status = self.status_line()
+        if not self._ready_sent:
             self._ready_sent = True
-            systemd.notify("READY=1")
-            log.info("supervisor ready: %d extension(s) serving", len(self.extensions))
+            systemd.notify(f"READY=1\nSTATUS={status}")
+            log.info("supervisor ready: %s", status)
+        elif status != self._status_sent:
+            systemd.notify(f"STATUS={status}")
+        self._status_sent = status
 
     _ready_sent = False
+    _status_sent = ""
     _closing = False
 
     # -- main ------------------------------------------------------------------

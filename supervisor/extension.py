@@ -17,7 +17,14 @@ from audiogw.supervisor.lifecycle import RestartPolicy, WorkerLifecycle
 
 
 class PortInUse(OSError):
-    pass
+    """A leg's port could not be bound; ``port`` names it."""
+
+    def __init__(self, errno: int | None, message: str, port: int) -> None:
+        super().__init__(errno, message)
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) -> dict[str, socket.socket]:
@@ -29,7 +36,8 @@ def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) 
                 sockets[leg_kind] = bind_listener(bind, port, backlog)
             except OSError as error:
                 raise PortInUse(
-                    error.errno, f"cannot listen on {bind}:{port} ({leg_kind} leg of extension {extension.id}): {error.strerror}"
+                    error.errno, f"cannot listen on {bind}:{port} ({leg_kind} leg of extension {extension.id}): "
+                    f"{error.strerror}", port,
                 ) from None
     except OSError:
         for sock in sockets.values():
@@ -48,6 +56,7 @@ class ExtensionRuntime:
         # process.exitcode: that polls with a fresh selector on every heartbeat.
         self.pid: int | None = None
         self.identity: bytes | None = None  # the worker's ZeroMQ identity, for commands
+        self.source = "file"  # where its definition comes from: "file" or "runtime" (set by the supervisor)
         self.started_at: float | None = None  # monotonic, current incarnation
         self._stats: dict[str, Any] = {}  # latest heartbeat's snapshot (this incarnation)
         self.carried: dict[str, Any] = {}  # what previous incarnations leave: their counters and histograms
@@ -56,6 +65,8 @@ class ExtensionRuntime:
         self.lock = asyncio.Lock()  # one command at a time per extension, never a global lock
         self.ready_event = asyncio.Event()
         self.exited_event = asyncio.Event()
+        # How the current start ends: None (it serves) or the reason it failed; see expect_outcome().
+        self.outcome: asyncio.Future[str | None] | None = None
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations
@@ -75,6 +86,26 @@ class ExtensionRuntime:
         """A heartbeat's snapshot; replaced whole, never changed in place (a published total may share it)."""
         self._stats = snapshot
         self._totals = None
+
+    def expect_outcome(self) -> None:
+        """Before an operator start: the next ready, or the next failure (an exit before or after
+        ready, a port that cannot be bound), settles ``outcome`` for whoever waits for the truth."""
+        self.outcome = asyncio.get_running_loop().create_future()
+
+    def settle(self, failure: str | None) -> None:
+        """The current start served (``None``) or failed (the reason); only the first word counts."""
+        if self.outcome is not None and not self.outcome.done():
+            self.outcome.set_result(failure)
+
+    @property
+    def state(self) -> str:
+        """The public state name (SPEC), from the lifecycle's one mapping."""
+        return self.lifecycle.public_state
+
+    @property
+    def reason(self) -> str | None:
+        """The last failure, as the lifecycle recorded it."""
+        return self.lifecycle.last_failure
 
     def attach(self, process: BaseProcess) -> None:
         self.process = process

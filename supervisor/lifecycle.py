@@ -13,8 +13,10 @@ STARTING  spawn ordered / process spawned, not yet ready (sockets + heartbeat)
 RUNNING   ready and heartbeating
 STOPPING  a stop/drain was requested, waiting for the process to exit
 BACKOFF   exited unexpectedly (crash, or killed as hung/late); waits ``retry_at``
-FATAL     flapping (too many unexpected exits within ``flap_window``): not
-          restarted until an operator starts it again
+FAILED    its sockets could not be bound (port in use); waits ``retry_at`` (backoff)
+FATAL     flapping (too many unexpected exits within ``flap_window``), or cannot
+          start with its config: retried only on the slow ``fatal_retry`` timer
+          (0: never), or when an operator starts it again
 ========  =====================================================================
 
 Transitions (the source of truth; anything not listed raises IllegalTransition)
@@ -22,7 +24,7 @@ Transitions (the source of truth; anything not listed raises IllegalTransition)
 =================  =========================================  ==========  ======  ==============================================
 from               event                                      to          action  notes
 =================  =========================================  ==========  ======  ==============================================
-STOPPED, FATAL     start                                      STARTING    SPAWN   failure count and flap history cleared
+STOPPED, FATAL     start                                      STARTING    SPAWN   failure count, flap history, last_failure cleared
 STARTING           spawned (once per attempt)                 STARTING    -       records ``spawned_at``; no transition recorded
 STARTING, RUNNING,
 STOPPING           heartbeat                                  (same)      -       records ``last_heartbeat``; never makes ready
@@ -34,14 +36,19 @@ STARTING (spawned),
 RUNNING            request_stop                               STOPPING    NONE    the I/O layer sends the drain / SIGTERM
 STARTING (not
 spawned yet)       request_stop                               STOPPED     NONE    there is no process to wait for
-BACKOFF, FATAL     request_stop                               STOPPED     NONE
+BACKOFF, FAILED,
+FATAL              request_stop                               STOPPED     NONE
 STOPPED, STOPPING  request_stop                               (same)      NONE    idempotent; nothing recorded
 STOPPING           exited                                     STOPPED     NONE    whatever the exit code
-STARTING, RUNNING  exited, flapping (3)                       FATAL       NONE    ``retry_at`` = None
+STARTING, RUNNING  exited, flapping (3)                       FATAL       NONE    ``retry_at`` as (6)
 STARTING, RUNNING  exited, not flapping, delay (4) > 0        BACKOFF     NONE    ``retry_at`` = now + delay
 STARTING, RUNNING  exited, not flapping, delay (4) == 0       BACKOFF,    SPAWN   two records at ``now``; ``restarts`` += 1
                                                               STARTING
 BACKOFF            tick, now >= retry_at                      STARTING    SPAWN   ``restarts`` += 1
+STARTING (not
+spawned yet)       cannot_listen(reason)                      FAILED      NONE    ``retry_at`` = now + delay (5); never FATAL
+FAILED             tick, now >= retry_at                      STARTING    SPAWN   ``restarts`` += 1 (binding is tried again)
+FATAL              tick, now >= retry_at (6)                  STARTING    SPAWN   ``restarts``, ``fatal_retries`` += 1; flap history cleared
 BACKOFF, FATAL,
 STARTING (not
 spawned yet)       mark_fatal(reason)                         FATAL       NONE    e.g. the worker cannot start with its config
@@ -55,6 +62,14 @@ any                tick, nothing due                          (same)      NONE
     this one included, number more than ``flap_max_restarts``.
 (4) delay = ``backoff_delay(policy, consecutive_failures)`` where this exit
     is counted in ``consecutive_failures``.
+(5) the same delay, counting this failure, but never 0 (SECOND_DELAY_WHEN_IMMEDIATE
+    at least): a port held by another program is not freed by retrying at once.
+(6) FATAL's ``retry_at`` = the time FATAL began + ``fatal_retry``; None when
+    ``fatal_retry`` is 0.
+
+``last_failure`` is the reason of the last failure (an unexpected exit, a kill,
+a bind failure, mark_fatal), kept through respawns and recovery so a RUNNING
+worker still says what last went wrong; an operator ``start`` clears it.
 
 A KILL is ordered at most once per process: afterwards ``tick`` returns NONE
 and ``next_deadline`` is None until ``exited`` (an unexpected exit). Kill
@@ -76,6 +91,7 @@ __all__ = [
     "Transition",
     "WorkerLifecycle",
     "WorkerState",
+    "PUBLIC_STATE",
     "backoff_delay",
     "HISTORY_LENGTH",
 ]
@@ -90,7 +106,22 @@ class WorkerState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     BACKOFF = "backoff"
+    FAILED = "failed"
     FATAL = "fatal"
+
+
+# The one mapping from internal states to the names ``ctl list``/``status`` show (SPEC:
+# starting, running, backoff, failed, fatal, stopping). STOPPED is only ever seen between
+# a stop and the next start of a restart (a stopped extension is no longer listed).
+PUBLIC_STATE: dict[WorkerState, str] = {
+    WorkerState.STOPPED: "stopping",
+    WorkerState.STARTING: "starting",
+    WorkerState.RUNNING: "running",
+    WorkerState.STOPPING: "stopping",
+    WorkerState.BACKOFF: "backoff",
+    WorkerState.FAILED: "failed",
+    WorkerState.FATAL: "fatal",
+}
 
 
 class Action(enum.Enum):
@@ -120,9 +151,10 @@ class RestartPolicy:
     flap_max_restarts: int = 5
     start_timeout: float = 5.0
     heartbeat_timeout: float = 3.0
+    fatal_retry: float = 60.0  # seconds in FATAL before one more try; 0: only an operator start
 
     def __post_init__(self) -> None:
-        for name in ("backoff_initial", "backoff_max", "flap_window"):
+        for name in ("backoff_initial", "backoff_max", "flap_window", "fatal_retry"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"RestartPolicy.{name} must be >= 0, not {getattr(self, name)!r}")
         for name in ("start_timeout", "heartbeat_timeout"):
@@ -192,6 +224,8 @@ class WorkerLifecycle:
         self._excused_at = 0.0  # see excuse()
         self._spawned_at: float | None = None
         self._kill_reason: str | None = None
+        self._last_failure: str | None = None
+        self._fatal_retries = 0
         self._transitions: deque[Transition] = deque(maxlen=HISTORY_LENGTH)
 
     # -- read-only views ----------------------------------------------------
@@ -215,7 +249,7 @@ class WorkerLifecycle:
 
     @property
     def retry_at(self) -> float | None:
-        """When BACKOFF ends; None in every other state."""
+        """When BACKOFF or FAILED ends, or FATAL's slow retry is due; None in every other state."""
         return self._retry_at
 
     @property
@@ -234,6 +268,21 @@ class WorkerLifecycle:
         return self._kill_reason
 
     @property
+    def public_state(self) -> str:
+        """The state's name as ``ctl list``/``status``, /healthz and the SPEC say it."""
+        return PUBLIC_STATE[self._state]
+
+    @property
+    def last_failure(self) -> str | None:
+        """Why the worker last failed (exit, kill, bind, mark_fatal); None since the last operator start."""
+        return self._last_failure
+
+    @property
+    def fatal_retries(self) -> int:
+        """Tries made on the slow FATAL timer; never decreases."""
+        return self._fatal_retries
+
+    @property
     def transitions(self) -> list[Transition]:
         """The last HISTORY_LENGTH transitions, oldest first (a copy)."""
         return list(self._transitions)
@@ -245,6 +294,7 @@ class WorkerLifecycle:
         reason = "operator restart" if self._state is WorkerState.FATAL else "start requested"
         self._consecutive_failures = 0
         self._exit_times.clear()
+        self._last_failure = None
         self._enter_starting(now, reason)
         return Action.SPAWN
 
@@ -283,7 +333,7 @@ class WorkerLifecycle:
         elif state in (WorkerState.STARTING, WorkerState.RUNNING):
             self._maybe_reset(now)
             self._move(WorkerState.STOPPING, now, "stop requested")
-        else:  # BACKOFF, FATAL: no process
+        else:  # BACKOFF, FAILED, FATAL: no process
             self._move(WorkerState.STOPPED, now, f"stop requested (was {state.value})")
         return Action.NONE
 
@@ -304,9 +354,11 @@ class WorkerLifecycle:
             self._exit_times.popleft()
         self._exit_times.append(now)
         self._consecutive_failures += 1
+        self._last_failure = how
         if len(self._exit_times) > self.policy.flap_max_restarts:
             self._move(WorkerState.FATAL, now,
                        f"flapping: {len(self._exit_times)} unexpected exits within {window:g} s (last: {how})")
+            self._last_failure = self._transitions[-1].reason
             return Action.NONE
         delay = backoff_delay(self.policy, self._consecutive_failures)
         self._retry_at = now + delay
@@ -315,21 +367,33 @@ class WorkerLifecycle:
             return self._respawn(now)
         return Action.NONE
 
+    def cannot_listen(self, now: float, reason: str) -> None:
+        """The sockets could not be bound (a port in use): FAILED, tried again after a backoff."""
+        if not (self._state is WorkerState.STARTING and self._spawned_at is None):
+            raise IllegalTransition(self._state, "cannot_listen", "only before the process is spawned")
+        self._consecutive_failures += 1
+        delay = backoff_delay(self.policy, self._consecutive_failures) or SECOND_DELAY_WHEN_IMMEDIATE
+        self._last_failure = reason
+        self._move(WorkerState.FAILED, now, f"{reason}; retry in {delay:g} s")
+        self._retry_at = now + delay
+
     def set_policy(self, policy: RestartPolicy, now: float) -> None:
         """Apply a reloaded policy from ``now`` on, without a restart: the heartbeat and
         start deadlines, the flap count and the next backoff use it at once (unexpected
         exits already counted stay counted). A BACKOFF wait already running is cut to
         the new ``backoff_max``, never lengthened. Not a transition: nothing is recorded."""
         self.policy = policy
-        if self._state is WorkerState.BACKOFF and self._retry_at is not None:
+        if self._state in (WorkerState.BACKOFF, WorkerState.FAILED) and self._retry_at is not None:
             self._retry_at = min(self._retry_at, now + policy.backoff_max)
+        elif self._state is WorkerState.FATAL:
+            self._retry_at = self._fatal_retry_at(self._state_since)
 
     def mark_fatal(self, now: float, reason: str) -> None:
         """Give up on a worker that has no live process (e.g. it cannot start with its config)."""
         if not (self._state in (WorkerState.BACKOFF, WorkerState.FATAL)
                 or (self._state is WorkerState.STARTING and self._spawned_at is None)):
             raise IllegalTransition(self._state, "mark_fatal", "only without a live process")
-        self._retry_at = None
+        self._last_failure = reason
         self._move(WorkerState.FATAL, now, reason)
 
     def tick(self, now: float) -> Action:
@@ -338,21 +402,26 @@ class WorkerLifecycle:
         if deadline is None or now < deadline:
             return Action.NONE
         state = self._state
-        if state is WorkerState.BACKOFF:
+        if state in (WorkerState.BACKOFF, WorkerState.FAILED):
             return self._respawn(now)
+        if state is WorkerState.FATAL:
+            self._fatal_retries += 1
+            self._exit_times.clear()
+            return self._respawn(now, f"slow retry of a fatal worker (#{self._fatal_retries})")
         if state is WorkerState.STARTING:
             started = self._spawned_at if self._spawned_at is not None else self._state_since
             reason = f"start timeout: not ready after {now - started:.1f} s"
         else:  # RUNNING
             reason = f"hung: no heartbeat for {now - self._heartbeat_reference():.1f} s"
         self._kill_reason = reason
+        self._last_failure = reason
         self._record(state, state, now, reason)
         return Action.KILL
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which ``tick`` acts (returns SPAWN or KILL), or None if it never will as things are."""
         state = self._state
-        if state is WorkerState.BACKOFF:
+        if state in (WorkerState.BACKOFF, WorkerState.FAILED, WorkerState.FATAL):
             return self._retry_at
         if self._kill_reason is not None:
             return None
@@ -375,10 +444,13 @@ class WorkerLifecycle:
                 and now - self._state_since >= self.policy.flap_window):
             self._consecutive_failures = 0
 
-    def _respawn(self, now: float) -> Action:
+    def _respawn(self, now: float, why: str = "respawn") -> Action:
         self._restarts += 1
-        self._enter_starting(now, f"respawn (restart #{self._restarts})")
+        self._enter_starting(now, f"{why} (restart #{self._restarts})")
         return Action.SPAWN
+
+    def _fatal_retry_at(self, since: float) -> float | None:
+        return since + self.policy.fatal_retry if self.policy.fatal_retry > 0 else None
 
     def _enter_starting(self, now: float, reason: str) -> None:
         self._retry_at = None
@@ -392,7 +464,9 @@ class WorkerLifecycle:
         if new is not self._state:
             self._state = new
             self._state_since = now
-        if new is not WorkerState.BACKOFF:
+        if new is WorkerState.FATAL:
+            self._retry_at = self._fatal_retry_at(self._state_since)
+        elif new not in (WorkerState.BACKOFF, WorkerState.FAILED):
             self._retry_at = None
 
     def _record(self, old: WorkerState, new: WorkerState, now: float, reason: str) -> None:

@@ -70,11 +70,14 @@ class ExtensionSample:
     id: str
     running: bool  # lifecycle state is RUNNING
     restarts: int = 0
+    fatal_retries: int = 0
     last_heartbeat: float | None = None  # unix time
     totals: Mapping[str, Any] = field(default_factory=dict)
     rss: int | None = None
     cpu_seconds: float | None = None
     realtime_priority: int | None = None  # None: no live worker to ask
+    state: str | None = None  # the public state name (ctl list's)
+    reason: str | None = None  # the last failure
 
     def is_up(self, now: float, heartbeat_timeout: float) -> bool:
         """Serving and heard from within the heartbeat timeout."""
@@ -224,11 +227,14 @@ def sample_runtime(runtime: "ExtensionRuntime", now: float | None = None,
         id=str(runtime.config.id),
         running=runtime.lifecycle.state == WorkerState.RUNNING,
         restarts=runtime.lifecycle.restarts,
+        fatal_retries=runtime.lifecycle.fatal_retries,
         last_heartbeat=runtime.last_heartbeat_wall,
         totals=runtime.totals(),
         rss=rss,
         cpu_seconds=cpu_seconds,
         realtime_priority=priority,
+        state=runtime.state,
+        reason=runtime.reason,
     )
 
 
@@ -298,7 +304,7 @@ def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout:
     /healthz turns 503 before the lifecycle kills it.
     """
     samples = list(samples)
-    down = [sample.id for sample in samples if not sample.is_up(now, heartbeat_timeout)]
+    down = [sample for sample in samples if not sample.is_up(now, heartbeat_timeout)]
     late = []
     if heartbeat_interval is not None:
         limit = heartbeat_late_after(heartbeat_interval)
@@ -307,7 +313,14 @@ def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout:
                 for sample in samples
                 if sample.running and sample.last_heartbeat is not None and now - sample.last_heartbeat > limit]
     if down or late:
-        return 503, {"status": "degraded", "down": down, **({"late": late} if late else {})}
+        # Why each one is down, as ctl list says it: a failed (busy port) or fatal extension is named.
+        why = {sample.id: {"state": sample.state, "reason": sample.reason} for sample in down if sample.state}
+        body: dict[str, Any] = {"status": "degraded", "down": [sample.id for sample in down]}
+        if why:
+            body["why"] = why
+        if late:
+            body["late"] = late
+        return 503, body
     return 200, {"status": "ok", "extensions": len(samples)}
 
 

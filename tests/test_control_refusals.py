@@ -27,6 +27,7 @@ def refusal_lines(log: str) -> list[str]:
 def attempt_bad_handshakes(endpoint: str, count: int) -> None:
     """``count`` connections that each fail the handshake once (no reconnect)."""
     context = zmq.Context()
+    sockets: list[zmq.Socket] = []
     try:
         for start in range(0, count, BATCH):
             sockets = []
@@ -38,13 +39,14 @@ def attempt_bad_handshakes(endpoint: str, count: int) -> None:
                     wrong_public, _ = zmq.curve_keypair()
                     public, secret = zmq.curve_keypair()
                     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = wrong_public, public, secret
-                sock.connect(endpoint)
-                sock.send(b'{"command": "stop"}', zmq.NOBLOCK) if sock.poll(0, zmq.POLLOUT) else None
+                sock.connect(endpoint)  # the handshake starts at once: nothing needs to be sent
                 sockets.append(sock)
             time.sleep(0.2)  # the handshakes run and fail
             for sock in sockets:
                 sock.close()
     finally:
+        for sock in sockets:
+            sock.close()
         context.term()
 
 

@@ -103,14 +103,17 @@ class FakeSupervisor:
 
 
 LIST_ROWS = [
-    {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "echo", "state": "running", "pid": 4242},
-    {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "state": "backoff", "pid": None},
+    {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "echo", "state": "running", "pid": 4242,
+     "source": "file"},
+    {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "state": "backoff", "pid": None,
+     "source": "runtime", "reason": "exited with code 1; restart in 0.5 s"},
 ]
 
 STATUS_ROWS = [
     {
         "id": "1201",
         "state": "running",
+        "source": "file",
         "pid": 4242,
         "uptime": 192.7,
         "restarts": 0,
@@ -129,6 +132,7 @@ STATUS_ROWS = [
     {
         "id": "1202",
         "state": "backoff",
+        "source": "runtime",
         "pid": None,
         "uptime": None,
         "restarts": 7,
@@ -475,9 +479,10 @@ def test_list_human_and_json(supervisor, run):
     assert result.exit_code == 0, result.output
     assert supervisor.last["command"] == "list" and supervisor.last["args"] == {}
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["EXT", "IA", "RETORNO", "APP", "STATE", "PID"]
-    assert lines[1].split() == ["1201", "40000", "40001", "echo", "running", "4242"]
-    assert lines[2].split() == ["1202", "40002", "40003", "bridge", "backoff", "-"]
+    assert lines[0].split() == ["EXT", "IA", "RETORNO", "APP", "STATE", "SOURCE", "PID", "REASON"]
+    assert lines[1].split() == ["1201", "40000", "40001", "echo", "running", "file", "4242", "-"]
+    assert lines[2].split(maxsplit=7) == ["1202", "40002", "40003", "bridge", "backoff", "runtime", "-",
+                                          "exited with code 1; restart in 0.5 s"]
     as_json = run("--json", "list")
     assert orjson.loads(as_json.stdout) == LIST_ROWS
     after = run("list", "--json")  # also accepted after the subcommand
@@ -490,13 +495,14 @@ def test_status_all_and_one(supervisor, run):
     assert supervisor.last["command"] == "status" and supervisor.last["args"] == {}
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "EXT", "STATE", "PID", "UPTIME", "RESTARTS", "CALLS", "IN", "OUT",
-        "UNDERRUNS", "LATE_P99", "LAG_P99", "MEM", "CPU",
+        "EXT", "STATE", "SOURCE", "PID", "UPTIME", "RESTARTS", "CALLS", "IN", "OUT",
+        "UNDERRUNS", "LATE_P99", "LAG_P99", "MEM", "CPU", "REASON",
     ]
     assert lines[1].split() == [
-        "1201", "running", "4242", "3m12s", "0", "2", "15000", "14990", "3", "1.2ms", "0.5ms", "12.3M", "3.2%",
+        "1201", "running", "file", "4242", "3m12s", "0", "2", "15000", "14990", "3", "1.2ms", "0.5ms", "12.3M", "3.2%",
+        "-",
     ]
-    assert lines[2].split() == ["1202", "backoff", "-", "-", "7", "0", "0", "0", "0", "-", "-", "-", "-"]
+    assert lines[2].split() == ["1202", "backoff", "runtime", "-", "-", "7", "0", "0", "0", "0", "-", "-", "-", "-", "-"]
     run("status", "1201")
     assert supervisor.last["args"] == {"id": "1201"}
     as_json = run("--json", "status")
@@ -652,9 +658,10 @@ def test_status_table_aligns_columns_and_tolerates_missing_keys():
     table = format_status_table([*STATUS_ROWS, {"id": "9"}])
     lines = table.splitlines()
     assert len(lines) == 4
-    # Right-aligned numeric columns: every line ends at the same column.
-    assert len({len(line) for line in lines}) == 1
-    assert lines[3].split() == ["9"] + ["-"] * 12
+    # Right-aligned numeric columns: every line's numbers end at the same column (REASON, text, follows).
+    reason_at = lines[0].index("REASON")
+    assert len({len(line[:reason_at].rstrip()) for line in lines}) == 1
+    assert lines[3].split() == ["9"] + ["-"] * 14
     assert lines[0].index("STATE") == lines[1].index("running")
 
 

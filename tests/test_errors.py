@@ -62,7 +62,7 @@ def test_ctl_client_side_errors(tmp_path: Path, as_json: bool) -> None:
     check(ctl(*flag, "no-such-command"), EXIT_USAGE, "usage", as_json)
     # A bad config file: exit 2, the file named.
     bad = tmp_path / "bad.toml"
-    bad.write_text("[supervisor\n")
+    bad.write_text('[supervisor]\ncontrol = "bogus://x"\n')  # the control settings themselves (ctl needs them)
     message = check(ctl("--config", str(bad), *flag, "list"), EXIT_USAGE, "config", as_json)
     assert str(bad) in message
     # A tcp endpoint without keys.
@@ -98,7 +98,7 @@ def test_call_bad_record_path_and_unreachable(tmp_path: Path, as_json: bool) -> 
 @pytest.mark.parametrize("content", ["garbage{", "[1]", '{"removed": 3}', '{"added": ["x"]}'])
 def test_corrupt_state_file_at_supervisor_start_is_one_line(tmp_path: Path, content: str) -> None:
     config = write_config(tmp_path, free_port_block(20), extensions=1)
-    (tmp_path / "state").mkdir()
+    (tmp_path / "state").mkdir(mode=0o700)  # owner-only: no warning about its mode
     (tmp_path / "state" / "extensions.json").write_text(content)
     done = subprocess.run([sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start",
                            "--config", str(config)], capture_output=True, text=True, cwd=tmp_path, timeout=30)

@@ -65,7 +65,7 @@ def test_normal_life():
 
 
 def test_state_values_are_lowercase_strings():
-    assert {s.value for s in S} == {"stopped", "starting", "running", "stopping", "backoff", "fatal"}
+    assert {s.value for s in S} == {"stopped", "starting", "running", "stopping", "backoff", "failed", "fatal"}
     assert {a.value for a in Action} == {"spawn", "kill", "none"}
 
 
@@ -181,7 +181,7 @@ def flap(life: WorkerLifecycle, now: float, times: int) -> float:
 
 
 def test_flapping_goes_fatal_after_max_restarts_within_the_window():
-    policy = RestartPolicy(flap_window=60.0, flap_max_restarts=5)
+    policy = RestartPolicy(flap_window=60.0, flap_max_restarts=5, fatal_retry=0.0)
     life = running(policy)
     # 5 unexpected exits are tolerated (with 5 restarts)...
     assert life.exited(1.0, code=1, signal=None) is Action.SPAWN
@@ -362,10 +362,11 @@ def test_stop_from_each_state():
 
 # -- mark_fatal -------------------------------------------------------------------
 def test_mark_fatal_after_exit_even_when_a_respawn_was_ordered():
-    life = running()
+    life = running(RestartPolicy(fatal_retry=0.0))
     assert life.exited(1.0, code=78, signal=None) is Action.SPAWN
     life.mark_fatal(1.0, "cannot start with this config")
     assert life.state is S.FATAL and life.transitions[-1].reason == "cannot start with this config"
+    assert life.last_failure == "cannot start with this config"
     assert life.tick(100.0) is Action.NONE
     life.mark_fatal(2.0, "again")  # FATAL -> FATAL is allowed
     assert life.state_since == 1.0
@@ -408,11 +409,12 @@ def test_illegal_transitions_raise_and_change_nothing(call, setup):
 
 def test_policy_is_frozen_and_validated():
     policy = RestartPolicy()
-    assert dataclasses.astuple(policy) == (0.0, 30.0, 2.0, 10.0, 5, 5.0, 3.0)
+    assert dataclasses.astuple(policy) == (0.0, 30.0, 2.0, 10.0, 5, 5.0, 3.0, 60.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.backoff_max = 1.0  # type: ignore[misc]
     for bad in ({"backoff_initial": -1.0}, {"backoff_factor": 0.5}, {"heartbeat_timeout": 0.0},
-                {"start_timeout": float("nan")}, {"flap_max_restarts": -1}, {"flap_window": -0.1}):
+                {"start_timeout": float("nan")}, {"flap_max_restarts": -1}, {"flap_window": -0.1},
+                {"fatal_retry": -1.0}, {"fatal_retry": float("nan")}):
         with pytest.raises(ValueError):
             RestartPolicy(**bad)
 
@@ -438,7 +440,7 @@ def test_history_is_bounded():
 
 # -- property: any event sequence ---------------------------------------------------
 EVENTS = ("start", "spawned", "ready", "heartbeat", "request_stop", "exit_code", "exit_signal",
-          "tick", "tick_at_deadline", "mark_fatal")
+          "tick", "tick_at_deadline", "mark_fatal", "cannot_listen")
 
 policies = st.builds(
     RestartPolicy,
@@ -449,6 +451,7 @@ policies = st.builds(
     flap_max_restarts=st.integers(0, 6),
     start_timeout=st.sampled_from([0.5, 5.0]),
     heartbeat_timeout=st.sampled_from([0.5, 3.0]),
+    fatal_retry=st.sampled_from([0.0, 2.0, 60.0]),
 )
 
 
@@ -489,6 +492,8 @@ def test_random_event_sequences_keep_the_invariants(policy, steps):
                 result = life.exited(now, code=None, signal=9)
             elif event == "mark_fatal":
                 result = life.mark_fatal(now, "test")
+            elif event == "cannot_listen":
+                result = life.cannot_listen(now, "cannot listen")
             else:
                 result = getattr(life, event)(now)
         except IllegalTransition:
@@ -503,7 +508,9 @@ def test_random_event_sequences_keep_the_invariants(policy, steps):
         assert isinstance(life.state, WorkerState)
         assert life.restarts >= restarts
         restarts = life.restarts
-        assert (life.retry_at is not None) == (life.state is S.BACKOFF)
+        waits = life.state in (S.BACKOFF, S.FAILED) or (life.state is S.FATAL and policy.fatal_retry > 0)
+        assert (life.retry_at is not None) == waits
+        assert life.public_state in ("starting", "running", "backoff", "failed", "fatal", "stopping")
         assert life.state_since <= now
         history = life.transitions
         assert len(history) <= HISTORY_LENGTH
@@ -512,5 +519,80 @@ def test_random_event_sequences_keep_the_invariants(policy, steps):
             assert earlier.at <= later.at
         if history:
             assert history[-1].new is life.state
-        if life.state in (S.STOPPED, S.STOPPING, S.FATAL):
+        if life.state in (S.STOPPED, S.STOPPING) or (life.state is S.FATAL and not policy.fatal_retry):
             assert life.next_deadline() is None
+
+
+# -- failed (cannot listen), fatal's slow retry, last_failure, public names -------------------
+def test_cannot_listen_is_failed_and_retried_with_a_growing_backoff_never_fatal():
+    policy = RestartPolicy(backoff_initial=0.0, backoff_max=4.0, flap_max_restarts=1)
+    life = WorkerLifecycle(policy)
+    assert life.start(0.0) is Action.SPAWN
+    now, delays = 0.0, []
+    for _ in range(8):  # far more than flap_max_restarts: a busy port is not flapping
+        life.cannot_listen(now, "cannot listen on 127.0.0.1:5: Address already in use")
+        assert life.state is S.FAILED and life.public_state == "failed"
+        assert life.last_failure == "cannot listen on 127.0.0.1:5: Address already in use"
+        assert life.next_deadline() == life.retry_at > now
+        delays.append(life.retry_at - now)
+        assert life.tick(life.retry_at - 0.01) is Action.NONE
+        now = life.retry_at
+        assert life.tick(now) is Action.SPAWN and life.state is S.STARTING
+    assert delays[0] > 0, "never retried at once: the port is not freed by retrying"
+    assert delays == sorted(delays) and max(delays) == policy.backoff_max
+    life.spawned(now)
+    life.ready(now)
+    assert life.state is S.RUNNING and life.last_failure.startswith("cannot listen")
+    assert life.restarts == 8
+
+
+def test_cannot_listen_only_before_a_spawn_and_a_stop_ends_the_wait():
+    life = running()
+    with pytest.raises(IllegalTransition):
+        life.cannot_listen(1.0, "x")
+    life = WorkerLifecycle(RestartPolicy())
+    life.start(0.0)
+    life.cannot_listen(0.0, "busy")
+    assert life.request_stop(1.0) is Action.NONE and life.state is S.STOPPED and life.retry_at is None
+
+
+def test_fatal_is_retried_on_the_slow_timer_and_counted():
+    policy = RestartPolicy(flap_window=60.0, flap_max_restarts=0, fatal_retry=45.0)
+    life = running(policy)
+    assert life.exited(1.0, code=1, signal=None) is Action.NONE
+    assert life.state is S.FATAL and life.public_state == "fatal"
+    assert "flapping" in life.last_failure and "code 1" in life.last_failure
+    assert life.next_deadline() == life.retry_at == 1.0 + policy.fatal_retry
+    assert life.tick(1.0 + policy.fatal_retry - 0.1) is Action.NONE
+    assert life.tick(1.0 + policy.fatal_retry) is Action.SPAWN
+    assert life.state is S.STARTING and life.fatal_retries == 1 and life.restarts == 1
+    assert "slow retry" in life.transitions[-1].reason
+    life.spawned(50.0)
+    assert life.exited(50.5, code=1, signal=None) is Action.NONE and life.state is S.FATAL
+    assert life.retry_at == 50.5 + policy.fatal_retry
+    # an operator start clears it at once, and forgets the failure
+    assert life.start(51.0) is Action.SPAWN and life.last_failure is None and life.retry_at is None
+    assert life.fatal_retries == 1
+
+
+def test_fatal_retry_follows_a_reloaded_policy_and_zero_means_never():
+    life = running(RestartPolicy(flap_max_restarts=0, fatal_retry=60.0))
+    life.exited(1.0, code=1, signal=None)
+    life.set_policy(RestartPolicy(flap_max_restarts=0, fatal_retry=10.0), 2.0)
+    assert life.retry_at == 11.0
+    life.set_policy(RestartPolicy(flap_max_restarts=0, fatal_retry=0.0), 3.0)
+    assert life.retry_at is None and life.next_deadline() is None and life.tick(1e6) is Action.NONE
+
+
+def test_last_failure_names_a_kill_and_every_state_has_one_public_name():
+    from audiogw.supervisor.lifecycle import PUBLIC_STATE
+
+    assert set(PUBLIC_STATE) == set(S)
+    assert set(PUBLIC_STATE.values()) == {"starting", "running", "backoff", "failed", "fatal", "stopping"}
+    policy = RestartPolicy(heartbeat_timeout=2.0)
+    life = running(policy)
+    assert life.last_failure is None
+    assert life.tick(0.1 + policy.heartbeat_timeout) is Action.KILL
+    assert life.last_failure.startswith("hung: no heartbeat for 2.0 s")
+    life.exited(3.0, code=None, signal=signal.SIGKILL)
+    assert "killed by SIGKILL" in life.last_failure and "hung" in life.last_failure

@@ -47,6 +47,7 @@ LE = ["0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.04", "0.1", "0.25"
 EXPECTED = {
     "audiogw_extension_up": ("gauge", {"extension"}),
     "audiogw_worker_restarts": ("counter", {"extension"}),
+    "audiogw_worker_fatal_retries": ("counter", {"extension"}),
     "audiogw_calls_active": ("gauge", {"extension", "leg"}),
     "audiogw_calls": ("counter", {"extension", "leg"}),
     "audiogw_frames_received": ("counter", {"extension", "leg"}),
@@ -230,6 +231,10 @@ def test_up_needs_running_and_a_recent_heartbeat():
     # An extension with no heartbeat yet still has zeroed counters for both legs.
     assert value(families, "audiogw_frames_sent_total", extension="4", leg="retorno") == 0
     assert health(samples, now=now, heartbeat_timeout=3.0) == (503, {"status": "degraded", "down": ["2", "3", "4"]})
+    failed = ExtensionSample(id="5", running=False, state="failed", reason="cannot listen on 127.0.0.1:1: busy")
+    assert health([*samples[:1], failed], now=now, heartbeat_timeout=3.0) == (503, {
+        "status": "degraded", "down": ["5"],
+        "why": {"5": {"state": "failed", "reason": "cannot listen on 127.0.0.1:1: busy"}}})
     assert health(samples[:1], now=now, heartbeat_timeout=3.0) == (200, {"status": "ok", "extensions": 1})
     assert health([], now=now, heartbeat_timeout=3.0) == (200, {"status": "ok", "extensions": 0})
 

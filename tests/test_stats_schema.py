@@ -220,7 +220,8 @@ def test_an_app_section_appears_with_no_supervisor_edit():
 
 def test_supervisor_figures_are_declared_in_the_schema():
     names = {field.name for field in (*EXTENSION_FIGURES, *SUPERVISOR_FIGURES)}
-    assert {"audiogw_extension_up", "audiogw_worker_restarts", "audiogw_worker_resident_memory_bytes",
+    assert {"audiogw_extension_up", "audiogw_worker_restarts", "audiogw_worker_fatal_retries",
+            "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
             "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused"} == names
 

@@ -38,6 +38,11 @@ log = logging.getLogger("audiogw.supervisor")
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
 
 
+def _last_reason(runtime: ExtensionRuntime) -> str:
+    transitions = runtime.lifecycle.transitions
+    return transitions[-1].reason if transitions else ""
+
+
 def restart_policy(config: Config) -> RestartPolicy:
     settings = config.supervisor
     return RestartPolicy(
@@ -141,6 +146,7 @@ class Supervisor:
         self.records.set(runtime.id, process.pid)
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, runtime, process)
         self._read_bus()  # watch the bus until this worker reports ready
+        self._wake.set()  # its start deadline, and systemd's STATUS=, changed
         log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
                  runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
 
@@ -200,6 +206,7 @@ class Supervisor:
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
+            self._notify_ready_if_all_serving()  # an exit, a ready, an add or a removal woke us
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
@@ -381,13 +388,27 @@ class Supervisor:
     def all_serving(self) -> bool:
         return all(r.lifecycle.state == WorkerState.RUNNING for r in self.extensions.values())
 
+    def _settled(self) -> bool:
+        """Every extension serves or has failed at least once: a failed one cannot hold readiness back."""
+        return all(r.lifecycle.state != WorkerState.STARTING or r.lifecycle.consecutive_failures > 0
+                   for r in self.extensions.values())
+
     def _notify_ready_if_all_serving(self) -> None:
-        if not self._ready_sent and self.all_serving():
+        """READY=1 once every startable extension serves; STATUS= each time what serves changes."""
+        if self._closing:
+            return
+        status = systemd.status_line({r.id: (r.lifecycle.state.value, _last_reason(r)) for r in self.extensions.values()})
+        if not self._ready_sent and self._settled():
             self._ready_sent = True
-            systemd.notify("READY=1")
-            log.info("supervisor ready: %d extension(s) serving", len(self.extensions))
+            self._status_sent = status
+            systemd.notify(f"READY=1\nSTATUS={status}")
+            log.info("supervisor ready: %s", status)
+        elif self._ready_sent and status != self._status_sent:
+            self._status_sent = status
+            systemd.notify(f"STATUS={status}")
 
     _ready_sent = False
+    _status_sent = ""
     _closing = False
 
     # -- main ------------------------------------------------------------------
@@ -416,8 +437,7 @@ class Supervisor:
         watchdog = systemd.watchdog_interval()
         if watchdog:
             tasks.append(loop.create_task(self._watchdog(watchdog), name="watchdog"))
-        if not self.extensions:
-            self._notify_ready_if_all_serving()
+        self._notify_ready_if_all_serving()  # nothing to wait for when no extension can start
         log.info("supervisor started pid=%d control=%s extensions=%d", os.getpid(),
                  self.config.supervisor.control, len(self.extensions))
         await self.stop_requested.wait()

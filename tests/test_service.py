@@ -1,0 +1,119 @@
+"""Running audiogw as a service: systemd readiness and STATUS=, stops as systemd sends them,
+hung-worker tracebacks, process titles, versions. Real supervisors, a fake NOTIFY_SOCKET."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from audiogw.shared.net import free_port_block
+from audiogw.supervisor.systemd import status_line
+from conftest import wait_for
+from supervisor_fixture import SupervisorProcess, kill_tree, write_config
+
+TESTS = Path(__file__).resolve().parent
+
+
+class NotifySocket:
+    """What systemd listens on: an AF_UNIX datagram socket; ``$NOTIFY_SOCKET`` names it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def receive(self, timeout: float) -> dict[str, str] | None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096).decode()
+        except socket.timeout:
+            return None
+        fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
+        self.messages.append(fields)
+        return fields
+
+    def wait(self, predicate, timeout: float, what: str) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            fields = self.receive(left)
+            if fields is not None and predicate(fields):
+                return fields
+        raise AssertionError(f"no sd_notify message with {what} within {timeout} s; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def configure(folder: Path, base: int, extensions: int = 2, supervisor: str = "", last_extension: str = "") -> Path:
+    """write_config's file, with extra [supervisor] lines and extra lines for the last extension."""
+    path = write_config(folder, base, extensions)
+    text = path.read_text().replace("[supervisor]\n", f"[supervisor]\n{supervisor}", 1) + last_extension
+    path.write_text(text)
+    return path
+
+
+def launch(folder: Path, config: Path, base: int) -> SupervisorProcess:
+    """A supervisor started as systemd would (its own session: a process group of its own); not waited for."""
+    supervisor = SupervisorProcess(folder, config, base)
+    log = open(folder / "supervisor.log", "ab")
+    supervisor.process = subprocess.Popen(
+        [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config", str(config)],
+        stdout=log, stderr=log, cwd=folder, start_new_session=True,
+    )
+    return supervisor
+
+
+@pytest.fixture
+def service_env(tmp_path, monkeypatch):
+    """NOTIFY_SOCKET bound by the test, and the test apps importable by the workers."""
+    notify = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+    started: list[SupervisorProcess] = []
+    yield notify, started
+    for supervisor in started:
+        supervisor.stop()
+        kill_tree(supervisor.process.pid)
+    notify.close()
+
+
+def test_status_line_names_what_does_not_serve():
+    line = status_line({"1201": ("running", "ready after 0.1 s"), "1202": ("fatal", "flapping:\n 2 exits"),
+                        "1203": ("starting", "respawn")})
+    assert line == "serving 1/3; 1202 fatal: flapping: 2 exits; 1203 starting"
+    assert status_line({}) == "serving 0/0"
+
+
+def test_ready_with_one_extension_that_cannot_start_and_status_follows_it(tmp_path, service_env):
+    notify, started = service_env
+    base = free_port_block(20)
+    config = configure(tmp_path, base, supervisor="flap_max_restarts = 1\nflap_window = 30\n",
+                       last_extension='app = "service_apps:CrashApp"\n')
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    assert ready["READY"] == "1"
+    assert ready["STATUS"].startswith("serving 1/2; 1202 "), ready
+    rows = {row["id"]: row for row in supervisor.ctl("list")}
+    assert rows["1201"]["state"] == "running"
+    # The crashing extension ends fatal (flapping): STATUS= says so, READY is not sent again.
+    fatal = notify.wait(lambda m: "1202 fatal" in m.get("STATUS", ""), 20, "STATUS= naming 1202 fatal")
+    assert fatal["STATUS"].startswith("serving 1/2; 1202 fatal: ")
+    assert "READY" not in fatal
+    assert sum("READY" in m for m in notify.messages) == 1
+
+
+def test_ready_at_once_when_every_extension_serves(tmp_path, service_env):
+    notify, started = service_env
+    base = free_port_block(20)
+    supervisor = launch(tmp_path, configure(tmp_path, base), base)
+    started.append(supervisor)
+    ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    assert ready["STATUS"] == "serving 2/2"
+    assert all(row["state"] == "running" for row in supervisor.ctl("list"))

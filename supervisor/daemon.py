@@ -183,7 +183,10 @@ class Supervisor:
         self._wake.set()
 
     def _act(self, runtime: ExtensionRuntime, action: Action) -> None:
-        if action == Action.SPAWN:
+        if action == Action.SPAWN and self.stopping:
+            # The stop's drain meets a STARTING extension with no process: it simply stops.
+            log.info("worker extension=%s not restarted: the supervisor is stopping", runtime.id)
+        elif action == Action.SPAWN:
             try:
                 self._spawn(runtime)
             except Exception:
@@ -408,6 +411,7 @@ class Supervisor:
             systemd.notify(f"STATUS={status}")
 
     _ready_sent = False
+    stop_signalled = False  # SIGTERM/SIGINT arrived (set in the handler, before the queue is read)
     _status_sent = ""
     _closing = False
 
@@ -415,7 +419,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+            loop.add_signal_handler(signum, self._on_signal, signum)
         from audiogw.supervisor.control import ControlServer
 
         from audiogw.supervisor.metrics import MetricsServer
@@ -458,6 +462,13 @@ class Supervisor:
         log.info("supervisor stopped")
         return 0
 
+    def _on_signal(self, signum: int) -> None:
+        """Only enqueue, but know at once that a stop is coming: with KillMode=control-group the
+        workers got the same SIGTERM and may exit before the queue is read; none is restarted."""
+        if signum != signal.SIGHUP:
+            self.stop_signalled = True
+        self.signals.put_nowait(signum)
+
     async def _signals(self) -> None:
         while True:
             signum = await self.signals.get()
@@ -470,6 +481,11 @@ class Supervisor:
             else:
                 log.info("%s: graceful stop", signal.Signals(signum).name)
                 self.request_stop(self.config.supervisor.drain_seconds)
+
+    @property
+    def stopping(self) -> bool:
+        """A stop is under way (a signal or a ctl stop): no worker is started or restarted any more."""
+        return self.stop_signalled or self.stop_requested.is_set()
 
     def request_stop(self, drain: float) -> None:
         self.stop_drain = drain

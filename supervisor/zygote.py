@@ -36,9 +36,10 @@ from audiogw.shared.worker_spec import WorkerSpec
 log = logging.getLogger("audiogw.supervisor.zygote")
 
 WORKER_ENTRY = "audiogw.worker.main:run_worker"
-# The worker's modules, and this one (the child's entry point lives here: unloaded, every
-# spawn would import it again, some 7 ms).
-PRELOAD = ["audiogw.worker.main", "audiogw.worker.link", "audiogw.supervisor.zygote"]
+# The zygote's own setup (it outlives a SIGTERM to the whole unit: zygote_init), the worker's
+# modules, and this one (the child's entry point lives here: unloaded, every spawn would import
+# it again, some 7 ms).
+PRELOAD = ["audiogw.supervisor.zygote_init", "audiogw.worker.main", "audiogw.worker.link", "audiogw.supervisor.zygote"]
 ALIVE_FD = "_forkserver_alive_fd"  # multiprocessing.forkserver.ForkServer's private attribute
 
 

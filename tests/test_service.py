@@ -2,15 +2,19 @@
 hung-worker tracebacks, process titles, versions. Real supervisors, a fake NOTIFY_SOCKET."""
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from audiogw.client.softphone import place_call
 from audiogw.shared.net import free_port_block
 from audiogw.supervisor.systemd import status_line
 from conftest import wait_for
@@ -117,3 +121,42 @@ def test_ready_at_once_when_every_extension_serves(tmp_path, service_env):
     ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
     assert ready["STATUS"] == "serving 2/2"
     assert all(row["state"] == "running" for row in supervisor.ctl("list"))
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, service_env):
+    """KillMode=control-group: SIGTERM reaches the supervisor, the zygote and every worker at once."""
+    notify, started = service_env
+    base = free_port_block(20)
+    supervisor = launch(tmp_path, configure(tmp_path, base), base)
+    started.append(supervisor)
+    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    tree = _process_tree(supervisor.process.pid)
+    assert len(tree) >= 4, tree  # supervisor, forkserver (zygote), two workers (and maybe the resource tracker)
+    drain = 1.0  # write_config's drain_seconds
+
+    async def scenario():
+        call = asyncio.ensure_future(place_call("127.0.0.1", base, seconds=10.0))
+        await asyncio.sleep(0.5)
+        stop = time.monotonic()
+        os.killpg(supervisor.process.pid, signal.SIGTERM)
+        return await call, stop
+
+    result, stopped_at = asyncio.run(scenario())
+    assert result.hung_up_by == "server"
+    assert supervisor.process.wait(drain + 5) == 0
+    took = time.monotonic() - stopped_at
+    # Every process of the group is gone, the workers with status 0 (the forkserver reports them in the log).
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree), 5,
+             what="every process of the group to exit")
+    assert took < drain + 3, took
+    log = supervisor.log()
+    assert "restart in" not in log and "worker start" in log
+    assert "worker kill" not in log and "did not stop" not in log
+    exits = [line for line in log.splitlines() if "worker exit extension=" in line]
+    assert len(exits) == 2 and all("code 0" in line for line in exits), exits
+    assert "supervisor stopped" in log

@@ -1,0 +1,15 @@
+"""Imported first in the forkserver (the zygote) only, never in the supervisor: the zygote's own setup.
+
+A stop as systemd sends it with ``KillMode=control-group`` signals every
+process of the unit at once. The zygote must outlive its workers: should it
+die, multiprocessing reports each worker as exited 255 and the kernel's
+parent-death signal SIGKILLs them mid-drain. So it ignores SIGTERM (SIGINT
+multiprocessing already ignores) and ends as designed, when the supervisor's
+"alive" pipe closes. Its children inherit the ignore until the worker's loop
+installs its own SIGTERM handler (a drain).
+"""
+from __future__ import annotations
+
+import signal
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -22,7 +22,7 @@ from audiogw.shared.messages import (
     Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
 )
 from audiogw.shared.records import leg_records_file
-from audiogw.shared.worker_spec import WorkerSpec
+from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, bind_extension_sockets
 from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState
@@ -35,6 +35,7 @@ _EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq
 
 log = logging.getLogger("audiogw.supervisor")
 
+DUMP_BEFORE_KILL = 0.5  # seconds between DUMP_SIGNAL (the worker's thread dump) and SIGKILL of a hung worker
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
 
 
@@ -193,12 +194,25 @@ class Supervisor:
                 log.exception("cannot start worker for extension %s", runtime.id)
                 self._act(runtime, runtime.lifecycle.exited(time.monotonic(), code=None, signal=None))
         elif action == Action.KILL and runtime.pid is not None:
-            log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid,
-                        runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else "")
+            # First the worker's traceback of every thread (faulthandler, worker/main.py), then the kill.
+            pid, reason = runtime.pid, runtime.lifecycle.kill_reason or ""
+            log.warning("worker unresponsive extension=%s pid=%d: %s; dumping its threads (%s), kill in %.1f s",
+                        runtime.id, pid, reason, DUMP_SIGNAL.name, DUMP_BEFORE_KILL)
             try:
-                os.kill(runtime.pid, signal.SIGKILL)
+                os.kill(pid, DUMP_SIGNAL)
             except ProcessLookupError:
-                pass
+                return
+            asyncio.get_running_loop().call_later(DUMP_BEFORE_KILL, self._kill, runtime, pid, reason)
+
+    def _kill(self, runtime: ExtensionRuntime, pid: int, reason: str) -> None:
+        """SIGKILL the worker ordered killed, unless that process already ended."""
+        if runtime.pid != pid:
+            return
+        log.warning("worker kill extension=%s pid=%d: %s", runtime.id, pid, reason)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     async def _timers(self) -> None:
         """Run lifecycle deadlines (backoff ends, start timeouts, missed heartbeats)."""

@@ -160,3 +160,22 @@ def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, serv
     exits = [line for line in log.splitlines() if "worker exit extension=" in line]
     assert len(exits) == 2 and all("code 0" in line for line in exits), exits
     assert "supervisor stopped" in log
+
+
+def test_hung_worker_leaves_a_traceback_of_every_thread_before_the_kill(tmp_path, service_env):
+    notify, started = service_env
+    base = free_port_block(20)
+    config = configure(tmp_path, base, extensions=1,
+                       last_extension='app = "service_apps:HangApp"\noptions = { hang_after = 0.3, hang_seconds = 30.0 }\n')
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    old_pid = supervisor.pids()["1201"]
+    wait_for(lambda: "worker kill extension=1201" in supervisor.log(), 10, what="the hung worker's kill")
+    log = supervisor.log()
+    before_kill = log[:log.index("worker kill extension=1201")]
+    dump = before_kill[before_kill.index("dumping its threads"):]
+    assert "Thread 0x" in dump and 'File "' in dump, dump
+    assert "in blocked_here" in dump  # the frame that blocks the loop, named
+    # Then killed and replaced as before.
+    wait_for(lambda: supervisor.pids().get("1201") not in (None, old_pid), 10, what="a new worker")

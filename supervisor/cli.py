@@ -26,6 +26,9 @@ def start(config_path: str | None) -> None:
     from audiogw.supervisor.control import check_control_keys
     from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
 
+    from audiogw.shared.proctitle import SUPERVISOR, set_title
+
+    set_title(SUPERVISOR)  # before the zygote is started: it takes its own title
     path = config_path or default_config_path()
     try:
         config = load_config(path)

@@ -6,10 +6,14 @@ die, multiprocessing reports each worker as exited 255 and the kernel's
 parent-death signal SIGKILLs them mid-drain. So it ignores SIGTERM (SIGINT
 multiprocessing already ignores) and ends as designed, when the supervisor's
 "alive" pipe closes. Its children inherit the ignore until the worker's loop
-installs its own SIGTERM handler (a drain).
+installs its own SIGTERM handler (a drain). It is also where the zygote takes
+its process title (the workers take theirs in worker/main.py).
 """
 from __future__ import annotations
 
 import signal
 
+from audiogw.shared.proctitle import ZYGOTE, set_title
+
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+set_title(ZYGOTE)

@@ -179,3 +179,20 @@ def test_hung_worker_leaves_a_traceback_of_every_thread_before_the_kill(tmp_path
     assert "in blocked_here" in dump  # the frame that blocks the loop, named
     # Then killed and replaced as before.
     wait_for(lambda: supervisor.pids().get("1201") not in (None, old_pid), 10, what="a new worker")
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+
+def test_process_titles_name_the_supervisor_the_zygote_and_each_extension(tmp_path, service_env):
+    notify, started = service_env
+    base = free_port_block(20)
+    supervisor = launch(tmp_path, configure(tmp_path, base), base)
+    started.append(supervisor)
+    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    assert _cmdline(supervisor.process.pid) == "audiogw-supervisor"
+    workers = supervisor.pids()
+    assert {_cmdline(pid) for pid in workers.values()} == {f"audiogw-worker {extension}" for extension in workers}
+    zygotes = {psutil.Process(pid).ppid() for pid in workers.values()}
+    assert len(zygotes) == 1 and _cmdline(zygotes.pop()) == "audiogw-zygote"

@@ -5,6 +5,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "audiogw"
+VERSION_MESSAGE = "%(prog)s %(version)s"  # `--version` of both commands (click's placeholders)
 
 
 def audiogw_version() -> str:

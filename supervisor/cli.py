@@ -9,11 +9,13 @@ import click
 from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import ConfigError, default_config_path, load_config
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
 log = logging.getLogger("audiogw.supervisor")
 
 
 @click.group()
+@click.version_option(package_name=DISTRIBUTION, message=VERSION_MESSAGE)
 def cli() -> None:
     """audiogw supervisor: one AudioSocket worker process per extension."""
 

@@ -196,3 +196,13 @@ def test_process_titles_name_the_supervisor_the_zygote_and_each_extension(tmp_pa
     assert {_cmdline(pid) for pid in workers.values()} == {f"audiogw-worker {extension}" for extension in workers}
     zygotes = {psutil.Process(pid).ppid() for pid in workers.values()}
     assert len(zygotes) == 1 and _cmdline(zygotes.pop()) == "audiogw-zygote"
+
+
+@pytest.mark.parametrize("command", ["audiogw", "audiogw-supervisor"])
+def test_version_of_both_commands_comes_from_the_package_metadata(command):
+    from importlib.metadata import version
+
+    script = Path(sys.executable).with_name(command)  # the console script pip installed
+    completed = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"{command} {version('audiogw')}"

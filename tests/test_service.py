@@ -121,6 +121,10 @@ def test_ready_at_once_when_every_extension_serves(tmp_path, service_env):
     ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
     assert ready["STATUS"] == "serving 2/2"
     assert all(row["state"] == "running" for row in supervisor.ctl("list"))
+    from audiogw.supervisor.cli import ephemeral_overlap_warning, ephemeral_ports
+
+    expected = ephemeral_overlap_warning((base, base + 18), ephemeral_ports())  # write_config's port_range
+    assert ("overlaps the kernel's ephemeral ports" in supervisor.log()) == (expected is not None)
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:
@@ -206,3 +210,34 @@ def test_version_of_both_commands_comes_from_the_package_metadata(command):
     completed = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"{command} {version('audiogw')}"
+
+
+def test_ephemeral_overlap_warning_names_both_ranges(tmp_path):
+    from audiogw.supervisor.cli import ephemeral_overlap_warning, ephemeral_ports
+
+    file = tmp_path / "ip_local_port_range"
+    file.write_text("32768\t60999\n")
+    ephemeral = ephemeral_ports(str(file))
+    assert ephemeral == (32768, 60999)
+    warning = ephemeral_overlap_warning((40000, 40999), ephemeral)
+    assert "[40000, 40999]" in warning and "32768-60999" in warning
+    assert ephemeral_overlap_warning((30000, 30999), ephemeral) is None
+    assert ephemeral_overlap_warning((30000, 32768), ephemeral) is not None  # one shared port is enough
+    assert ephemeral_overlap_warning((40000, 40999), ephemeral_ports(str(tmp_path / "absent"))) is None
+
+
+def test_supervisor_warns_at_start_when_its_port_range_is_ephemeral(tmp_path, service_env):
+    from audiogw.supervisor.cli import ephemeral_ports
+
+    notify, started = service_env
+    ephemeral = ephemeral_ports()
+    if ephemeral is None:
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range here")
+    base = free_port_block(20)
+    config = configure(tmp_path, base)
+    low = ephemeral[0]  # a range that overlaps by one port; the extensions keep their own ports
+    config.write_text(config.read_text().replace(f"port_range = [{base}, {base + 18}]", f"port_range = [{low - 5}, {low}]"))
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    assert f"port_range [{low - 5}, {low}] overlaps the kernel's ephemeral ports" in supervisor.log()

@@ -412,8 +412,8 @@ class Supervisor:
 
     def _notify_ready_if_all_serving(self) -> None:
         """READY=1 once every startable extension serves; STATUS= each time what serves changes."""
-        if self._closing:
-            return
+        if self._closing or not self._started:
+            return  # before run() has added every extension, the first ready one is not "all"
         status = systemd.status_line({r.id: (r.lifecycle.state.value, _last_reason(r)) for r in self.extensions.values()})
         if not self._ready_sent and self._settled():
             self._ready_sent = True
@@ -425,6 +425,7 @@ class Supervisor:
             systemd.notify(f"STATUS={status}")
 
     _ready_sent = False
+    _started = False  # run() has added every extension of the file and the state file
     stop_signalled = False  # SIGTERM/SIGINT arrived (set in the handler, before the queue is read)
     _status_sent = ""
     _closing = False
@@ -446,6 +447,7 @@ class Supervisor:
                 self.add_runtime(extension)
             except OSError as error:
                 log.error("extension %s not started: %s", extension.id, error)
+        self._started = True
         self._read_bus()
         tasks = [
             loop.create_task(self._timers(), name="timers"),

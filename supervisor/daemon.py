@@ -483,6 +483,9 @@ class Supervisor:
         workers got the same SIGTERM and may exit before the queue is read; none is restarted."""
         if signum != signal.SIGHUP:
             self.stop_signalled = True
+            now = time.monotonic()
+            for runtime in self.extensions.values():  # an exit from now on is the stop's, never a crash
+                runtime.lifecycle.request_stop(now)
         self.signals.put_nowait(signum)
 
     async def _signals(self) -> None:

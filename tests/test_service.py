@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,3 +249,39 @@ def test_supervisor_warns_at_start_when_its_port_range_is_ephemeral(tmp_path, se
     started.append(supervisor)
     notify.wait(lambda m: "READY" in m, 20, "READY=1")
     assert f"port_range [{low - 5}, {low}] overlaps the kernel's ephemeral ports" in supervisor.log()
+
+
+UNIT = TESTS.parent / "etc" / "systemd" / "audiogw.service"
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_unit_deploys_as_documented():
+    settings = _unit_settings()
+    assert settings["Type"] == ["notify"] and settings["KillMode"] == ["mixed"]
+    assert settings["StateDirectory"] == ["audiogw"] and settings["RuntimeDirectory"] == ["audiogw"]
+    assert settings["LimitRTPRIO"] and settings["User"] == ["audiogw"]
+    assert "RestrictRealtime" not in settings  # the workers' clock is SCHED_RR
+    assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
+    readme = (TESTS.parent / "README.md").read_text()
+    for directory in ("/var/lib/audiogw", "/run/audiogw", "/etc/audiogw/audiogw.toml"):
+        assert directory in readme, directory
+
+
+def test_systemd_unit_security_exposure_is_at_most_4():
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    completed = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(UNIT)],
+                               capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", completed.stdout)
+    if match is None:
+        pytest.skip(f"systemd-analyze security --offline is not supported here: {completed.stderr.strip()}")
+    assert float(match.group(1)) <= 4.0, completed.stdout

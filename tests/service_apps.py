@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from audiogw.shared.apps import AppOptions
-from audiogw.worker.apps.base import App, AppContext
+from audiogw.worker.apps.base import App
 
 
 class CrashApp(App):
@@ -37,9 +37,6 @@ class HangApp(App):
     name = "hang"
     Options = HangOptions
     options: HangOptions
-
-    def __init__(self, context: AppContext, options: HangOptions) -> None:
-        super().__init__(context, options)
 
     async def start(self) -> None:
         asyncio.get_running_loop().call_later(self.options.hang_after, blocked_here, self.options.hang_seconds)

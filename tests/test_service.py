@@ -89,6 +89,15 @@ def service_env(tmp_path, monkeypatch):
     notify.close()
 
 
+def serve(env, folder: Path, **configure_kwargs) -> tuple[SupervisorProcess, dict[str, str]]:
+    """A supervisor on ``configure(**configure_kwargs)``, once it told systemd READY=1 (that message too)."""
+    notify, started = env
+    base = free_port_block(20)
+    supervisor = launch(folder, configure(folder, base, **configure_kwargs), base)
+    started.append(supervisor)
+    return supervisor, notify.wait(lambda m: "READY" in m, 20, "READY=1")
+
+
 def test_status_line_names_what_does_not_serve():
     line = status_line({"1201": ("running", "ready after 0.1 s"), "1202": ("fatal", "flapping:\n 2 exits"),
                         "1203": ("starting", "respawn")})
@@ -97,13 +106,9 @@ def test_status_line_names_what_does_not_serve():
 
 
 def test_ready_with_one_extension_that_cannot_start_and_status_follows_it(tmp_path, service_env):
-    notify, started = service_env
-    base = free_port_block(20)
-    config = configure(tmp_path, base, supervisor="flap_max_restarts = 1\nflap_window = 30\n",
-                       last_extension='app = "service_apps:CrashApp"\n')
-    supervisor = launch(tmp_path, config, base)
-    started.append(supervisor)
-    ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    notify, _ = service_env
+    supervisor, ready = serve(service_env, tmp_path, supervisor="flap_max_restarts = 1\nflap_window = 30\n",
+                              last_extension='app = "service_apps:CrashApp"\n')
     assert ready["READY"] == "1"
     assert ready["STATUS"].startswith("serving 1/2; 1202 "), ready
     rows = {row["id"]: row for row in supervisor.ctl("list")}
@@ -116,11 +121,8 @@ def test_ready_with_one_extension_that_cannot_start_and_status_follows_it(tmp_pa
 
 
 def test_ready_at_once_when_every_extension_serves(tmp_path, service_env):
-    notify, started = service_env
-    base = free_port_block(20)
-    supervisor = launch(tmp_path, configure(tmp_path, base), base)
-    started.append(supervisor)
-    ready = notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    supervisor, ready = serve(service_env, tmp_path)
+    base = supervisor.base_port
     assert ready["STATUS"] == "serving 2/2"
     assert all(row["state"] == "running" for row in supervisor.ctl("list"))
     from audiogw.supervisor.cli import ephemeral_overlap_warning, ephemeral_ports
@@ -136,11 +138,8 @@ def _process_tree(pid: int) -> list[psutil.Process]:
 
 def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, service_env):
     """KillMode=control-group: SIGTERM reaches the supervisor, the zygote and every worker at once."""
-    notify, started = service_env
-    base = free_port_block(20)
-    supervisor = launch(tmp_path, configure(tmp_path, base), base)
-    started.append(supervisor)
-    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    supervisor, _ = serve(service_env, tmp_path)
+    base = supervisor.base_port
     tree = _process_tree(supervisor.process.pid)
     assert len(tree) >= 4, tree  # supervisor, forkserver (zygote), two workers (and maybe the resource tracker)
     workers = list(supervisor.pids().values())
@@ -175,13 +174,8 @@ def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, serv
 
 
 def test_hung_worker_leaves_a_traceback_of_every_thread_before_the_kill(tmp_path, service_env):
-    notify, started = service_env
-    base = free_port_block(20)
-    config = configure(tmp_path, base, extensions=1,
-                       last_extension='app = "service_apps:HangApp"\noptions = { hang_after = 0.3, hang_seconds = 30.0 }\n')
-    supervisor = launch(tmp_path, config, base)
-    started.append(supervisor)
-    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    supervisor, _ = serve(service_env, tmp_path, extensions=1, last_extension=(
+        'app = "service_apps:HangApp"\noptions = { hang_after = 0.3, hang_seconds = 30.0 }\n'))
     old_pid = supervisor.pids()["1201"]
     wait_for(lambda: "worker kill extension=1201" in supervisor.log(), 10, what="the hung worker's kill")
     log = supervisor.log()
@@ -198,11 +192,7 @@ def _cmdline(pid: int) -> str:
 
 
 def test_process_titles_name_the_supervisor_the_zygote_and_each_extension(tmp_path, service_env):
-    notify, started = service_env
-    base = free_port_block(20)
-    supervisor = launch(tmp_path, configure(tmp_path, base), base)
-    started.append(supervisor)
-    notify.wait(lambda m: "READY" in m, 20, "READY=1")
+    supervisor, _ = serve(service_env, tmp_path)
     assert _cmdline(supervisor.process.pid) == "audiogw-supervisor"
     workers = supervisor.pids()
     assert {_cmdline(pid) for pid in workers.values()} == {f"audiogw-worker {extension}" for extension in workers}

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import socket
 import sys
 from multiprocessing.context import ForkServerContext
@@ -84,6 +85,7 @@ def forkserver_alive_fd_problem() -> str | None:
 
 
 def _worker_entry(entry: str, spec: WorkerSpec, sockets: dict[str, socket.socket]) -> None:  # runs in the child
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # only the zygote ignores it (zygote_init); the worker drains on it
     _release_forkserver_alive_fd()
     module, _, function = entry.partition(":")
     run_worker = getattr(importlib.import_module(module), function)

@@ -5,9 +5,10 @@ process of the unit at once. The zygote must outlive its workers: should it
 die, multiprocessing reports each worker as exited 255 and the kernel's
 parent-death signal SIGKILLs them mid-drain. So it ignores SIGTERM (SIGINT
 multiprocessing already ignores) and ends as designed, when the supervisor's
-"alive" pipe closes. Its children inherit the ignore until the worker's loop
-installs its own SIGTERM handler (a drain). It is also where the zygote takes
-its process title (the workers take theirs in worker/main.py).
+"alive" pipe closes. Each child restores the default at once
+(``zygote._worker_entry``) until its loop installs its SIGTERM handler (a drain).
+It is also where the zygote takes its process title (the workers take theirs in
+worker/main.py).
 """
 from __future__ import annotations
 

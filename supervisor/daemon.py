@@ -414,7 +414,9 @@ class Supervisor:
         """READY=1 once every startable extension serves; STATUS= each time what serves changes."""
         if self._closing or not self._started:
             return  # before run() has added every extension, the first ready one is not "all"
-        status = systemd.status_line({r.id: (r.lifecycle.state.value, _last_reason(r)) for r in self.extensions.values()})
+        status = systemd.status_line({  # a reason only where it is shown: the transitions are copied
+            r.id: (r.lifecycle.state.value, "" if r.lifecycle.state is WorkerState.RUNNING else _last_reason(r))
+            for r in self.extensions.values()})
         if not self._ready_sent and self._settled():
             self._ready_sent = True
             self._status_sent = status

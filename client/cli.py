@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "call": ("audiogw.client.call", "call_command", "Place a test call like Asterisk's AudioSocket()."),
     "ctl": ("audiogw.client.ctl", "ctl_group", "Control a running supervisor."),
     "demo-agent": ("audiogw.client.demo_agent", "demo_agent_command", "Run the reference voice agent (Twilio Media Streams)."),
+    "init": ("audiogw.client.init", "init_command", "Write a commented starter config (audiogw.toml)."),
 }
 
 

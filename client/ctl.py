@@ -36,6 +36,7 @@ from audiogw.shared.commands import (
     LIST,
     RELOAD,
     REMOVE_EXTENSION,
+    RESET,
     RESTART_EXTENSION,
     STATUS,
     STOP,
@@ -43,7 +44,13 @@ from audiogw.shared.commands import (
     ArgumentInvalid,
     CommandSpec,
 )
-from audiogw.shared.config import Config, ConfigError, default_config_path, load_config
+from audiogw.shared.config import (
+    CONFIG_SEARCH_HELP,
+    ConfigError,
+    ControlConfig,
+    default_config_path,
+    load_control_config,
+)
 from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
@@ -401,7 +408,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right
     return "\n".join(lines)
 
 
-LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "PID")
+LIST_HEADERS = ("EXT", "IA", "RETORNO", "APP", "STATE", "SOURCE", "PID")
 
 
 def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -415,11 +422,12 @@ def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _plain(row.get("retorno_port")),
             _plain(row.get("app")),
             _plain(row.get("state")),
+            _plain(row.get("source")),
             _plain(row.get("pid")),
         ]
         for row in rows
     ]
-    return format_table(LIST_HEADERS, cells, right=(1, 2, 5))
+    return format_table(LIST_HEADERS, cells, right=(1, 2, 6))
 
 
 # How each stats_schema Column format is shown.
@@ -468,6 +476,9 @@ def format_reload(result: Mapping[str, Any]) -> str:
         items = result.get(key) or []
         text = ", ".join(str(item) for item in items) if isinstance(items, list) else str(items)
         lines.append(f"{key}: {text or '-'}")
+    for override in result.get("overridden") or []:
+        if isinstance(override, Mapping):
+            lines.append(f"{_plain(override.get('id'))}: {_plain(override.get('reason'))}")
     return "\n".join(lines)
 
 
@@ -501,13 +512,19 @@ class _Settings:
     timeout: float
     server_key: str | None
     client_key: str | None = None
+    _target: _Target | None = None  # read once: `top` must not re-read the file (and re-warn) every refresh
 
     def target(self) -> _Target:
         """The endpoint to use and, for tcp://, both CURVE keys; exit 2 if unusable."""
+        if self._target is None:
+            self._target = self._resolve_target()
+        return self._target
+
+    def _resolve_target(self) -> _Target:
         if self.endpoint is not None:
             endpoint, server_path, client_path = self.endpoint, self.server_key, self.client_key
         else:
-            supervisor = self._config().supervisor
+            supervisor = self._config()
             endpoint = supervisor.control
             server_path = self.server_key or supervisor.curve_server_public_key
             client_path = self.client_key or supervisor.curve_client_secret_key
@@ -525,15 +542,20 @@ class _Settings:
         except CtlEndpointError as error:
             _fail(EXIT_USAGE, f"{PROG}: {error}")
 
-    def _config(self) -> Config:
-        path = self.config_path or default_config_path()
+    def _config(self) -> ControlConfig:
+        """The control settings only: an error elsewhere in the file is one warning line,
+        so ctl still reaches the supervisor (to list, reload or stop) while the file is edited."""
         try:
-            return load_config(path)
+            config = load_control_config(default_config_path(self.config_path))
         except ConfigError as error:
             hint = ""
             if self.config_path is None:
-                hint = " (use --config PATH, $AUDIOGW_CONFIG or --endpoint URL)"
+                hint = " (or give the endpoint: --endpoint URL)"
             _fail(EXIT_USAGE, f"{PROG}: {error}{hint}")
+        if config.problem is not None:
+            click.echo(f"{PROG}: warning: the config file has an error (the supervisor would refuse it): "
+                       f"{config.problem}", err=True)
+        return config
 
 
 def _call(settings: _Settings, command: str, args: Mapping[str, Any]) -> Any:
@@ -598,7 +620,7 @@ def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="Config file naming the control endpoint [default: $AUDIOGW_CONFIG, else etc/audiogw.toml].",
+    help=f"Config file naming the control endpoint [default: {CONFIG_SEARCH_HELP}].",
 )
 @click.option("--endpoint", callback=_endpoint, help="Control endpoint (ipc://PATH or tcp://HOST:PORT) instead of --config.")
 @click.option(
@@ -694,6 +716,8 @@ HUMAN: dict[CommandSpec, Human] = {
     RELOAD: lambda result, args: format_reload(_mapping(result)),
     STOP: lambda result, args: "supervisor stopping" + (f" (drain {args['drain']:g} s)" if "drain" in args else ""),
     DIALPLAN: _dialplan_text,
+    RESET: lambda result, args: (f"extension {_result_id(result, args['id'])}: runtime change dropped, "
+                                 f"the file's definition counts ({_mapping(result).get('action', '?')})"),
 }
 
 

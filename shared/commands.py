@@ -21,7 +21,7 @@ from audiogw.shared.config import ConfigError, parse_option, validate_extension_
 __all__ = [
     "ArgumentInvalid", "ConfigDefault", "Arg", "CommandSpec", "DECLARATIONS",
     "ADD_EXTENSION", "REMOVE_EXTENSION", "RESTART_EXTENSION", "LIST", "STATUS", "RELOAD", "STOP", "DIALPLAN",
-    "Extension", "Removed", "Reloaded", "Stopping", "Dialplan",
+    "RESET", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
 ]
 
 MAX_DRAIN_SECONDS = 86400
@@ -219,10 +219,18 @@ class Extension(msgspec.Struct):
     options: dict[str, Any]
     state: str
     pid: int | None
+    source: str = "file"  # "file" (the config file) or "runtime" (ctl add-extension), see ctl reset
 
 
 class Removed(msgspec.Struct):
     id: str
+
+
+class Override(msgspec.Struct):
+    """An extension whose file definition a runtime change hides, and what to do about it."""
+
+    id: str
+    reason: str
 
 
 class Reloaded(msgspec.Struct):
@@ -230,6 +238,15 @@ class Reloaded(msgspec.Struct):
     removed: list[str]
     changed: list[str]
     unchanged: list[str]
+    overridden: list[Override] = []
+
+
+class Reset(msgspec.Struct):
+    """``ctl reset``: what applying the file's definition did (started, replaced, removed, unchanged)."""
+
+    id: str
+    action: str
+    source: str
 
 
 class Stopping(msgspec.Struct):
@@ -287,8 +304,13 @@ RELOAD = CommandSpec(
 )
 STOP = CommandSpec("stop", "Stop the supervisor and every worker, gracefully.", (_DRAIN,), Stopping)
 DIALPLAN = CommandSpec("dialplan", "Print the Asterisk dialplan lines for extension ID.", (_ID,), Dialplan)
+RESET = CommandSpec(
+    "reset", "Drop ID's runtime change: the file's definition counts again.", (_ID,), Reset,
+    help="Drop the runtime change of extension ID (ctl add-extension / remove-extension) so the config "
+         "file's definition, or its absence, counts again; applied at once, like a reload of ID. Persisted.",
+)
 
 DECLARATIONS: dict[str, CommandSpec] = {
     spec.name: spec
-    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN)
+    for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN, RESET)
 }

@@ -35,6 +35,7 @@ from audiogw.shared.settings import (
     _parse_host_port,
     _port,
     _type_name,
+    SECTIONS,
     parse_section,
     resolve_path,
     validate_port,
@@ -54,8 +55,14 @@ __all__ = [
     "parse_option",
     "allocate_ports",
     "load_config",
+    "load_control_config",
+    "ControlConfig",
+    "CONTROL_SETTINGS",
     "parse_config",
     "default_config_path",
+    "config_search_paths",
+    "CONFIG_SEARCH",
+    "CONFIG_SEARCH_HELP",
     "resolve_path",
     "reserved_ports",
 ]
@@ -65,8 +72,17 @@ __all__ = [
 EXTENSION_ID_PATTERN: re.Pattern[str] = re.compile(r"\A[0-9*#]{1,32}\Z")
 OPTION_KEY_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
-DEFAULT_CONFIG_PATH = "etc/audiogw.toml"
 CONFIG_ENV = "AUDIOGW_CONFIG"
+CONFIG_NAME = "audiogw.toml"
+# Where a config file is looked for when neither --config nor $AUDIOGW_CONFIG names
+# one, first match wins (the one list: commands, docs and errors all read it).
+# "{xdg}" is $XDG_CONFIG_HOME, else ~/.config.
+CONFIG_SEARCH: tuple[str, ...] = (
+    "./audiogw.toml",
+    "./etc/audiogw.toml",
+    "{xdg}/audiogw/audiogw.toml",
+    "/etc/audiogw/audiogw.toml",
+)
 
 # ------------------------------------------------------------------ small validators
 
@@ -196,9 +212,35 @@ def allocate_ports(port_range: tuple[int, int], used: set[int], count: int = 2) 
 # ------------------------------------------------------------------------- paths
 
 
-def default_config_path() -> str:
-    """``$AUDIOGW_CONFIG`` if set, else ``etc/audiogw.toml`` relative to the cwd."""
-    return os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+def config_search_paths() -> list[str]:
+    """CONFIG_SEARCH with $XDG_CONFIG_HOME (else ~/.config) filled in, in order."""
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return [candidate.format(xdg=xdg) for candidate in CONFIG_SEARCH]
+
+
+CONFIG_SEARCH_HELP = (f"${CONFIG_ENV}, else the first of "
+                      + ", ".join(path.replace("{xdg}", "$XDG_CONFIG_HOME") for path in CONFIG_SEARCH))
+
+
+def default_config_path(explicit: str | None = None) -> str:
+    """The config file a command uses: ``explicit`` (``--config``), else ``$AUDIOGW_CONFIG``,
+    else the first existing file of CONFIG_SEARCH. A named file is used as given (a
+    missing one is an error when read, not a reason to silently take another); when
+    nothing is found the ConfigError lists where it looked, so the user knows what to create."""
+    if explicit:
+        return explicit
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return named
+    candidates = config_search_paths()
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise ConfigError(
+        None, "",
+        f"no config file found (looked for ${CONFIG_ENV}, then {', '.join(candidates)}); "
+        "write one with `audiogw init [DIR]`, or name it with --config PATH",
+    )
 
 
 # --------------------------------------------------------------------- dataclasses
@@ -425,8 +467,8 @@ def parse_config(
 _TOML_POSITION = re.compile(r"\A(?P<message>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)\Z", re.S)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file; relative paths in it resolve against its folder."""
+def _read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The file's absolute path and its text; unreadable or not UTF-8 is a ConfigError."""
     absolute = os.path.abspath(os.fspath(path))
     try:
         with open(absolute, "rb") as handle:
@@ -434,11 +476,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as error:
         raise ConfigError(absolute, "", f"cannot read: {error.strerror or error}") from None
     try:
-        text = raw.decode("utf-8")
+        return absolute, raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(absolute, "", f"cannot read: not UTF-8 (byte {error.start})") from None
+
+
+def _decode_toml(text: str, file: str) -> dict[str, Any]:
+    """Decoded TOML; a syntax error is a ConfigError with its line and column."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         match = _TOML_POSITION.match(message)
@@ -447,5 +493,72 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         elif message.endswith("(at end of document)"):
             last_line = len(text.splitlines()) or 1
             message = f"line {last_line} (end of file): {message[: -len('(at end of document)')].strip()}"
-        raise ConfigError(absolute, "", f"invalid TOML: {message}") from None
-    return parse_config(data, path=absolute, base_dir=os.path.dirname(absolute))
+        raise ConfigError(file, "", f"invalid TOML: {message}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; relative paths in it resolve against its folder."""
+    absolute, text = _read_text(path)
+    return parse_config(_decode_toml(text, absolute), path=absolute, base_dir=os.path.dirname(absolute))
+
+
+# The [supervisor] keys `audiogw ctl` needs to reach the supervisor: all it validates.
+CONTROL_SETTINGS: tuple[str, ...] = ("control", "curve_server_public_key", "curve_client_secret_key")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """What a control client reads from the file, and the rest of the file's first error
+    (``problem``), which must not lock the client out: the operator may be mid-edit."""
+
+    path: str
+    control: str
+    curve_server_public_key: str | None
+    curve_client_secret_key: str | None
+    problem: ConfigError | None = None
+
+
+def load_control_config(path: str | os.PathLike[str]) -> ControlConfig:
+    """Only CONTROL_SETTINGS, each through its declaration in shared/settings.py; an error
+    in them is raised, an error anywhere else is kept in ``problem``. A TOML syntax error
+    outside ``[supervisor]`` is one too: that table alone is decoded then."""
+    absolute, text = _read_text(path)
+    base_dir = os.path.dirname(absolute)
+    syntax: ConfigError | None = None
+    try:
+        data = _decode_toml(text, absolute)
+    except ConfigError as error:
+        syntax = error
+        try:
+            data = _decode_toml(_supervisor_table_text(text), absolute)
+        except ConfigError:
+            raise syntax from None  # the error is in [supervisor] itself: report it where it is
+    supervisor = _expect_table(data.get("supervisor", {}), absolute, "supervisor")
+    context = ParseContext(absolute, base_dir)
+    declared = {setting.name: setting for setting in SECTIONS["supervisor"]}
+    values: dict[str, Any] = {}
+    for name in CONTROL_SETTINGS:
+        setting = declared[name]
+        raw = supervisor.get(name, setting.default)
+        values[name] = None if raw is None else setting.parse(raw, context, setting.key)
+    problem = syntax
+    if problem is None:
+        try:
+            parse_config(data, path=absolute, base_dir=base_dir)
+        except ConfigError as error:
+            problem = error
+    return ControlConfig(absolute, problem=problem, **values)
+
+
+def _supervisor_table_text(text: str) -> str:
+    """The ``[supervisor]`` table's lines (header to the next table header), to decode on its
+    own when a syntax error elsewhere makes the whole file undecodable."""
+    lines: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        header = line.split("#", 1)[0].strip()
+        if header.startswith("["):
+            inside = header == "[supervisor]"
+        if inside:
+            lines.append(line)
+    return "\n".join(lines) + "\n" if lines else ""

@@ -701,13 +701,16 @@ options = {{}}
 #   retorno_port  TCP port for the resident's call leg of the same conversation
 #   app           {apps} (default: defaults.app)
 #   options       app options, merged over defaults.options
+"""
+
+_REFERENCE_EXTENSIONS = """\
 [[extension]]
 id = "1201"
 ia_port = 30000
 retorno_port = 30001
 app = "agent"
 # The reference agent above: greets, plays back what the caller said, confirms DTMF 1.
-options = {{ url = "ws://127.0.0.1:8765/media", barge_in = true }}
+options = { url = "ws://127.0.0.1:8765/media", barge_in = true }
 
 [[extension]]
 id = "1202"
@@ -730,11 +733,11 @@ def toml_value(value: object) -> str:
     raise TypeError(f"no TOML literal for {type(value).__name__}")
 
 
-def _reference_entry(setting: Setting) -> list[str]:
+def _reference_entry(setting: Setting, values: Mapping[str, object]) -> list[str]:
     lines = [f"# {line}" if line else "#" for line in setting.doc.split("\n")]
     facts = [setting.bounds] if setting.bounds else []
     facts.append(f"reload: {RELOAD_NOTES[setting.reload]}")
-    shipped = REFERENCE_VALUES.get(setting.key)
+    shipped = values.get(setting.key)
     if shipped is not None:
         facts.append("default: " + (toml_value(setting.default) if setting.default is not None else "unset"))
         assignment = f"{setting.name} = {toml_value(shipped)}"
@@ -748,24 +751,27 @@ def _reference_entry(setting: Setting) -> list[str]:
     return lines
 
 
-def reference_text() -> str:
+def reference_text(values: Mapping[str, object] = REFERENCE_VALUES, header: str = _REFERENCE_HEADER,
+                   extensions: str = _REFERENCE_EXTENSIONS) -> str:
     """The commented reference config: every key with its doc, bounds, reload note and
     default, then ``[defaults]`` and the example extensions. ``etc/audiogw.toml`` is this
-    text (a test compares them), so a declared key is documented by construction."""
+    text (a test compares them), so a declared key is documented by construction;
+    ``audiogw init`` writes it with its own ``values`` (keys set away from the defaults),
+    ``header`` and ``extensions`` (TOML text)."""
     from audiogw.shared.apps import BUILTIN_APPS
 
     names = tuple(BUILTIN_APPS)
-    unknown = set(REFERENCE_VALUES) - {setting.key for settings in SECTIONS.values() for setting in settings}
+    unknown = set(values) - {setting.key for settings in SECTIONS.values() for setting in settings}
     if unknown:
-        raise ValueError(f"REFERENCE_VALUES names undeclared keys: {sorted(unknown)}")
-    parts = [_REFERENCE_HEADER]
+        raise ValueError(f"reference values name undeclared keys: {sorted(unknown)}")
+    parts = [header]
     for section, settings in SECTIONS.items():
         lines = [f"[{section}]"]
         for setting in settings:
-            lines.extend(_reference_entry(setting))
+            lines.extend(_reference_entry(setting, values))
         parts.append("\n".join(lines) + "\n")
     apps = ", ".join(names) + ", or a module:Class reference"
-    parts.append(_REFERENCE_TAIL.format(apps=apps))
+    parts.append(_REFERENCE_TAIL.format(apps=apps) + extensions)
     return "\n".join(parts)
 
 

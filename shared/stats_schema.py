@@ -209,7 +209,8 @@ SUPERVISOR_FIGURES: tuple[Field, ...] = (
 
 # ctl status columns that are not worker figures, before and after the sections' columns.
 HEAD_COLUMNS: tuple[Column, ...] = (
-    Column("id", "EXT", "text"), Column("state", "STATE", "text"), Column("pid", "PID"),
+    Column("id", "EXT", "text"), Column("state", "STATE", "text"), Column("source", "SOURCE", "text"),
+    Column("pid", "PID"),
     Column("uptime", "UPTIME", "duration"), Column("restarts", "RESTARTS"),
 )
 TAIL_COLUMNS: tuple[Column, ...] = (Column("memory_bytes", "MEM", "bytes"), Column("cpu_percent", "CPU", "percent"))

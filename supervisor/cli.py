@@ -7,7 +7,7 @@ import sys
 import click
 
 from audiogw.shared.blas import single_threaded_blas
-from audiogw.shared.config import ConfigError, default_config_path, load_config
+from audiogw.shared.config import CONFIG_SEARCH_HELP, ConfigError, default_config_path, load_config
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
@@ -43,18 +43,17 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: $AUDIOGW_CONFIG, else etc/audiogw.toml).")
+              help=f"Config file [default: {CONFIG_SEARCH_HELP}].")
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
     from audiogw.supervisor.control import check_control_keys
-    from audiogw.supervisor.state import AlreadyRunning, StateLock, WorkerRecords
+    from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
     from audiogw.shared.proctitle import SUPERVISOR, set_title
 
     set_title(SUPERVISOR)  # before the zygote is started: it takes its own title
-    path = config_path or default_config_path()
     try:
-        config = load_config(path)
+        config = load_config(default_config_path(config_path))
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
     except ConfigError as error:
         click.echo(f"audiogw-supervisor: {error}", err=True)
@@ -68,6 +67,9 @@ def start(config_path: str | None) -> None:
     except AlreadyRunning as error:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(1)
+    except StateDirError as error:
+        click.echo(f"audiogw-supervisor: {config.path}: {error}", err=True)
+        sys.exit(2)
     try:
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.

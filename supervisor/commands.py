@@ -24,6 +24,7 @@ from audiogw.shared.commands import (
     LIST,
     RELOAD,
     REMOVE_EXTENSION,
+    RESET,
     RESTART_EXTENSION,
     STATUS,
     STOP,
@@ -93,7 +94,7 @@ def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
     return {
         "id": config.id, "ia_port": config.ia_port, "retorno_port": config.retorno_port,
         "app": config.app, "options": dict(config.options),
-        "state": runtime.lifecycle.state.value, "pid": runtime.pid,
+        "state": runtime.lifecycle.state.value, "pid": runtime.pid, "source": runtime.source,
     }
 
 
@@ -204,6 +205,20 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
 
 
+async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    extension_id = args["id"]
+    try:
+        action = await supervisor.reset_extension(extension_id)
+    except LookupError as error:
+        raise CommandRefused(str(error.args[0])) from None
+    except OSError as error:  # the state file could not be written, or the file's ports cannot be bound
+        raise CommandRefused(f"reset of {extension_id} failed: {error}") from None
+    runtime = supervisor.extensions.get(extension_id)
+    if runtime is not None and action in ("started", "replaced"):
+        await _wait_ready(runtime)
+    return {"id": extension_id, "action": action, "source": "file"}
+
+
 def pair(handlers: Mapping[CommandSpec, Handler]) -> dict[str, Command]:
     """Each declaration with its handler, by name; a declaration without a handler (or the reverse) is a bug."""
     declared = set(DECLARATIONS.values())
@@ -224,5 +239,6 @@ HANDLERS: dict[CommandSpec, Handler] = {
     RELOAD: reload,
     STOP: stop,
     DIALPLAN: dialplan,
+    RESET: reset,
 }
 COMMANDS: dict[str, Command] = pair(HANDLERS)

@@ -136,6 +136,7 @@ class Supervisor:
                     sock.close()
                 raise
         runtime = ExtensionRuntime(extension, sockets, restart_policy(self.config))
+        runtime.source = self.store.source(extension.id)
         self.extensions[extension.id] = runtime
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
@@ -327,6 +328,40 @@ class Supervisor:
             self.store.removed.add(extension_id)
         self.store.save()
 
+    async def reset_extension(self, extension_id: str) -> str:
+        """Drop ``extension_id``'s runtime override and apply the file's definition (as last
+        loaded) at once: start, replace, remove or leave its worker. Returns what was done."""
+        if extension_id not in self.store.overrides():
+            raise LookupError(f"extension {extension_id} has no runtime override (its definition is the file's)")
+        target = self.config.extension(extension_id)
+        runtime = self.extensions.get(extension_id)
+        if target is not None and runtime is None:
+            clash = {port for other in self.extensions.values() for port in other.config.ports().values()}
+            taken = sorted(set(target.ports().values()) & clash)
+            if taken:
+                raise LookupError(f"the file's extension {extension_id} needs port(s) "
+                                  f"{', '.join(map(str, taken))}, used by another extension")
+        self.store.reset(extension_id)
+        if runtime is None:
+            if target is None:
+                return "unchanged"
+            try:
+                self.add_runtime(target)
+            except OSError:  # its port is held by another program: keep the removal, nothing changed
+                self.store.removed.add(extension_id)
+                self.store.save()
+                raise
+            return "started"
+        async with runtime.lock:
+            runtime.source = self.store.source(extension_id)
+            if target is None:
+                await self.stop_extension(runtime, self.config.supervisor.drain_seconds, remove=True)
+                return "removed"
+            if runtime.config != target:
+                await self.replace_extension(runtime, target)
+                return "replaced"
+        return "unchanged"
+
     # -- stopping ---------------------------------------------------------
     async def stop_extension(self, runtime: ExtensionRuntime, drain: float, *, remove: bool) -> None:
         """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit."""
@@ -362,7 +397,7 @@ class Supervisor:
             raise ConfigError(None, "", "no config file to reload")
         new_config = load_config(self.config.path)
         plan = plan_reload(self.config, new_config, {i: r.config for i, r in self.extensions.items()},
-                           self.store.effective)
+                           self.store.effective, self.store.overrides())
         for level, line in plan.log_lines():
             log.log(level, line)
         old_logging = (self.config.supervisor.log_format, self.config.supervisor.log_level)

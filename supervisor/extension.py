@@ -48,6 +48,7 @@ class ExtensionRuntime:
         # process.exitcode: that polls with a fresh selector on every heartbeat.
         self.pid: int | None = None
         self.identity: bytes | None = None  # the worker's ZeroMQ identity, for commands
+        self.source = "file"  # where its definition comes from: "file" or "runtime" (set by the supervisor)
         self.started_at: float | None = None  # monotonic, current incarnation
         self._stats: dict[str, Any] = {}  # latest heartbeat's snapshot (this incarnation)
         self.carried: dict[str, Any] = {}  # what previous incarnations leave: their counters and histograms

@@ -29,7 +29,7 @@ from typing import Any
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, reserved_ports
 from audiogw.shared.settings import RELOAD_NOTES, SECTIONS, Reload, Setting
 
-__all__ = ["SettingChange", "ReloadPlan", "plan_reload"]
+__all__ = ["SettingChange", "ReloadPlan", "plan_reload", "hidden_by_overrides"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +56,16 @@ class ReloadPlan:
     new_workers: tuple[SettingChange, ...]
     restart: tuple[SettingChange, ...]
     keep_old: tuple[str, ...]  # running extensions whose workers keep the old new_workers values
+    overridden: tuple[tuple[str, str], ...] = ()  # (id, reason): a runtime change hides the file's definition
 
-    def result(self) -> dict[str, list[str]]:
-        """The ``ctl reload`` reply (unchanged since before the plan existed)."""
+    def result(self) -> dict[str, Any]:
+        """The ``ctl reload`` reply (``Reloaded`` in shared/commands.py)."""
         return {
             "added": [extension.id for extension in self.add],
             "removed": list(self.remove),
             "changed": [extension.id for extension in self.replace],
             "unchanged": list(self.unchanged),
+            "overridden": [{"id": extension_id, "reason": reason} for extension_id, reason in self.overridden],
         }
 
     def log_lines(self) -> list[tuple[int, str]]:
@@ -78,6 +80,8 @@ class ReloadPlan:
                 lines.append((logging.WARNING, f"reload: {change.key} changed; {RELOAD_NOTES[policy]}"))
             else:
                 lines.append((logging.INFO, f"reload: {change.key} changed; applied"))
+        lines.extend((logging.WARNING, f"reload: extension {extension_id}: {reason}")
+                     for extension_id, reason in self.overridden)
         return lines
 
 
@@ -142,15 +146,37 @@ def _check_heartbeat(config: Config, old: Config, keep_old: tuple[str, ...]) -> 
         )
 
 
+def hidden_by_overrides(new: Config,
+                        overrides: Mapping[str, ExtensionConfig | None]) -> tuple[tuple[str, str], ...]:
+    """(id, reason) for each extension whose definition in the file is not what runs because
+    of a runtime change (``ctl add-extension`` / ``remove-extension``): said, never silent."""
+    hidden = []
+    for extension_id, runtime in overrides.items():
+        configured = new.extension(extension_id)
+        if configured is None or configured == runtime:
+            continue
+        if runtime is None:
+            reason = ("defined in the file but removed at run time; it stays removed until "
+                      f"`ctl reset {extension_id}`")
+        else:
+            reason = (f"defined in the file and at run time; the runtime definition wins until "
+                      f"`ctl reset {extension_id}`")
+        hidden.append((extension_id, reason))
+    return tuple(sorted(hidden))
+
+
 def plan_reload(
     old: Config,
     new: Config,
     running: Mapping[str, ExtensionConfig],
     effective: Callable[[Iterable[ExtensionConfig]], Mapping[str, ExtensionConfig]] = _by_id,
+    overrides: Mapping[str, ExtensionConfig | None] | None = None,
 ) -> ReloadPlan:
     """Decide a reload. ``running``: the extensions the supervisor has (id -> the config
     its worker runs). ``effective``: the extensions to run for a config's list (the
     supervisor passes its store's, which applies ``ctl add/remove-extension``).
+    ``overrides``: those runtime changes (id -> runtime definition, None if removed),
+    to report where one hides the file's definition (:func:`hidden_by_overrides`).
 
     An extension is removed only if the old config wanted it (one the supervisor runs
     for another reason stays). Raises :class:`ConfigError` when the plan cannot be
@@ -191,4 +217,5 @@ def plan_reload(
         new_workers=by_policy[Reload.NEW_WORKERS],
         restart=by_policy[Reload.RESTART],
         keep_old=keep_old,
+        overridden=hidden_by_overrides(new, overrides or {}),
     )

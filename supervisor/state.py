@@ -2,6 +2,8 @@
 
 Every write is atomic (write a temporary file, fsync, rename, fsync the
 folder), so a ``kill -9`` at any moment leaves either the old or the new state.
+The folder is owner-only (0700) and so are its files (0600): the state file holds
+the extensions' app options, agent headers (tokens) among them.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -21,16 +24,51 @@ log = logging.getLogger("audiogw.supervisor.state")
 STATE_FILE = "extensions.json"
 WORKERS_FILE = "workers.json"
 LOCK_FILE = "supervisor.lock"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+# Where an extension's running definition comes from (``ctl list``'s ``source``).
+SOURCE_FILE = "file"
+SOURCE_RUNTIME = "runtime"
 
 
 class AlreadyRunning(RuntimeError):
     """Another supervisor holds this state folder."""
 
 
+class StateDirError(RuntimeError):
+    """``state_dir`` cannot be used (cannot be created, is a file, not writable): one line for the operator."""
+
+
+def prepare_state_dir(state_dir: str) -> None:
+    """Create ``state_dir`` owner-only; StateDirError says why it cannot be used. An existing
+    folder keeps its mode (it may be shared, e.g. /tmp): a warning when others can read it;
+    the files written in it are owner-only whatever the folder's mode."""
+    try:
+        os.makedirs(state_dir, mode=DIR_MODE, exist_ok=False)
+        os.chmod(state_dir, DIR_MODE)  # makedirs' mode is masked by the umask
+    except FileExistsError:
+        if os.path.isdir(state_dir):
+            mode = stat.S_IMODE(os.stat(state_dir).st_mode)
+            if mode & 0o077:
+                log.warning("supervisor.state_dir %s is mode %04o: other users can list it "
+                            "(its files are owner-only; chmod 700 it)", state_dir, mode)
+            if not os.access(state_dir, os.W_OK | os.X_OK):
+                raise StateDirError(f"supervisor.state_dir: {state_dir} is not writable") from None
+            return
+
+        raise StateDirError(f"supervisor.state_dir: {state_dir} exists and is not a folder") from None
+    except NotADirectoryError:
+        raise StateDirError(f"supervisor.state_dir: cannot create {state_dir}: a parent is a file") from None
+    except OSError as error:
+        raise StateDirError(f"supervisor.state_dir: cannot create {state_dir}: {error.strerror or error}") from None
+
+
 def atomic_write(path: str, data: bytes) -> None:
     folder = os.path.dirname(path) or "."
     temporary = f"{path}.tmp.{os.getpid()}"
-    with open(temporary, "wb") as handle:
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as handle:
+        os.fchmod(handle.fileno(), FILE_MODE)  # a leftover temporary may have had another mode
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -50,8 +88,8 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        prepare_state_dir(os.path.dirname(self.path))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,6 +144,30 @@ class ExtensionStore:
         result = {extension.id: extension for extension in configured if extension.id not in self.removed}
         result.update(self.added)
         return result
+
+    def source(self, extension_id: str) -> str:
+        """``runtime`` for an extension added with ``ctl add-extension``, else ``file``."""
+        return SOURCE_RUNTIME if extension_id in self.added else SOURCE_FILE
+
+    def overrides(self) -> dict[str, ExtensionConfig | None]:
+        """The run-time overrides: id -> the runtime definition, or None for a removal."""
+        return {**{extension_id: None for extension_id in self.removed}, **self.added}
+
+    def reset(self, extension_id: str) -> bool:
+        """Drop ``extension_id``'s runtime override (saved); False when it had none."""
+        if extension_id not in self.added and extension_id not in self.removed:
+            return False
+        added, removed = self.added.pop(extension_id, None), extension_id in self.removed
+        self.removed.discard(extension_id)
+        try:
+            self.save()
+        except OSError:
+            if added is not None:
+                self.added[extension_id] = added
+            if removed:
+                self.removed.add(extension_id)
+            raise
+        return True
 
 
 class WorkerRecords:

@@ -40,6 +40,7 @@ GOOD: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("reload", {}, {}),
     ("stop", {"drain": 86400}, {"drain": 86400.0}),
     ("dialplan", {"id": "1201"}, {"id": "1201"}),
+    ("reset", {"id": "1201"}, {"id": "1201"}),
 ]
 
 # command -> (args the supervisor refuses, its whole refusal text)
@@ -70,6 +71,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("reload", {"id": "1201"}, "reload: unknown argument(s) id"),
     ("stop", {"drain": -0.5}, "drain must be a number of seconds from 0 to 86400, got -0.5"),
     ("dialplan", {"id": ""}, "invalid extension id '': empty extension id; use digits, '*' and '#', 1 to 32 characters"),
+    ("reset", {}, "reset: missing argument 'id'"),
 ]
 
 
@@ -230,6 +232,7 @@ CLI_BAD: list[tuple[list[str], dict[str, Any]]] = [
     (["status", "x"], {"id": "x"}),
     (["stop", "--drain", "-0.5"], {"drain": -0.5}),
     (["dialplan", "12 01"], {"id": "12 01"}),
+    (["reset", "12a"], {"id": "12a"}),
 ]
 
 
@@ -323,7 +326,8 @@ def test_every_reply_of_a_real_supervisor_has_its_declared_result_type(tmp_path)
         calls = [
             ("add-extension", {"id": "1300", "ia_port": base + 10, "retorno_port": base + 11}),
             ("list", {}), ("status", {}), ("status", {"id": "1300"}), ("restart-extension", {"id": "1300"}),
-            ("dialplan", {"id": "1300"}), ("reload", {}), ("remove-extension", {"id": "1300"}), ("stop", {"drain": 0}),
+            ("dialplan", {"id": "1300"}), ("reload", {}), ("reset", {"id": "1300"}),
+            ("remove-extension", {"id": "1201"}), ("stop", {"drain": 0}),
         ]
         assert {name for name, _ in calls} == set(DECLARATIONS)
         for name, args in calls:

@@ -268,7 +268,14 @@ def test_resolve_path_and_default_config_path(tmp_path: Path, monkeypatch) -> No
     assert resolve_path("conf", "x") == str(tmp_path / "conf" / "x")
 
     monkeypatch.delenv("AUDIOGW_CONFIG", raising=False)
-    assert default_config_path() == "etc/audiogw.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    if not os.path.exists("/etc/audiogw/audiogw.toml"):
+        with pytest.raises(ConfigError, match="audiogw init"):
+            default_config_path()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "audiogw.toml").write_text("")
+    assert default_config_path() == "./etc/audiogw.toml"
+    assert default_config_path("given.toml") == "given.toml"
     monkeypatch.setenv("AUDIOGW_CONFIG", "/srv/gw.toml")
     assert default_config_path() == "/srv/gw.toml"
 

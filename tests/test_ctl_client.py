@@ -103,14 +103,17 @@ class FakeSupervisor:
 
 
 LIST_ROWS = [
-    {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "echo", "state": "running", "pid": 4242},
-    {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "state": "backoff", "pid": None},
+    {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "echo", "state": "running", "pid": 4242,
+     "source": "file"},
+    {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "state": "backoff", "pid": None,
+     "source": "runtime"},
 ]
 
 STATUS_ROWS = [
     {
         "id": "1201",
         "state": "running",
+        "source": "file",
         "pid": 4242,
         "uptime": 192.7,
         "restarts": 0,
@@ -129,6 +132,7 @@ STATUS_ROWS = [
     {
         "id": "1202",
         "state": "backoff",
+        "source": "runtime",
         "pid": None,
         "uptime": None,
         "restarts": 7,
@@ -475,9 +479,9 @@ def test_list_human_and_json(supervisor, run):
     assert result.exit_code == 0, result.output
     assert supervisor.last["command"] == "list" and supervisor.last["args"] == {}
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["EXT", "IA", "RETORNO", "APP", "STATE", "PID"]
-    assert lines[1].split() == ["1201", "40000", "40001", "echo", "running", "4242"]
-    assert lines[2].split() == ["1202", "40002", "40003", "bridge", "backoff", "-"]
+    assert lines[0].split() == ["EXT", "IA", "RETORNO", "APP", "STATE", "SOURCE", "PID"]
+    assert lines[1].split() == ["1201", "40000", "40001", "echo", "running", "file", "4242"]
+    assert lines[2].split() == ["1202", "40002", "40003", "bridge", "backoff", "runtime", "-"]
     as_json = run("--json", "list")
     assert orjson.loads(as_json.stdout) == LIST_ROWS
     after = run("list", "--json")  # also accepted after the subcommand
@@ -490,13 +494,13 @@ def test_status_all_and_one(supervisor, run):
     assert supervisor.last["command"] == "status" and supervisor.last["args"] == {}
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "EXT", "STATE", "PID", "UPTIME", "RESTARTS", "CALLS", "IN", "OUT",
+        "EXT", "STATE", "SOURCE", "PID", "UPTIME", "RESTARTS", "CALLS", "IN", "OUT",
         "UNDERRUNS", "LATE_P99", "LAG_P99", "MEM", "CPU",
     ]
     assert lines[1].split() == [
-        "1201", "running", "4242", "3m12s", "0", "2", "15000", "14990", "3", "1.2ms", "0.5ms", "12.3M", "3.2%",
+        "1201", "running", "file", "4242", "3m12s", "0", "2", "15000", "14990", "3", "1.2ms", "0.5ms", "12.3M", "3.2%",
     ]
-    assert lines[2].split() == ["1202", "backoff", "-", "-", "7", "0", "0", "0", "0", "-", "-", "-", "-"]
+    assert lines[2].split() == ["1202", "backoff", "runtime", "-", "-", "7", "0", "0", "0", "0", "-", "-", "-", "-"]
     run("status", "1201")
     assert supervisor.last["args"] == {"id": "1201"}
     as_json = run("--json", "status")
@@ -654,7 +658,7 @@ def test_status_table_aligns_columns_and_tolerates_missing_keys():
     assert len(lines) == 4
     # Right-aligned numeric columns: every line ends at the same column.
     assert len({len(line) for line in lines}) == 1
-    assert lines[3].split() == ["9"] + ["-"] * 12
+    assert lines[3].split() == ["9"] + ["-"] * 13
     assert lines[0].index("STATE") == lines[1].index("running")
 
 

@@ -80,7 +80,7 @@ def keys(changes) -> list[str]:
 def test_nothing_changed_touches_nothing(tmp_path: Path) -> None:
     old = config(tmp_path)
     plan = plan_reload(old, config(tmp_path), running_of(old))
-    assert plan.result() == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1202"]}
+    assert plan.result() == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1202"], "overridden": []}
     assert not (plan.live or plan.new_workers or plan.restart or plan.keep_old or plan.log_lines())
     assert plan.config == old
 
@@ -89,7 +89,7 @@ def test_extensions_added_removed_replaced(tmp_path: Path) -> None:
     old = config(tmp_path)
     new = config(tmp_path, extensions=TWO.replace('app = "bridge"', 'app = "echo"').replace('id = "1201"', 'id = "1203"'))
     plan = plan_reload(old, new, running_of(old))
-    assert plan.result() == {"added": ["1203"], "removed": ["1201"], "changed": ["1202"], "unchanged": []}
+    assert plan.result() == {"added": ["1203"], "removed": ["1201"], "changed": ["1202"], "unchanged": [], "overridden": []}
     assert plan.replace[0].app == "echo" and plan.add[0].ia_port == 40000
 
 
@@ -112,7 +112,7 @@ def test_the_stores_view_decides_what_is_wanted(tmp_path: Path) -> None:
 
     running = {"1201": old.extensions[0], "1300": added}
     plan = plan_reload(old, config(tmp_path), running, effective)
-    assert plan.result() == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1300"]}
+    assert plan.result() == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1300"], "overridden": []}
 
 
 # ------------------------------------------------------------------ settings
@@ -269,7 +269,7 @@ def test_reload_applies_the_policy_to_every_runtime_and_healthz_agrees(tmp_path:
             supervisor.extensions[extension.id] = ExtensionRuntime(extension, {}, restart_policy(old))
         config(folder, supervisor='heartbeat_timeout = 7.5\nbackoff_max = 4.0\nmetrics = "127.0.0.1:9999"')
         result = asyncio.run(supervisor.reload())
-        assert result == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1202"]}
+        assert result == {"added": [], "removed": [], "changed": [], "unchanged": ["1201", "1202"], "overridden": []}
         for runtime in supervisor.extensions.values():
             assert runtime.lifecycle.policy == restart_policy(supervisor.config)
             assert runtime.lifecycle.policy.heartbeat_timeout == heartbeat_timeout_of(supervisor) == 7.5
@@ -328,7 +328,7 @@ def test_reloaded_heartbeat_timeout_governs_lifecycle_and_healthz_alike(gateway)
                         f'[[extension]]\nid = "1202"\nia_port = {base + 4}\nretorno_port = {base + 5}')
     gateway.config_path.write_text(text)
     result = gateway.ctl("reload")
-    assert result == {"added": ["1203"], "removed": [], "changed": ["1202"], "unchanged": ["1201"]}
+    assert result == {"added": ["1203"], "removed": [], "changed": ["1202"], "unchanged": ["1201"], "overridden": []}
     log = gateway.log()
     assert "reload: supervisor.heartbeat_timeout changed; applied" in log
     assert "reload: supervisor.metrics changed; it takes effect at the next start" in log

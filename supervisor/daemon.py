@@ -384,7 +384,7 @@ class Supervisor:
 
     async def shutdown(self, drain: float) -> None:
         log.info("supervisor stopping: draining %d extension(s) for up to %.1fs", len(self.extensions), drain)
-        systemd.notify("STOPPING=1")
+        systemd.notify(f"STOPPING=1\nSTATUS=stopping: draining {len(self.extensions)} extension(s) for up to {drain:g} s")
         await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
                              return_exceptions=True)
 
@@ -447,7 +447,7 @@ class Supervisor:
 
     def _notify_ready_if_all_serving(self) -> None:
         """READY=1 once every startable extension serves; STATUS= each time what serves changes."""
-        if self._closing or not self._started:
+        if self.stopping or not self._started:
             return  # before run() has added every extension, the first ready one is not "all"
         status = systemd.status_line({  # a reason only where it is shown: the transitions are copied
             r.id: (r.lifecycle.state.value, "" if r.lifecycle.state is WorkerState.RUNNING else _last_reason(r))

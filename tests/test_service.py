@@ -139,6 +139,7 @@ def _process_tree(pid: int) -> list[psutil.Process]:
 def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, service_env):
     """KillMode=control-group: SIGTERM reaches the supervisor, the zygote and every worker at once."""
     supervisor, _ = serve(service_env, tmp_path)
+    notify = service_env[0]
     base = supervisor.base_port
     tree = _process_tree(supervisor.process.pid)
     assert len(tree) >= 4, tree  # supervisor, forkserver (zygote), two workers (and maybe the resource tracker)
@@ -171,6 +172,9 @@ def test_sigterm_to_the_whole_group_drains_and_everything_exits_0(tmp_path, serv
     assert len(exits) == 2 and all("code 0" in line for line in exits), exits
     # (Each worker drains on whichever comes first: its own SIGTERM or the supervisor's Drain.)
     assert "supervisor stopped" in log
+    stopping = notify.wait(lambda m: "STOPPING" in m, 1, "STOPPING=1")
+    assert stopping["STATUS"] == f"stopping: draining 2 extension(s) for up to {drain:g} s"
+    assert notify.receive(0.1) is None  # no STATUS= counting extensions while they drain
 
 
 def test_hung_worker_leaves_a_traceback_of_every_thread_before_the_kill(tmp_path, service_env):

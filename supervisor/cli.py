@@ -9,11 +9,34 @@ import click
 from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import CONFIG_SEARCH_HELP, ConfigError, default_config_path, load_config
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
 log = logging.getLogger("audiogw.supervisor")
 
+EPHEMERAL_PORTS_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_ports(path: str = EPHEMERAL_PORTS_FILE) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range (outgoing connections take these), or None if unknown."""
+    try:
+        with open(path) as file:
+            low, high = (int(field) for field in file.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def ephemeral_overlap_warning(port_range: tuple[int, int], ephemeral: tuple[int, int] | None) -> str | None:
+    """Why ``port_range`` is at risk: the kernel may hand its ports to outgoing connections."""
+    if ephemeral is None or port_range[1] < ephemeral[0] or port_range[0] > ephemeral[1]:
+        return None
+    return (f"audiosocket.port_range [{port_range[0]}, {port_range[1]}] overlaps the kernel's ephemeral ports "
+            f"{ephemeral[0]}-{ephemeral[1]} (net.ipv4.ip_local_port_range): outgoing connections (Asterisk's, "
+            f"the agents' WebSockets) can take an extension's port; choose a range outside it")
+
 
 @click.group()
+@click.version_option(package_name=DISTRIBUTION, message=VERSION_MESSAGE)
 def cli() -> None:
     """audiogw supervisor: one AudioSocket worker process per extension."""
 
@@ -26,6 +49,9 @@ def start(config_path: str | None) -> None:
     from audiogw.supervisor.control import check_control_keys
     from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
+    from audiogw.shared.proctitle import SUPERVISOR, set_title
+
+    set_title(SUPERVISOR)  # before the zygote is started: it takes its own title
     try:
         config = load_config(default_config_path(config_path))
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
@@ -33,6 +59,8 @@ def start(config_path: str | None) -> None:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(2)
     configure_logging(config.supervisor.log_format, config.supervisor.log_level)
+    if (warning := ephemeral_overlap_warning(config.audiosocket.port_range, ephemeral_ports())) is not None:
+        log.warning("%s", warning)
     lock = StateLock(config.supervisor.state_dir)
     try:
         lock.acquire()

@@ -46,7 +46,8 @@ def cli() -> None:
               help=f"Config file [default: {CONFIG_SEARCH_HELP}].")
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
-    from audiogw.supervisor.control import check_control_keys
+    from audiogw.supervisor.control import EndpointInUse, check_control_keys, claim_endpoint, prepare_ipc_folder
+    from audiogw.supervisor.limits import FD_RESERVE, raise_fd_limit
     from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
     from audiogw.shared.proctitle import SUPERVISOR, set_title
@@ -59,6 +60,10 @@ def start(config_path: str | None) -> None:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(2)
     configure_logging(config.supervisor.log_format, config.supervisor.log_level)
+    # Before the zygote forks: it and every worker inherit the raised limit.
+    before, after = raise_fd_limit()
+    log.info("file descriptors: soft limit %d%s; add-extension is refused with fewer than %d free", after,
+             f" (raised from {before})" if after != before else "", FD_RESERVE)
     if (warning := ephemeral_overlap_warning(config.audiosocket.port_range, ephemeral_ports())) is not None:
         log.warning("%s", warning)
     lock = StateLock(config.supervisor.state_dir)
@@ -71,6 +76,16 @@ def start(config_path: str | None) -> None:
         click.echo(f"audiogw-supervisor: {config.path}: {error}", err=True)
         sys.exit(2)
     try:
+        try:  # before anything starts; the bind checks again (a start racing this one)
+            prepare_ipc_folder(config.supervisor.control)
+            claim_endpoint(config.supervisor.control)
+        except EndpointInUse as error:
+            click.echo(f"audiogw-supervisor: {error}", err=True)
+            sys.exit(2)
+        except OSError as error:
+            click.echo(f"audiogw-supervisor: control endpoint {config.supervisor.control}: "
+                       f"{error.strerror or error}", err=True)
+            sys.exit(2)
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.
         from audiogw.supervisor.zygote import Zygote
@@ -96,6 +111,7 @@ def start(config_path: str | None) -> None:
 def _run(config, zygote) -> int:
     import uvloop
 
+    from audiogw.supervisor.control import EndpointInUse
     from audiogw.supervisor.daemon import Supervisor
 
     async def main() -> int:
@@ -104,7 +120,11 @@ def _run(config, zygote) -> int:
         except ConfigError as error:
             log.error("cannot start: %s", error)
             return 2
-        return await supervisor.run()
+        try:
+            return await supervisor.run()
+        except EndpointInUse as error:  # taken between the start-up check and the bind
+            click.echo(f"audiogw-supervisor: {error}", err=True)
+            return 2
 
     return uvloop.run(main())
 

@@ -60,10 +60,6 @@ def start(config_path: str | None) -> None:
         click.echo(f"audiogw-supervisor: {error}", err=True)
         sys.exit(2)
     configure_logging(config.supervisor.log_format, config.supervisor.log_level)
-    # Before the zygote forks: it and every worker inherit the raised limit.
-    before, after = raise_fd_limit()
-    log.info("file descriptors: soft limit %d%s; add-extension is refused with fewer than %d free", after,
-             f" (raised from {before})" if after != before else "", FD_RESERVE)
     if (warning := ephemeral_overlap_warning(config.audiosocket.port_range, ephemeral_ports())) is not None:
         log.warning("%s", warning)
     lock = StateLock(config.supervisor.state_dir)
@@ -86,6 +82,10 @@ def start(config_path: str | None) -> None:
             click.echo(f"audiogw-supervisor: control endpoint {config.supervisor.control}: "
                        f"{error.strerror or error}", err=True)
             sys.exit(2)
+        # Before the zygote forks: it and every worker inherit the raised limit.
+        before, after = raise_fd_limit()
+        log.info("file descriptors: soft limit %d%s; add-extension is refused with fewer than %d free", after,
+                 f" (raised from {before})" if after != before else "", FD_RESERVE)
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.
         from audiogw.supervisor.zygote import Zygote

@@ -20,12 +20,13 @@ from conftest import wait_for
 from supervisor_fixture import SupervisorProcess, kill_tree, write_config
 from test_control_auth import TcpSupervisorProcess, make_keys, write_tcp_config
 
-LOW_LIMIT = 128
+LOW_LIMIT = 128  # the hard limit the supervisor starts under
+LOW_SOFT = 64  # its soft limit then: raised to LOW_LIMIT at start
 SUPERVISOR = [sys.executable, "-c", "from audiogw.supervisor.cli import main; main()", "start", "--config"]
 
 
 def _low_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_LIMIT, LOW_LIMIT))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT, LOW_LIMIT))
 
 
 class LimitedSupervisor(SupervisorProcess):
@@ -71,7 +72,7 @@ def test_add_extension_is_refused_before_the_fd_limit_and_nothing_breaks(tmp_pat
     base = free_port_block(20)
     supervisor = LimitedSupervisor(tmp_path, write_config(tmp_path, base, extensions=1), base).start()
     try:
-        assert f"soft limit {LOW_LIMIT};" in supervisor.log()  # the hard limit is 128 too: nothing to raise
+        assert f"soft limit {LOW_LIMIT} (raised from {LOW_SOFT});" in supervisor.log()
         pid = supervisor.process.pid
         ports = iter(range(base + 2, base + 19))  # the file's extension has base, base + 1
         added: list[dict] = []
@@ -128,9 +129,9 @@ def test_second_supervisor_on_a_served_ipc_endpoint_refuses_to_start(tmp_path):
     try:
         completed = _second_supervisor(tmp_path, first.endpoint, free_port_block(20))
         assert completed.returncode == 2, completed
-        lines = completed.stderr.strip().splitlines()
-        assert lines[-1] == (f"audiogw-supervisor: control endpoint {first.endpoint} is in use by a running "
-                             f"supervisor (pid {first.process.pid})"), completed.stderr
+        assert completed.stderr.strip().splitlines() == [
+            f"audiogw-supervisor: control endpoint {first.endpoint} is in use by a running "
+            f"supervisor (pid {first.process.pid})"], completed.stderr
         assert "Traceback" not in completed.stderr
         assert {row["id"] for row in first.ctl("list", timeout=3)} == {"1201", "1202"}  # still reachable
     finally:
@@ -183,8 +184,8 @@ def test_second_supervisor_on_a_served_tcp_port_is_one_line_exit_2(tmp_path):
         completed = subprocess.run([*SUPERVISOR, str(path)], capture_output=True, text=True, timeout=30, cwd=folder)
         assert completed.returncode == 2, completed
         assert "Traceback" not in completed.stderr
-        assert completed.stderr.strip().splitlines()[-1] == (
-            f"audiogw-supervisor: control endpoint {first.endpoint} is in use (address already in use)"), \
+        assert completed.stderr.strip().splitlines() == [
+            f"audiogw-supervisor: control endpoint {first.endpoint} is in use (address already in use)"], \
             completed.stderr
         assert [row["id"] for row in first.ctl("list", timeout=3)] == ["1201"]  # still reachable
     finally:

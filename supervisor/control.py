@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections import Counter
@@ -67,8 +68,10 @@ def claim_endpoint(endpoint: str) -> None:
     """
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
-        if path.startswith("@") or not os.path.exists(path):
+        if path.startswith("@") or not os.path.lexists(path):
             return
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise EndpointInUse(f"control endpoint {endpoint}: {path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(PROBE_TIMEOUT)
         try:

@@ -164,6 +164,11 @@ def test_claim_endpoint_in_process(tmp_path):
     assert path.exists()
     claim_endpoint(f"ipc://{path}")  # stale now: removed
     assert not path.exists()
+    other = tmp_path / "not-a-socket"
+    other.write_text("mine")
+    with pytest.raises(EndpointInUse, match="is not a socket"):
+        claim_endpoint(f"ipc://{other}")
+    assert other.read_text() == "mine"
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()

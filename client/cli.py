@@ -11,6 +11,7 @@ import importlib
 import click
 
 from audiogw.shared.blas import single_threaded_blas
+from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
 BENCH_PACKAGE = "audiogw.bench"
 
@@ -52,7 +53,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup)
-@click.version_option(package_name="audiogw")
+@click.version_option(package_name=DISTRIBUTION, message=VERSION_MESSAGE)
 def cli() -> None:
     """audiogw: Asterisk AudioSocket gateway for AI voice agents."""
 

@@ -497,8 +497,10 @@ SUPERVISOR: tuple[Setting, ...] = (
 AUDIOSOCKET: tuple[Setting, ...] = (
     Setting(_A, "bind", "Address the extensions' AudioSocket ports listen on (IPv4 or IPv6 literal).", RESTART,
             _bind, (("bind", str),), "0.0.0.0"),
-    Setting(_A, "port_range", "Inclusive [LOW, HIGH] TCP ports that `ctl add-extension` hands out.", LIVE,
-            _port_range, (("port_range", tuple[int, int]),), [40000, 40999], "1-65535, LOW <= HIGH"),
+    Setting(_A, "port_range", "Inclusive [LOW, HIGH] TCP ports that `ctl add-extension` hands out.\n"
+            "Keep it outside the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by\n"
+            "default): outgoing connections take those ports, and a port taken is an extension down.", LIVE,
+            _port_range, (("port_range", tuple[int, int]),), [30000, 30999], "1-65535, LOW <= HIGH"),
     Setting(_A, "allow", "Peers (Asterisk hosts) allowed to connect, as addresses or CIDR networks.", NEW_WORKERS,
             _networks, (("allow", tuple[str, ...]),), ["127.0.0.0/8"], "not empty"),
     number(_A, "uuid_timeout", 5.0, "Seconds a new connection has to send its UUID frame before it is closed.",
@@ -706,16 +708,16 @@ options = {{}}
 _REFERENCE_EXTENSIONS = """\
 [[extension]]
 id = "1201"
-ia_port = 40000
-retorno_port = 40001
+ia_port = 30000
+retorno_port = 30001
 app = "agent"
 # The reference agent above: greets, plays back what the caller said, confirms DTMF 1.
 options = { url = "ws://127.0.0.1:8765/media", barge_in = true }
 
 [[extension]]
 id = "1202"
-ia_port = 40002
-retorno_port = 40003
+ia_port = 30002
+retorno_port = 30003
 app = "bridge"
 """
 

@@ -75,6 +75,7 @@ class Field:
     computed: bool = False
     column: Column | None = None
     buckets: tuple[float, ...] = LATENCY_BUCKETS
+    labels: tuple[str, ...] = ()  # fixed labels the supervisor fills (an info metric such as build_info)
 
     @property
     def carries(self) -> bool:
@@ -206,7 +207,11 @@ CONTROL_REFUSAL_REASONS: tuple[str, ...] = (
 )
 
 # The supervisor's own figures (no extension label).
+BUILD_INFO = Field("build_info", "audiogw_build_info", "gauge",
+                   "Always 1: the labels say which audiogw version serves, on which Python.",
+                   labels=("version", "python"))
 SUPERVISOR_FIGURES: tuple[Field, ...] = (
+    BUILD_INFO,
     Field("control_refused", "audiogw_control_refused", "counter",
           "Control requests refused: malformed, bad_request, internal_error, busy (too many in flight), "
           "unauthorized (a tcp client whose CURVE key is not in curve_authorized_clients) or handshake_failed "
@@ -272,7 +277,7 @@ def metric_fields() -> list[tuple[tuple[str, ...], Field]]:
     out: list[tuple[tuple[str, ...], Field]] = [(("extension",), field) for field in EXTENSION_FIGURES]
     for section in sections():
         out.extend((section.labels(field), field) for field in section.fields)
-    out.extend((((field.by,) if field.by else ()), field) for field in SUPERVISOR_FIGURES)
+    out.extend((field.labels or ((field.by,) if field.by else ()), field) for field in SUPERVISOR_FIGURES)
     return out
 
 
@@ -435,7 +440,7 @@ def status_figures(totals: Mapping[str, Any], live: Mapping[str, Any]) -> dict[s
 
 
 __all__ = [
-    "APP_SECTIONS", "CORE_SECTIONS", "Column", "EXTENSION_FIGURES", "Field", "HEAD_COLUMNS", "LEGS",
+    "APP_SECTIONS", "BUILD_INFO", "CORE_SECTIONS", "Column", "EXTENSION_FIGURES", "Field", "HEAD_COLUMNS", "LEGS",
     "SUPERVISOR_FIGURES", "Section", "TAIL_COLUMNS", "WORKER", "combine", "legs_of", "mapping", "metric_fields",
     "number", "register_section", "section_data", "sections", "status_columns", "status_figures",
     "unregister_section",

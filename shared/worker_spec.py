@@ -6,10 +6,15 @@ import the worker's audio stack (numpy, soxr, websockets) into the supervisor.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from audiogw.shared.config import AudioSocketSettings
+
+# A worker writes every thread's stack to its stderr on this signal (faulthandler); the
+# supervisor sends it shortly before it SIGKILLs a worker that stopped answering.
+DUMP_SIGNAL = signal.SIGUSR2
 
 
 @dataclass(frozen=True)

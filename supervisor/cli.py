@@ -10,11 +10,34 @@ from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import CONFIG_SEARCH_HELP, ConfigError, default_config_path, load_config
 from audiogw.shared.errors import report_error
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
 log = logging.getLogger("audiogw.supervisor")
 
+EPHEMERAL_PORTS_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_ports(path: str = EPHEMERAL_PORTS_FILE) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range (outgoing connections take these), or None if unknown."""
+    try:
+        with open(path) as file:
+            low, high = (int(field) for field in file.read().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def ephemeral_overlap_warning(port_range: tuple[int, int], ephemeral: tuple[int, int] | None) -> str | None:
+    """Why ``port_range`` is at risk: the kernel may hand its ports to outgoing connections."""
+    if ephemeral is None or port_range[1] < ephemeral[0] or port_range[0] > ephemeral[1]:
+        return None
+    return (f"audiosocket.port_range [{port_range[0]}, {port_range[1]}] overlaps the kernel's ephemeral ports "
+            f"{ephemeral[0]}-{ephemeral[1]} (net.ipv4.ip_local_port_range): outgoing connections (Asterisk's, "
+            f"the agents' WebSockets) can take an extension's port; choose a range outside it")
+
 
 @click.group()
+@click.version_option(package_name=DISTRIBUTION, message=VERSION_MESSAGE)
 def cli() -> None:
     """audiogw supervisor: one AudioSocket worker process per extension."""
 
@@ -24,9 +47,13 @@ def cli() -> None:
               help=f"Config file [default: {CONFIG_SEARCH_HELP}].")
 def start(config_path: str | None) -> None:
     """Start in the foreground. SIGTERM/SIGINT: graceful stop. SIGHUP: reload the config file."""
-    from audiogw.supervisor.control import check_control_keys
+    from audiogw.supervisor.control import EndpointInUse, check_control_keys, claim_endpoint, prepare_ipc_folder
+    from audiogw.supervisor.limits import FD_RESERVE, raise_fd_limit
     from audiogw.supervisor.state import AlreadyRunning, StateDirError, StateLock, WorkerRecords
 
+    from audiogw.shared.proctitle import SUPERVISOR, set_title
+
+    set_title(SUPERVISOR)  # before the zygote is started: it takes its own title
     try:
         config = load_config(default_config_path(config_path))
         check_control_keys(config)  # a bad certificate is a config error (exit 2), not a traceback later
@@ -34,6 +61,8 @@ def start(config_path: str | None) -> None:
         report_error("config", str(error))
         sys.exit(2)
     configure_logging(config.supervisor.log_format, config.supervisor.log_level)
+    if (warning := ephemeral_overlap_warning(config.audiosocket.port_range, ephemeral_ports())) is not None:
+        log.warning("%s", warning)
     lock = StateLock(config.supervisor.state_dir)
     try:
         lock.acquire()
@@ -44,6 +73,20 @@ def start(config_path: str | None) -> None:
         report_error("config", f"{config.path}: {error}")
         sys.exit(2)
     try:
+        try:  # before anything starts; the bind checks again (a start racing this one)
+            prepare_ipc_folder(config.supervisor.control)
+            claim_endpoint(config.supervisor.control)
+        except EndpointInUse as error:
+            click.echo(f"audiogw-supervisor: {error}", err=True)
+            sys.exit(2)
+        except OSError as error:
+            click.echo(f"audiogw-supervisor: control endpoint {config.supervisor.control}: "
+                       f"{error.strerror or error}", err=True)
+            sys.exit(2)
+        # Before the zygote forks: it and every worker inherit the raised limit.
+        before, after = raise_fd_limit()
+        log.info("file descriptors: soft limit %d%s; add-extension is refused with fewer than %d free", after,
+                 f" (raised from {before})" if after != before else "", FD_RESERVE)
         WorkerRecords(config.supervisor.state_dir).kill_stale()
         # The zygote must be forked before any event loop, thread or ZeroMQ context exists.
         from audiogw.supervisor.zygote import Zygote
@@ -70,6 +113,7 @@ def start(config_path: str | None) -> None:
 def _run(config, zygote) -> int:
     import uvloop
 
+    from audiogw.supervisor.control import EndpointInUse
     from audiogw.supervisor.daemon import Supervisor
 
     async def main() -> int:
@@ -78,7 +122,11 @@ def _run(config, zygote) -> int:
         except ConfigError as error:
             log.error("cannot start: %s", error)
             return 2
-        return await supervisor.run()
+        try:
+            return await supervisor.run()
+        except EndpointInUse as error:  # taken between the start-up check and the bind
+            click.echo(f"audiogw-supervisor: {error}", err=True)
+            return 2
 
     return uvloop.run(main())
 

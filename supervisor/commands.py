@@ -35,6 +35,7 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.shared.stats_schema import status_figures
 from audiogw.supervisor.dialplan import dialplan_for
 from audiogw.supervisor.extension import PortInUse
+from audiogw.supervisor.limits import fd_shortage
 from audiogw.supervisor.state import SOURCE_RUNTIME
 from audiogw.shared.apps import AppOptionError, parse_app_options
 
@@ -119,6 +120,8 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     extension_id = args["id"]
     if extension_id in supervisor.extensions:
         raise CommandRefused(f"extension {extension_id} already exists")
+    if (shortage := fd_shortage()) is not None:  # before libzmq would abort on "Too many open files"
+        raise CommandRefused(f"extension {extension_id} not added: {shortage}")
     used = {port for runtime in supervisor.extensions.values()
             for port in (runtime.config.ia_port, runtime.config.retorno_port)}
     used.add(supervisor.config.supervisor.metrics_port)

@@ -14,9 +14,13 @@ a ZAP handler admitting only clients whose public key is in
 from __future__ import annotations
 
 import asyncio
+import errno
 import glob
 import logging
 import os
+import socket
+import stat
+import struct
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable
@@ -45,6 +49,76 @@ def prepare_ipc_folder(endpoint: str) -> None:
         folder = os.path.dirname(endpoint[len("ipc://"):])
         os.makedirs(folder, mode=0o700, exist_ok=True)
         os.chmod(folder, 0o700)
+
+
+class EndpointInUse(Exception):
+    """The control endpoint belongs to another (running) process: this supervisor must not start."""
+
+
+PROBE_TIMEOUT = 0.5  # seconds to connect to an existing ipc socket before calling it stale
+
+
+def _peer_pid(probe: socket.socket) -> int | None:
+    try:
+        pid, _uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError):
+        return None
+    return pid or None
+
+
+def claim_endpoint(endpoint: str) -> None:
+    """Make sure binding ``endpoint`` takes it from no one; raise EndpointInUse (one line) if it would.
+
+    libzmq unlinks an existing ipc socket file on bind, so a second supervisor
+    would silently take the first one's endpoint: a file a process still accepts
+    on is refused; a stale one (nobody listening) is removed. A tcp port is tried
+    with a plain bind (as libzmq binds it: SO_REUSEADDR).
+    """
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        if path.startswith("@") or not os.path.lexists(path):
+            return
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise EndpointInUse(f"control endpoint {endpoint}: {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            try:
+                os.unlink(path)  # stale: no process listens on it
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise EndpointInUse(f"control endpoint {endpoint}: cannot remove the stale socket file: "
+                                    f"{error.strerror or error}") from None
+            return
+        except OSError as error:  # a timeout (a full backlog) or no permission: someone else's
+            raise EndpointInUse(f"control endpoint {endpoint} is not usable: {error.strerror or error}") from None
+        else:
+            pid = _peer_pid(probe)
+            raise EndpointInUse(f"control endpoint {endpoint} is in use by a running supervisor"
+                                f"{f' (pid {pid})' if pid else ''}")
+        finally:
+            probe.close()
+    elif endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        host = host.strip("[]")
+        host = "" if host in ("*", "") else host
+        try:
+            infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (OSError, ValueError):
+            return  # an interface name, say: libzmq's bind decides (its error is caught in ControlServer)
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise EndpointInUse(f"control endpoint {endpoint} is in use (address already in use)") from None
+                raise EndpointInUse(f"control endpoint {endpoint} cannot be bound: "
+                                    f"{error.strerror or error}") from None
 
 
 SERVER_KEY = "supervisor.curve_server_secret_key"
@@ -331,7 +405,18 @@ class ControlServer:
             self.monitor = self.socket.get_monitor_socket(HANDSHAKE_FAILURES)
         else:
             prepare_ipc_folder(self.endpoint)
-        self.socket.bind(self.endpoint)
+        try:
+            claim_endpoint(self.endpoint)  # libzmq would silently take an ipc endpoint another process serves
+            self.socket.bind(self.endpoint)
+        except (EndpointInUse, zmq.ZMQError) as error:
+            self.socket.close(linger=0)
+            if self.authenticator is not None:
+                self.authenticator.stop()
+            if isinstance(error, EndpointInUse):
+                raise
+            if error.errno == errno.EADDRINUSE:
+                raise EndpointInUse(f"control endpoint {self.endpoint} is in use (address already in use)") from None
+            raise EndpointInUse(f"control endpoint {self.endpoint} cannot be bound: {error}") from None
         self._tasks: set[asyncio.Task] = set()
         self._in_flight: Counter[bytes] = Counter()  # client connection (ROUTER identity) -> requests in flight
         self.requests = 0

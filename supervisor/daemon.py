@@ -22,7 +22,7 @@ from audiogw.shared.messages import (
     Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
 )
 from audiogw.shared.records import leg_records_file
-from audiogw.shared.worker_spec import WorkerSpec
+from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
 from audiogw.supervisor import systemd
 from audiogw.supervisor.extension import ExtensionRuntime, PortInUse, bind_extension_sockets
 from audiogw.supervisor.lifecycle import Action, IllegalTransition, RestartPolicy, WorkerState, describe_exit
@@ -35,6 +35,7 @@ _EVENTS, _POLLIN, _RCVMORE, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq
 
 log = logging.getLogger("audiogw.supervisor")
 
+DUMP_BEFORE_KILL = 0.5  # seconds between DUMP_SIGNAL (the worker's thread dump) and SIGKILL of a hung worker
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
 
 
@@ -183,6 +184,7 @@ class Supervisor:
         self.records.set(runtime.id, process.pid)
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, runtime, process)
         self._read_bus()  # watch the bus until this worker reports ready
+        self._wake.set()  # its start deadline, and systemd's STATUS=, changed
         log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
                  runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
 
@@ -222,7 +224,10 @@ class Supervisor:
         self._wake.set()
 
     def _act(self, runtime: ExtensionRuntime, action: Action) -> None:
-        if action == Action.SPAWN:
+        if action == Action.SPAWN and self.stopping:
+            # The stop's drain meets a STARTING extension with no process: it simply stops.
+            log.info("worker extension=%s not restarted: the supervisor is stopping", runtime.id)
+        elif action == Action.SPAWN:
             try:
                 self._spawn(runtime)
             except Exception as error:
@@ -231,13 +236,27 @@ class Supervisor:
                 runtime.settle(f"cannot start the worker: {error}")
                 self._act(runtime, action)
         elif action == Action.KILL and runtime.pid is not None:
-            reason = runtime.lifecycle.transitions[-1].reason if runtime.lifecycle.transitions else ""
-            log.warning("worker kill extension=%s pid=%d: %s", runtime.id, runtime.pid, reason,
-                        extra={"event": "worker_kill", "extension": runtime.id, "reason": reason})
+            # First the worker's traceback of every thread (faulthandler, worker/main.py), then the kill.
+            pid, reason = runtime.pid, runtime.lifecycle.kill_reason or ""
+            log.warning("worker unresponsive extension=%s pid=%d: %s; dumping its threads (%s), kill in %.1f s",
+                        runtime.id, pid, reason, DUMP_SIGNAL.name, DUMP_BEFORE_KILL,
+                        extra={"event": "worker_unresponsive", "extension": runtime.id, "reason": reason})
             try:
-                os.kill(runtime.pid, signal.SIGKILL)
+                os.kill(pid, DUMP_SIGNAL)
             except ProcessLookupError:
-                pass
+                return
+            asyncio.get_running_loop().call_later(DUMP_BEFORE_KILL, self._kill, runtime, pid, reason)
+
+    def _kill(self, runtime: ExtensionRuntime, pid: int, reason: str) -> None:
+        """SIGKILL the worker ordered killed, unless that process already ended."""
+        if runtime.pid != pid:
+            return
+        log.warning("worker kill extension=%s pid=%d: %s", runtime.id, pid, reason,
+                    extra={"event": "worker_kill", "extension": runtime.id, "reason": reason})
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     async def _timers(self) -> None:
         """Run lifecycle deadlines (backoff ends, start timeouts, missed heartbeats)."""
@@ -248,7 +267,7 @@ class Supervisor:
             now = time.monotonic()
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
-            self._notify_ready_if_all_serving()  # an exit or a busy port settles a start too
+            self._notify_ready_if_all_serving()  # an exit, a ready, a busy port, an add or a removal woke us
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()
@@ -410,7 +429,7 @@ class Supervisor:
 
     async def shutdown(self, drain: float) -> None:
         log.info("supervisor stopping: draining %d extension(s) for up to %.1fs", len(self.extensions), drain)
-        systemd.notify("STOPPING=1")
+        systemd.notify(f"STOPPING=1\nSTATUS=stopping: draining {len(self.extensions)} extension(s) for up to {drain:g} s")
         await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
                              return_exceptions=True)
 
@@ -480,20 +499,13 @@ class Supervisor:
         start timeout). One that cannot serve does not hold readiness back (SPEC)."""
         return all(r.outcome is None or r.outcome.done() for r in self.extensions.values())
 
-    def status_line(self) -> str:
-        """systemd's STATUS=: how many serve, and each one that does not, with its state and reason."""
-        down = [r for r in self.extensions.values() if r.lifecycle.state != WorkerState.RUNNING]
-        line = f"{len(self.extensions) - len(down)} of {len(self.extensions)} extension(s) serving"
-        if down:
-            line += "; not serving: " + ", ".join(
-                f"{r.id} {r.state}" + (f" ({r.reason})" if r.reason else "") for r in down)
-        return line.replace("\n", " ")
-
     def _notify_ready_if_all_serving(self) -> None:
-        """READY=1 once the start has settled; STATUS= then and whenever it changes."""
+        """READY=1 once the start has settled; STATUS= then and whenever what serves changes."""
+        if self.stopping or not self._started:
+            return  # before run() has added every extension, the first ready one is not "all"
         if not self._ready_sent and not self.start_settled():
             return
-        status = self.status_line()
+        status = systemd.status_line({r.id: (r.state, r.reason or "") for r in self.extensions.values()})
         if not self._ready_sent:
             self._ready_sent = True
             systemd.notify(f"READY=1\nSTATUS={status}")
@@ -503,6 +515,8 @@ class Supervisor:
         self._status_sent = status
 
     _ready_sent = False
+    _started = False  # run() has added every extension of the file and the state file
+    stop_signalled = False  # SIGTERM/SIGINT arrived (set in the handler, before the queue is read)
     _status_sent = ""
     _closing = False
 
@@ -510,7 +524,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+            loop.add_signal_handler(signum, self._on_signal, signum)
         from audiogw.supervisor.control import ControlServer
 
         from audiogw.supervisor.metrics import MetricsServer
@@ -523,6 +537,7 @@ class Supervisor:
                 self.add_runtime(extension)
             except OSError as error:
                 log.error("extension %s not started: %s", extension.id, error)
+        self._started = True
         self._read_bus()
         tasks = [
             loop.create_task(self._timers(), name="timers"),
@@ -532,8 +547,7 @@ class Supervisor:
         watchdog = systemd.watchdog_interval()
         if watchdog:
             tasks.append(loop.create_task(self._watchdog(watchdog), name="watchdog"))
-        if not self.extensions:
-            self._notify_ready_if_all_serving()
+        self._notify_ready_if_all_serving()  # nothing to wait for when no extension can start
         log.info("supervisor started pid=%d control=%s extensions=%d", os.getpid(),
                  self.config.supervisor.control, len(self.extensions))
         await self.stop_requested.wait()
@@ -554,6 +568,16 @@ class Supervisor:
         log.info("supervisor stopped")
         return 0
 
+    def _on_signal(self, signum: int) -> None:
+        """Only enqueue, but know at once that a stop is coming: with KillMode=control-group the
+        workers got the same SIGTERM and may exit before the queue is read; none is restarted."""
+        if signum != signal.SIGHUP:
+            self.stop_signalled = True
+            now = time.monotonic()
+            for runtime in self.extensions.values():  # an exit from now on is the stop's, never a crash
+                runtime.lifecycle.request_stop(now)
+        self.signals.put_nowait(signum)
+
     async def _signals(self) -> None:
         while True:
             signum = await self.signals.get()
@@ -566,6 +590,11 @@ class Supervisor:
             else:
                 log.info("%s: graceful stop", signal.Signals(signum).name)
                 self.request_stop(self.config.supervisor.drain_seconds)
+
+    @property
+    def stopping(self) -> bool:
+        """A stop is under way (a signal or a ctl stop): no worker is started or restarted any more."""
+        return self.stop_signalled or self.stop_requested.is_set()
 
     def request_stop(self, drain: float) -> None:
         self.stop_drain = drain

@@ -38,7 +38,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from audiogw.shared.histogram import LATENCY_BUCKETS
+from audiogw.shared.version import build_info
 from audiogw.shared.stats_schema import (
+    BUILD_INFO,
     EXTENSION_FIGURES,
     Field,
     legs_of,
@@ -200,6 +202,8 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
     others are still reported.
     """
     families = new_families()
+    info = build_info()
+    families[BUILD_INFO.name].add_metric([info[label] for label in BUILD_INFO.labels], 1)
     for reason, count in sorted((control_refusals or {}).items()):
         families["audiogw_control_refused"].add_metric([str(reason)], _number(count))
     for sample in samples:
@@ -225,7 +229,8 @@ def sample_runtime(runtime: "ExtensionRuntime", now: float | None = None,
     rss, cpu_seconds, priority = runtime.kernel_figures(time.monotonic() if now is None else now, max_age)
     return ExtensionSample(
         id=str(runtime.config.id),
-        running=runtime.lifecycle.state == WorkerState.RUNNING,
+        # A worker ordered killed (its thread dump comes first) no longer serves, heartbeats or not.
+        running=runtime.lifecycle.state == WorkerState.RUNNING and runtime.lifecycle.kill_reason is None,
         restarts=runtime.lifecycle.restarts,
         fatal_retries=runtime.lifecycle.fatal_retries,
         last_heartbeat=runtime.last_heartbeat_wall,

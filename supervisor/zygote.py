@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 import socket
 import sys
 from multiprocessing.context import ForkServerContext
@@ -36,9 +37,10 @@ from audiogw.shared.worker_spec import WorkerSpec
 log = logging.getLogger("audiogw.supervisor.zygote")
 
 WORKER_ENTRY = "audiogw.worker.main:run_worker"
-# The worker's modules, and this one (the child's entry point lives here: unloaded, every
-# spawn would import it again, some 7 ms).
-PRELOAD = ["audiogw.worker.main", "audiogw.worker.link", "audiogw.supervisor.zygote"]
+# The zygote's own setup (it outlives a SIGTERM to the whole unit: zygote_init), the worker's
+# modules, and this one (the child's entry point lives here: unloaded, every spawn would import
+# it again, some 7 ms).
+PRELOAD = ["audiogw.supervisor.zygote_init", "audiogw.worker.main", "audiogw.worker.link", "audiogw.supervisor.zygote"]
 ALIVE_FD = "_forkserver_alive_fd"  # multiprocessing.forkserver.ForkServer's private attribute
 
 
@@ -83,6 +85,7 @@ def forkserver_alive_fd_problem() -> str | None:
 
 
 def _worker_entry(entry: str, spec: WorkerSpec, sockets: dict[str, socket.socket]) -> None:  # runs in the child
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # only the zygote ignores it (zygote_init); the worker drains on it
     _release_forkserver_alive_fd()
     module, _, function = entry.partition(":")
     run_worker = getattr(importlib.import_module(module), function)

@@ -194,7 +194,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert supervisor.log_level == "info"
     assert config.audiosocket == AudioSocketSettings(
         bind="0.0.0.0",
-        port_range=(40000, 40999),
+        port_range=(30000, 30999),
         allow=("127.0.0.0/8",),
         uuid_timeout=5.0,
         lead_frames=3,
@@ -306,13 +306,13 @@ def test_shipped_config_loads() -> None:
     assert (config.supervisor.metrics_host, config.supervisor.metrics_port) == ("127.0.0.1", 9464)
     assert config.supervisor.demo_agent == ("127.0.0.1", 8765)
     assert config.audiosocket.bind == "127.0.0.1"
-    assert config.audiosocket.port_range == (40000, 40999)
+    assert config.audiosocket.port_range == (30000, 30999)  # below Linux's ephemeral range (32768-60999)
     assert config.audiosocket.allow == ("127.0.0.0/8",)
     assert config.defaults.app == "echo"
     assert [ext.to_dict() for ext in config.extensions] == [
-        {"id": "1201", "ia_port": 40000, "retorno_port": 40001, "app": "agent",
+        {"id": "1201", "ia_port": 30000, "retorno_port": 30001, "app": "agent",
          "options": {"url": "ws://127.0.0.1:8765/media", "barge_in": True}},
-        {"id": "1202", "ia_port": 40002, "retorno_port": 40003, "app": "bridge", "options": {}},
+        {"id": "1202", "ia_port": 30002, "retorno_port": 30003, "app": "bridge", "options": {}},
     ]
 
 

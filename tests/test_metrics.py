@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from audiogw.client.ctl import CtlRefused, request
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.histogram import LATENCY_BUCKETS, Histogram
 from audiogw.shared.stats_schema import CONTROL_REFUSAL_REASONS
+from audiogw.shared.version import audiogw_version
 from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy
 from audiogw.supervisor.metrics import (
@@ -68,10 +70,11 @@ EXPECTED = {
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
     "audiogw_worker_realtime_priority": ("gauge", {"extension"}),
     "audiogw_control_refused": ("counter", {"reason"}),
+    "audiogw_build_info": ("gauge", {"version", "python"}),
     "audiogw_last_heartbeat_timestamp_seconds": ("gauge", {"extension"}),
     "audiogw_app_events": ("counter", {"extension", "event"}),
 }
-ALLOWED_LABELS = {"extension", "leg", "reason", "event", "le"}
+ALLOWED_LABELS = {"extension", "leg", "reason", "event", "le", "version", "python"}  # build_info: one series
 
 
 # ---------------------------------------------------------------------- helpers
@@ -166,6 +169,8 @@ def test_build_families_names_types_labels_and_values():
     assert value(families, "audiogw_worker_realtime_priority", extension="1201") == 10
     assert {s.labels["reason"]: s.value for s in families["audiogw_control_refused"].samples} == refusals
     assert {s.name for s in families["audiogw_control_refused"].samples} == {"audiogw_control_refused_total"}
+    [info] = families["audiogw_build_info"].samples
+    assert info.value == 1 and info.labels == {"version": audiogw_version(), "python": platform.python_version()}
     assert value(families, "audiogw_last_heartbeat_timestamp_seconds", extension="1201") == now - 0.3
 
     lateness = {s.labels["le"]: s.value for s in families["audiogw_send_lateness_seconds"].samples

@@ -289,7 +289,7 @@ def test_readiness_is_not_held_back_by_a_busy_port_and_status_names_it(tmp_path,
             if "READY=1" in message:
                 break
         status = dict(line.split("=", 1) for line in message.splitlines())["STATUS"]
-        assert status.startswith("1 of 2 extension(s) serving; not serving: 1202 failed (cannot listen on"), status
+        assert status.startswith("serving 1/2; 1202 failed: cannot listen on"), status
         assert rows(supervisor)["1201"]["state"] == "running"
     finally:
         blocker.close()

@@ -223,7 +223,7 @@ def test_supervisor_figures_are_declared_in_the_schema():
     assert {"audiogw_extension_up", "audiogw_worker_restarts", "audiogw_worker_fatal_retries",
             "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
-            "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused"} == names
+            "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info"} == names
 
 
 def test_the_scrape_thread_formats_only_the_published_snapshot():

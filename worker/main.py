@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import gc
 import logging
 import os
@@ -18,8 +19,9 @@ import sys
 import uvloop
 
 from audiogw.shared.logs import configure_logging
+from audiogw.shared.proctitle import set_title, worker_title
 from audiogw.shared.messages import Drain, Ready, WorkerCommand
-from audiogw.shared.worker_spec import WorkerSpec
+from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
 from audiogw.worker.apps import AppContext, AppOptionError, create_app
 from audiogw.worker.clock import clock_phase
 from audiogw.worker.realtime import realtime_before_logging
@@ -91,6 +93,9 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
 def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket], records: RecordWriter | None = None) -> int:
     """Process entry point (the zygote calls this in a fresh child; `python -m audiogw.worker` with ``records``)."""
     set_parent_death_signal()
+    set_title(worker_title(spec.extension))
+    # A hung loop cannot log: the C-level handler writes every thread's stack to stderr (the log).
+    faulthandler.register(DUMP_SIGNAL, all_threads=True)
     listener = realtime_before_logging(
         spec.settings.realtime_priority, spec.extension,
         lambda: configure_logging(spec.log_format, spec.log_level, off_loop=True),

@@ -1,0 +1,46 @@
+"""Apps that misbehave on purpose, for the service tests (named ``service_apps:CrashApp``; tests put
+this folder on the supervisor's PYTHONPATH)."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from audiogw.shared.apps import AppOptions
+from audiogw.worker.apps.base import App
+
+
+class CrashApp(App):
+    """Exits 1 at start (an unexpected exception), as a worker with a broken dependency would."""
+
+    name = "crash"
+
+    async def start(self) -> None:
+        raise RuntimeError("crash app: fails at start on purpose")
+
+    async def run_leg(self, leg) -> None:
+        await leg.wait_closed()
+
+
+class HangOptions(AppOptions):
+    hang_after: float = 0.5  # seconds after start
+    hang_seconds: float = 30.0
+
+
+def blocked_here(seconds: float) -> None:
+    """The frame a hung worker's traceback must name."""
+    time.sleep(seconds)
+
+
+class HangApp(App):
+    """Echo, then blocks its event loop ``hang_seconds`` (no heartbeats: the supervisor kills it)."""
+
+    name = "hang"
+    Options = HangOptions
+    options: HangOptions
+
+    async def start(self) -> None:
+        asyncio.get_running_loop().call_later(self.options.hang_after, blocked_here, self.options.hang_seconds)
+
+    async def run_leg(self, leg) -> None:
+        leg.forward_to(leg)
+        await leg.wait_closed()

@@ -212,6 +212,8 @@ class Supervisor:
         if state_before != WorkerState.STOPPING:
             runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
         state = runtime.lifecycle.state
+        if state == WorkerState.FATAL:
+            runtime.close_sockets()  # refuse at once (SPEC); the next start (retry, operator) binds again
         if state_before == WorkerState.STOPPING:
             log.info("worker exit extension=%s pid=%d %s", runtime.id, process.pid, how)
         elif state == WorkerState.FATAL:
@@ -406,9 +408,16 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------
     async def stop_extension(self, runtime: ExtensionRuntime, drain: float, *, remove: bool) -> None:
-        """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit."""
+        """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit.
+
+        ``remove`` (a removal, the supervisor's stop): the listening sockets close before the drain
+        begins and the worker closes its copies on ``Drain`` (``stop_accepting``), so new callers
+        are refused at once (SPEC) while the calls in progress go on. Otherwise (a replace) the
+        sockets are kept for the next worker: callers wait in the backlog meanwhile.
+        """
         if remove:
             self.extensions.pop(runtime.id, None)
+            runtime.close_sockets()
         process = runtime.process
         runtime.lifecycle.request_stop(time.monotonic())
         if process is not None and process.exitcode is None:
@@ -420,8 +429,6 @@ class Supervisor:
                 log.warning("worker extension=%s did not stop within %.1fs: killing", runtime.id, drain + 5.0)
                 process.kill()
                 await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
-        if remove:
-            runtime.close_sockets()
         self._wake.set()
 
     async def shutdown(self, drain: float) -> None:

@@ -58,3 +58,43 @@ def test_reload_hands_over_new_calls_to_the_new_worker_while_the_old_one_finishe
     wait_for(lambda: "(replaced, drained)" in supervisor.log(), 5, what="the old worker's exit once drained")
     assert rows(supervisor)["1201"]["state"] == "running", "the old worker's exit is no crash of the new one"
     assert supervisor.ctl("status", {"id": "1201"})[0]["restarts"] == 0
+
+
+def test_ctl_reload_waits_longer_than_the_supervisor_does_for_the_new_workers():
+    from audiogw.shared.commands import RELOAD
+    from audiogw.supervisor.lifecycle import RestartPolicy
+
+    assert RELOAD.server_wait is not None and RELOAD.server_wait < RELOAD.client_timeout(1.0)
+    assert RELOAD.server_wait > RestartPolicy().start_timeout, "a start timeout's kill is seen before the reply"
+
+
+def test_a_removal_during_the_handover_drain_ends_the_old_worker_too(tmp_path, started):
+    import psutil
+
+    base = free_port_block(20)
+    config = configure(tmp_path, base, [], extensions=1)
+    config.write_text(config.read_text().replace("drain_seconds = 1.0", "drain_seconds = 30.0"))
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    old_pid = wait_for(lambda: (r := rows(supervisor)["1201"])["state"] == "running" and r["pid"], 15,
+                       what="1201 serving")
+    marker = tmp_path / "ready.marker"
+    marker.touch()
+
+    async def scenario():
+        old_call = asyncio.ensure_future(place_call("127.0.0.1", base, seconds=20.0))
+        await asyncio.sleep(0.5)
+        config.write_text(config.read_text().replace(
+            f"retorno_port = {base + 1}\n",
+            f'retorno_port = {base + 1}\napp = "{FAILING}"\noptions = {{ mode = "config", until = "{marker}" }}\n'))
+        reload = await asyncio.to_thread(ctl, supervisor, "reload")
+        new_pid = rows(supervisor)["1201"]["pid"]
+        removal = await asyncio.to_thread(ctl, supervisor, "remove-extension", "1201", "--drain", "1")
+        return reload, new_pid, removal, await old_call
+
+    begun = time.monotonic()
+    reload, new_pid, removal, old_call = asyncio.run(scenario())
+    assert reload.returncode == 0 and removal.returncode == 0, (reload, removal)
+    assert old_call.hung_up_by == "server" and time.monotonic() - begun < 15.0, "cut by the removal's 1 s drain"
+    for pid in (old_pid, new_pid):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid

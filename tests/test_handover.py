@@ -19,6 +19,13 @@ from test_states import (  # noqa: F401 (fixtures: started, and tests/ on the wo
 pytestmark = pytest.mark.timeout(120)
 
 
+def change_app(config, base: int, marker) -> None:
+    """Extension 1201 (the first, on ``base``) changed, same ports: the test app, echoing once ``marker`` exists."""
+    config.write_text(config.read_text().replace(
+        f"retorno_port = {base + 1}\n",
+        f'retorno_port = {base + 1}\napp = "{FAILING}"\noptions = {{ mode = "config", until = "{marker}" }}\n'))
+
+
 def test_reload_hands_over_new_calls_to_the_new_worker_while_the_old_one_finishes(tmp_path, started):
     base = free_port_block(20)
     drain, old_call_seconds = 8.0, 4.0
@@ -34,9 +41,7 @@ def test_reload_hands_over_new_calls_to_the_new_worker_while_the_old_one_finishe
     async def scenario():
         old_call = asyncio.ensure_future(place_call("127.0.0.1", base, seconds=old_call_seconds))
         await asyncio.sleep(0.5)
-        config.write_text(config.read_text().replace(
-            f"retorno_port = {base + 1}\n",
-            f'retorno_port = {base + 1}\napp = "{FAILING}"\noptions = {{ mode = "config", until = "{marker}" }}\n'))
+        change_app(config, base, marker)
         begun = time.monotonic()
         reload = await asyncio.to_thread(ctl, supervisor, "reload")
         took = time.monotonic() - begun
@@ -84,9 +89,7 @@ def test_a_removal_during_the_handover_drain_ends_the_old_worker_too(tmp_path, s
     async def scenario():
         old_call = asyncio.ensure_future(place_call("127.0.0.1", base, seconds=20.0))
         await asyncio.sleep(0.5)
-        config.write_text(config.read_text().replace(
-            f"retorno_port = {base + 1}\n",
-            f'retorno_port = {base + 1}\napp = "{FAILING}"\noptions = {{ mode = "config", until = "{marker}" }}\n'))
+        change_app(config, base, marker)
         reload = await asyncio.to_thread(ctl, supervisor, "reload")
         new_pid = rows(supervisor)["1201"]["pid"]
         removal = await asyncio.to_thread(ctl, supervisor, "remove-extension", "1201", "--drain", "1")

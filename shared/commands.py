@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 MAX_DRAIN_SECONDS = 86400
-# Commands that wait for a worker to serve or fail (add-extension, restart-extension) answer
+# Commands that wait for a worker to serve or fail (add-extension, restart-extension, reload) answer
 # within reply_timeout - REPLY_MARGIN; ctl waits reply_timeout. The worker's start timeout
 # (RestartPolicy.start_timeout, 5 s) fits inside, so its kill is the answer, never ctl's timeout.
 START_REPLY_TIMEOUT = 15.0
@@ -325,6 +325,7 @@ STATUS = CommandSpec(
 RELOAD = CommandSpec(
     "reload", "Re-read the config file (like SIGHUP).", (), Reloaded,
     help="Re-read the config file and apply the changes (like SIGHUP).",
+    reply_timeout=START_REPLY_TIMEOUT,  # answers once the replaced and added workers serve (or failed)
 )
 STOP = CommandSpec("stop", "Stop the supervisor and every worker, gracefully.", (_DRAIN,), Stopping)
 DIALPLAN = CommandSpec("dialplan", "Print the Asterisk dialplan lines for extension ID.", (_ID,), Dialplan)

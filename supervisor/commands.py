@@ -228,7 +228,7 @@ async def status(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 async def reload(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     try:
-        return await supervisor.reload()
+        return await supervisor.reload(deadline=_deadline(RELOAD))
     except ConfigError as error:
         raise CommandRefused(f"reload refused: {error}") from None
 

@@ -192,6 +192,12 @@ class Supervisor:
         asyncio.get_running_loop().remove_reader(process.sentinel)
         process.join(0)
         code = process.exitcode
+        predecessor = runtime.predecessor
+        if predecessor is not None and predecessor.process is process:
+            runtime.predecessor_exited()  # never a crash of the new worker: its lifecycle is not told
+            log.info("worker exit extension=%s pid=%d code %s (replaced, drained)", runtime.id, process.pid, code)
+            self._wake.set()
+            return
         if runtime.process is not process:
             return
         signal_number = -code if code is not None and code < 0 else None
@@ -212,6 +218,8 @@ class Supervisor:
         if state_before != WorkerState.STOPPING:
             runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
         state = runtime.lifecycle.state
+        if state == WorkerState.FATAL:
+            runtime.close_sockets()  # refuse at once (SPEC); the next start (retry, operator) binds again
         if state_before == WorkerState.STOPPING:
             log.info("worker exit extension=%s pid=%d %s", runtime.id, process.pid, how)
         elif state == WorkerState.FATAL:
@@ -336,8 +344,12 @@ class Supervisor:
             log.warning("refused worker bus message: %s", error)
             return
         runtime = self.extensions.get(message.extension)
-        if runtime is None or runtime.pid != message.pid:
-            return  # from a worker that is gone or being replaced
+        if runtime is None:
+            return  # from a worker that is gone
+        if runtime.pid != message.pid:
+            if runtime.predecessor is not None and runtime.predecessor.pid == message.pid:
+                runtime.predecessor_heartbeat(message.stats)  # a replaced worker still draining
+            return  # else from a worker that is gone or being replaced
         now = time.monotonic()
         runtime.stats = message.stats
         runtime.last_heartbeat_wall = time.time()
@@ -355,11 +367,13 @@ class Supervisor:
             self._notify_ready_if_all_serving()
             self._wake.set()  # its deadlines changed; a heartbeat only pushes them later
 
-    def send_to_worker(self, runtime: ExtensionRuntime, command: WorkerCommand) -> bool:
-        if runtime.identity is None:
+    def send_to_worker(self, runtime: ExtensionRuntime, command: WorkerCommand, identity: bytes | None = None) -> bool:
+        """Send to the runtime's worker (or the worker ``identity`` names: a draining predecessor)."""
+        identity = identity or runtime.identity
+        if identity is None:
             return False
         try:
-            self._bus.send_multipart([runtime.identity, encode_worker_command(command)], zmq.NOBLOCK)
+            self._bus.send_multipart([identity, encode_worker_command(command)], zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
         # A send can consume the FD's edge for messages already queued: look again.
@@ -409,9 +423,16 @@ class Supervisor:
 
     # -- stopping ---------------------------------------------------------
     async def stop_extension(self, runtime: ExtensionRuntime, drain: float, *, remove: bool) -> None:
-        """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit."""
+        """Drain the worker (it stops accepting, then hangs up after ``drain`` s) and wait for its exit.
+
+        ``remove`` (a removal, the supervisor's stop): the listening sockets close before the drain
+        begins and the worker closes its copies on ``Drain`` (``stop_accepting``), so new callers
+        are refused at once (SPEC) while the calls in progress go on. Otherwise (a replace) the
+        sockets are kept for the next worker: callers wait in the backlog meanwhile.
+        """
         if remove:
             self.extensions.pop(runtime.id, None)
+            runtime.close_sockets()
         process = runtime.process
         runtime.lifecycle.request_stop(time.monotonic())
         if process is not None and process.exitcode is None:
@@ -423,8 +444,13 @@ class Supervisor:
                 log.warning("worker extension=%s did not stop within %.1fs: killing", runtime.id, drain + 5.0)
                 process.kill()
                 await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
-        if remove:
-            runtime.close_sockets()
+        if (predecessor := runtime.predecessor) is not None:  # already draining since a reload: let it end
+            self.send_to_worker(runtime, Drain(seconds=drain), predecessor.identity)  # ignored if it drains
+            try:
+                await asyncio.wait_for(predecessor.exited.wait(), drain + 5.0)
+            except TimeoutError:
+                predecessor.process.kill()
+                await asyncio.wait_for(predecessor.exited.wait(), 5.0)
         self._wake.set()
 
     async def shutdown(self, drain: float) -> None:
@@ -434,10 +460,13 @@ class Supervisor:
                              return_exceptions=True)
 
     # -- reload -------------------------------------------------------------
-    async def reload(self) -> dict[str, list[str]]:
+    async def reload(self, deadline: float | None = None) -> dict[str, list[str]]:
         """Apply the config file's differences as planned by ``plan_reload``: unchanged
         extensions are not touched, live settings (the restart policy) reach every
-        extension at once, restart settings keep their running values."""
+        extension at once, restart settings keep their running values.
+
+        ``deadline`` (monotonic; ctl reload): answer once every replaced or added worker
+        serves or failed, at the latest then (their states say which)."""
         if self.config.path is None:
             raise ConfigError(None, "", "no config file to reload")
         new_config = load_config(self.config.path)
@@ -459,13 +488,17 @@ class Supervisor:
             if (runtime := self.extensions.get(extension_id)) is not None:
                 async with runtime.lock:
                     await self.stop_extension(runtime, settings.drain_seconds, remove=True)
+        started: list[ExtensionRuntime] = []
         for extension in plan.replace:  # before the additions: a moved extension frees its old ports
             if (runtime := self.extensions.get(extension.id)) is not None:
                 async with runtime.lock:
-                    await self.replace_extension(runtime, extension)
+                    started.append(await self.replace_extension(runtime, extension))
         for extension in plan.add:
             if extension.id not in self.extensions:
-                self.add_runtime(extension)
+                started.append(self.add_runtime(extension))
+        outcomes = [r.outcome for r in started if r.outcome is not None and not r.outcome.done()]
+        if deadline is not None and outcomes:
+            await asyncio.wait(outcomes, timeout=max(0.0, deadline - time.monotonic()))
         result = plan.result()
         done = {key: value for key, value in result.items() if value and key != "unchanged"}
         text = " ".join(f"{key}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
@@ -481,14 +514,35 @@ class Supervisor:
         extension ``failed`` and retried, like at start-up.
         """
         ports_changed = runtime.config.ports() != extension.ports()
-        await self.stop_extension(runtime, self.config.supervisor.drain_seconds if drain is None else drain,
-                                  remove=False)
-        if ports_changed or not runtime.sockets:
-            runtime.close_sockets()  # empty: the start binds (again)
+        drain = self.config.supervisor.drain_seconds if drain is None else drain
+        if (drain > 0 and not ports_changed and runtime.sockets and runtime.predecessor is None
+                and runtime.lifecycle.state == WorkerState.RUNNING and runtime.process is not None):
+            self._hand_over(runtime, drain)
+        else:
+            await self.stop_extension(runtime, drain, remove=False)
+            if ports_changed or not runtime.sockets:
+                runtime.close_sockets()  # empty: the start binds (again)
         runtime.config = extension
         runtime.expect_outcome()
         self._act(runtime, runtime.lifecycle.start(time.monotonic()))
         return runtime
+
+    def _hand_over(self, runtime: ExtensionRuntime, drain: float) -> None:
+        """No dead air: the running worker drains apart (it stops accepting at once, its calls go on
+        up to ``drain`` s) while the caller starts the new one on the same listening sockets."""
+        predecessor = runtime.hand_over()
+        runtime.lifecycle.handed_over(time.monotonic())
+        if not self.send_to_worker(runtime, Drain(seconds=drain), predecessor.identity):
+            predecessor.process.terminate()  # SIGTERM drains as well
+        asyncio.get_running_loop().call_later(drain + 5.0, self._kill_predecessor, runtime, predecessor)
+        log.info("worker handover extension=%s pid=%d drains its calls for up to %.1fs; a new worker takes "
+                 "new calls", runtime.id, predecessor.pid, drain)
+
+    def _kill_predecessor(self, runtime: ExtensionRuntime, predecessor) -> None:
+        if runtime.predecessor is predecessor and predecessor.process.exitcode is None:
+            log.warning("worker extension=%s pid=%d (replaced) did not end its drain: killing",
+                        runtime.id, predecessor.pid)
+            predecessor.process.kill()
 
     # -- readiness ------------------------------------------------------------
     def all_serving(self) -> bool:

@@ -46,6 +46,19 @@ def bind_extension_sockets(bind: str, extension: ExtensionConfig, backlog: int) 
     return sockets
 
 
+class Predecessor:
+    """A replaced worker that still drains its calls (a reload's handover) beside the new one on
+    the same sockets. Not the runtime's process: its exit is no crash and starts nothing; its
+    heartbeats keep its counters, carried into the totals when it ends."""
+
+    def __init__(self, process: BaseProcess, identity: bytes, stats: dict[str, Any]) -> None:
+        self.process = process
+        self.pid: int = process.pid  # type: ignore[assignment]
+        self.identity = identity
+        self.stats = stats
+        self.exited = asyncio.Event()
+
+
 class ExtensionRuntime:
     def __init__(self, config: ExtensionConfig, sockets: dict[str, socket.socket], policy: RestartPolicy) -> None:
         self.config = config
@@ -67,6 +80,7 @@ class ExtensionRuntime:
         self.exited_event = asyncio.Event()
         # How the current start ends: None (it serves) or the reason it failed; see expect_outcome().
         self.outcome: asyncio.Future[str | None] | None = None
+        self.predecessor: Predecessor | None = None  # the old worker draining apart after a handover
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations
@@ -132,13 +146,45 @@ class ExtensionRuntime:
         self._psutil = None
         self.exited_event.set()
 
+    def hand_over(self) -> Predecessor:
+        """The live process becomes the draining predecessor; the runtime has no process until the
+        next attach (its sockets stay: the new worker gets them)."""
+        assert self.process is not None and self.identity is not None and self.predecessor is None
+        predecessor = self.predecessor = Predecessor(self.process, self.identity, self._stats)
+        self.cpu_carried += self._last_cpu
+        self._last_cpu = 0.0
+        self.process = None
+        self.pid = None
+        self.identity = None
+        self._psutil = None
+        self.stats = {}
+        self.exited_event.set()
+        return predecessor
+
+    def predecessor_heartbeat(self, stats: dict[str, Any]) -> None:
+        assert self.predecessor is not None
+        self.predecessor.stats = stats
+        self._totals = None
+
+    def predecessor_exited(self) -> None:
+        """The drained predecessor ended: its counters carry (totals never go backwards)."""
+        predecessor = self.predecessor
+        assert predecessor is not None
+        self.carried = combine(self.carried, predecessor.stats, gauges=False)
+        self.predecessor = None
+        self._totals = None
+        predecessor.exited.set()
+
     def totals(self) -> dict[str, Any]:
         """Figures over every incarnation of this extension's worker (the schema says what carries).
 
         Built once per heartbeat at most; callers must not change the result.
         """
         if self._totals is None:
-            self._totals = combine(self.carried, self._stats, gauges=True)
+            carried = self.carried
+            if self.predecessor is not None:
+                carried = combine(carried, self.predecessor.stats, gauges=False)
+            self._totals = combine(carried, self._stats, gauges=True)
         return self._totals
 
     def resources(self) -> tuple[int | None, float | None]:

@@ -40,6 +40,7 @@ BACKOFF, FAILED,
 FATAL              request_stop                               STOPPED     NONE
 STOPPED, STOPPING  request_stop                               (same)      NONE    idempotent; nothing recorded
 STOPPING           exited                                     STOPPED     NONE    whatever the exit code
+RUNNING            handed_over                                STOPPED     NONE    the process drains apart (reload): not waited for
 STARTING, RUNNING  exited, flapping (3)                       FATAL       NONE    ``retry_at`` as (6)
 STARTING, RUNNING  exited, not flapping, delay (4) > 0        BACKOFF     NONE    ``retry_at`` = now + delay
 STARTING, RUNNING  exited, not flapping, delay (4) == 0       BACKOFF,    SPAWN   two records at ``now``; ``restarts`` += 1
@@ -336,6 +337,15 @@ class WorkerLifecycle:
         else:  # BACKOFF, FAILED, FATAL: no process
             self._move(WorkerState.STOPPED, now, f"stop requested (was {state.value})")
         return Action.NONE
+
+    def handed_over(self, now: float) -> None:
+        """The running process was told to drain apart while a new one takes the same sockets
+        (a reload with no dead air): this lifecycle no longer waits for it, its exit is none of
+        this lifecycle's business (never a crash), and ``start`` may follow at once."""
+        if self._state is not WorkerState.RUNNING:
+            raise IllegalTransition(self._state, "handed_over", "only a running worker hands over")
+        self._maybe_reset(now)
+        self._move(WorkerState.STOPPED, now, "handed over: the old worker drains its calls apart")
 
     def exited(self, now: float, *, code: int | None, signal: int | None) -> Action:
         state = self._state

@@ -596,3 +596,29 @@ def test_last_failure_names_a_kill_and_every_state_has_one_public_name():
     assert life.last_failure.startswith("hung: no heartbeat for 2.0 s")
     life.exited(3.0, code=None, signal=signal.SIGKILL)
     assert "killed by SIGKILL" in life.last_failure and "hung" in life.last_failure
+
+
+# -- handover (reload with no dead air) ---------------------------------------------
+def test_a_running_worker_hands_over_and_the_next_start_follows_at_once():
+    life = running(RestartPolicy(flap_max_restarts=0))
+    life.handed_over(5.0)
+    assert life.state is S.STOPPED and life.next_deadline() is None
+    assert life.transitions[-1].reason.startswith("handed over")
+    assert life.start(5.0) is Action.SPAWN  # the new worker, on the same sockets
+    assert life.restarts == 0 and life.last_failure is None, "a handover is no failure"
+
+
+@pytest.mark.parametrize("setup", ["stopped", "starting", "stopping", "fatal"])
+def test_only_a_running_worker_hands_over(setup):
+    life = WorkerLifecycle(RestartPolicy(flap_max_restarts=0))
+    if setup != "stopped":
+        life.start(0.0)
+        life.spawned(0.0)
+    if setup == "stopping":
+        life.request_stop(0.1)
+    elif setup == "fatal":
+        life.exited(0.1, code=1, signal=None)
+    before = (life.state, life.transitions)
+    with pytest.raises(IllegalTransition):
+        life.handed_over(1.0)
+    assert (life.state, life.transitions) == before

@@ -80,7 +80,15 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
         log.info("worker stopping extension=%s reason=%s drain=%.1fs", spec.extension, command.reason, command.seconds,
                  extra={"event": "worker_stopping", "extension": spec.extension, "reason": command.reason,
                         "drain": command.seconds})
-        await worker.drain(command.seconds)
+        drain = loop.create_task(worker.drain(command.seconds))
+        while True:  # a later command (a removal's or stop's drain) may end the drain sooner
+            later = loop.create_task(commands.get())
+            await asyncio.wait((drain, later), return_when=asyncio.FIRST_COMPLETED)
+            if not later.done():
+                later.cancel()
+                break
+            worker.shorten_drain(later.result().seconds if isinstance(later.result(), Drain) else 0.0)
+        await drain
     else:  # Stop
         log.info("worker stopping extension=%s reason=%s", spec.extension, command.reason,
                  extra={"event": "worker_stopping", "extension": spec.extension, "reason": command.reason})

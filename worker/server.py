@@ -101,19 +101,38 @@ class ExtensionWorker:
             server.close()
 
     async def drain(self, seconds: float) -> None:
-        """Stop accepting, let calls run up to ``seconds``, then hang up whatever is left."""
+        """Stop accepting, let calls run up to ``seconds``, then hang up whatever is left.
+
+        ``shorten_drain`` may bring the end nearer meanwhile (a removal or stop that comes
+        while this worker drains after a reload's handover: the later, shorter drain wins)."""
         self.stop_accepting()
-        deadline = time.monotonic() + max(0.0, seconds)
+        self._drain_deadline = time.monotonic() + max(0.0, seconds)
+        self._drain_changed = asyncio.Event()
         legs = [protocol.leg for protocol in self.connections if protocol.leg is not None]
         if legs:
             log.info("draining extension=%s active_legs=%d for up to %.1fs", self.extension, len(legs), seconds)
             waits = [asyncio.ensure_future(leg.closed.wait()) for leg in legs]
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                await asyncio.wait(waits, timeout=remaining)
+            all_closed = asyncio.ensure_future(asyncio.wait(waits))
+            while (remaining := self._drain_deadline - time.monotonic()) > 0 and not all_closed.done():
+                self._drain_changed.clear()
+                changed = asyncio.ensure_future(self._drain_changed.wait())
+                await asyncio.wait((all_closed, changed), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+            all_closed.cancel()
             for wait in waits:
                 wait.cancel()
         self.hangup_all("drain_timeout" if self.active_legs else "drained")
+
+    _drain_deadline = float("inf")
+    _drain_changed: asyncio.Event | None = None
+
+    def shorten_drain(self, seconds: float) -> None:
+        """End a drain under way within ``seconds`` from now, if that is sooner than planned."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        if deadline < self._drain_deadline:
+            self._drain_deadline = deadline
+            if self._drain_changed is not None:
+                self._drain_changed.set()
 
     def hangup_all(self, reason: str) -> None:
         for protocol in list(self.connections):

@@ -15,7 +15,20 @@ python3 -m venv .wheel-venv
 (cd /tmp && "$OLDPWD/.wheel-venv/bin/python" -m audiogw.shared.selfcheck)
 .wheel-venv/bin/audiogw --help >/dev/null
 .wheel-venv/bin/python -m audiogw.worker --help >/dev/null
-rm -rf .wheel-venv
+# README "Run it" from the wheel alone, in a folder of its own: init, start, ctl, stop.
+SMOKE=$(mktemp -d)
+(cd "$SMOKE" && "$OLDPWD/.wheel-venv/bin/audiogw" init gw >/dev/null)
+"$PWD/.wheel-venv/bin/audiogw-supervisor" start --config "$SMOKE/gw/audiogw.toml" >"$SMOKE/supervisor.log" 2>&1 &
+SMOKE_PID=$!
+for _ in $(seq 100); do
+  (cd "$SMOKE" && "$OLDPWD/.wheel-venv/bin/audiogw" ctl --config gw/audiogw.toml list >/dev/null 2>&1) && break
+  sleep 0.1
+done
+(cd "$SMOKE" && "$OLDPWD/.wheel-venv/bin/audiogw" ctl --config gw/audiogw.toml list) \
+  || { cat "$SMOKE/supervisor.log" >&2; kill "$SMOKE_PID"; exit 1; }
+(cd "$SMOKE" && "$OLDPWD/.wheel-venv/bin/audiogw" ctl --config gw/audiogw.toml stop --drain 0 >/dev/null)
+wait "$SMOKE_PID"
+rm -rf .wheel-venv "$SMOKE"
 # A real Asterisk for the tests through it (tests/test_asterisk_*.py): $AUDIOGW_ASTERISK if
 # set, else built once (cached) from the shared folder beside this clone. Where there is one,
 # or in CI, those tests must run: AUDIOGW_REQUIRE_ASTERISK=1 turns their skip into a failure.

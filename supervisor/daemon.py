@@ -65,6 +65,7 @@ class Supervisor:
         self.stop_drain = config.supervisor.drain_seconds
         self._wake = asyncio.Event()
         self._zmq = zmq.asyncio.Context()
+        self._background: set[asyncio.Task] = set()  # removals a reload left draining
         run_dir = os.path.join(config.supervisor.state_dir, "run")
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)
@@ -457,7 +458,23 @@ class Supervisor:
         log.info("supervisor stopping: draining %d extension(s) for up to %.1fs", len(self.extensions), drain)
         systemd.notify(f"STOPPING=1\nSTATUS=stopping: draining {len(self.extensions)} extension(s) for up to {drain:g} s")
         await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
-                             return_exceptions=True)
+                             *self._background, return_exceptions=True)
+
+    async def _remove(self, runtime: ExtensionRuntime, drain: float) -> None:
+        async with runtime.lock:  # a ctl command on this extension finishes first
+            await self.stop_extension(runtime, drain, remove=True)
+
+    def _in_background(self, work) -> None:
+        """Run ``work`` as a task the supervisor keeps (and awaits at shutdown); a failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("background task failed: %s", task.exception(), exc_info=task.exception())
+
+        task.add_done_callback(done)
 
     # -- reload -------------------------------------------------------------
     async def reload(self, deadline: float | None = None) -> dict[str, list[str]]:
@@ -483,11 +500,12 @@ class Supervisor:
         for runtime in self.extensions.values():
             runtime.lifecycle.set_policy(policy, now)
         self._wake.set()  # deadlines may have moved
-        # A drain awaits: a ctl command may add or remove an extension meanwhile.
+        # Removals drain in the background (the reply waits only for what must serve): each one
+        # closes its listening sockets on its first step, before an addition may bind that port.
         for extension_id in plan.remove:
             if (runtime := self.extensions.get(extension_id)) is not None:
-                async with runtime.lock:
-                    await self.stop_extension(runtime, settings.drain_seconds, remove=True)
+                self._in_background(self._remove(runtime, settings.drain_seconds))
+        await asyncio.sleep(0)
         started: list[ExtensionRuntime] = []
         for extension in plan.replace:  # before the additions: a moved extension frees its old ports
             if (runtime := self.extensions.get(extension.id)) is not None:

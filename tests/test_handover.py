@@ -101,3 +101,39 @@ def test_a_removal_during_the_handover_drain_ends_the_old_worker_too(tmp_path, s
     assert old_call.hung_up_by == "server" and time.monotonic() - begun < 15.0, "cut by the removal's 1 s drain"
     for pid in (old_pid, new_pid):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+
+
+def test_a_reload_that_removes_an_extension_answers_while_its_calls_drain(tmp_path, started):
+    """The reply waits for what must serve, not for a removed extension's drain: with a 30 s
+    drain and a call in progress, `ctl reload` answers at once; the call goes on; the removed
+    extension refuses new connections."""
+    base = free_port_block(20)
+    config = configure(tmp_path, base, [], extensions=2)
+    config.write_text(config.read_text().replace("drain_seconds = 1.0", "drain_seconds = 30.0"))
+    supervisor = launch(tmp_path, config, base)
+    started.append(supervisor)
+    wait_for(lambda: all(r["state"] == "running" for r in rows(supervisor).values()) or None, 15,
+             what="both extensions serving")
+
+    async def scenario():
+        call = asyncio.ensure_future(place_call("127.0.0.1", base + 2, seconds=3.0))  # on 1202
+        await asyncio.sleep(0.5)
+        text = config.read_text()
+        config.write_text(text[:text.index('[[extension]]\nid = "1202"')])
+        begun = time.monotonic()
+        reload = await asyncio.to_thread(ctl, supervisor, "reload")
+        took = time.monotonic() - begun
+        in_progress = not call.done()
+        refused = None
+        try:
+            await asyncio.open_connection("127.0.0.1", base + 2)
+        except ConnectionRefusedError:
+            refused = True
+        return reload, took, in_progress, refused, await call
+
+    reload, took, in_progress, refused, call = asyncio.run(scenario())
+    assert reload.returncode == 0 and "1202" in reload.stdout, reload
+    assert in_progress, f"ctl reload answered after {took:.2f} s, only once the removed extension's call ended"
+    assert refused, "the removed extension still accepted a new connection"
+    assert call.error is None and abs(call.frames_received - call.frames_sent) <= 2, call
+    assert "1202" not in rows(supervisor)

@@ -14,6 +14,7 @@ import tomllib
 
 import click
 
+from audiogw.shared.errors import report_error
 from audiogw.shared.config import CONFIG_NAME, ConfigError, parse_config
 from audiogw.shared.settings import AUDIOSOCKET, reference_text, toml_value
 
@@ -55,20 +56,20 @@ def init_command(folder: str, force: bool, demo_agent: bool) -> None:
     """Write a commented starter config to FOLDER/audiogw.toml (default: the current folder)."""
     path = os.path.join(folder, CONFIG_NAME)
     if os.path.exists(path) and not force:
-        click.echo(f"audiogw init: {path} already exists; not overwritten (use --force to replace it)", err=True)
+        report_error("refused", f"{path} already exists; not overwritten (use --force to replace it)")
         sys.exit(1)
     text = starter_text(demo_agent)
     try:  # what the supervisor will check, from where the file will be (the control socket's path length...)
         parse_config(tomllib.loads(text), path=os.path.abspath(path), base_dir=os.path.abspath(folder))
     except ConfigError as error:
-        click.echo(f"audiogw init: not written, it could not start there: {error}", err=True)
+        report_error("config", f"not written, it could not start there: {error}")
         sys.exit(2)
     try:
         os.makedirs(folder, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as error:
-        click.echo(f"audiogw init: cannot write {path}: {error.strerror or error}", err=True)
+        report_error("io", f"cannot write {path}: {error.strerror or error}")
         sys.exit(2)
     shown = os.path.abspath(path)
     click.echo(f"wrote {shown}")

@@ -31,7 +31,7 @@ def test_init_writes_refuses_and_forces(tmp_path: Path) -> None:
     assert config.supervisor.control == f"ipc://{tmp_path}/conf/var/run/control.sock"
     path.write_text("# mine\n")
     result = init("conf", cwd=tmp_path)
-    assert result.returncode == 1 and "already exists" in result.stderr and "--force" in result.stderr
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "already exists" in result.stderr and "--force" in result.stderr
     assert path.read_text() == "# mine\n"
     result = init("--force", "--demo-agent", str(tmp_path / "conf"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q -e '.[test]'
 # The wheel must carry every subpackage under the audiogw namespace (no top-level
 # `supervisor`, `worker` or `shared`): build it, install it alone, import everything.
-rm -rf dist .wheel-venv
+rm -rf build dist .wheel-venv  # a stale build/ would put removed modules in the wheel
 .venv/bin/python -m build -q --wheel --outdir dist . >/dev/null
 python3 -m venv .wheel-venv
 .wheel-venv/bin/pip install -q dist/*.whl

@@ -137,29 +137,26 @@ class ExtensionRuntime:
     def detach(self) -> None:
         """The process exited: keep its counters so totals never go backwards (gauges go)."""
         self.carried = combine(self.carried, self._stats, gauges=False)
-        self.stats = {}
-        self.cpu_carried += self._last_cpu
-        self._last_cpu = 0.0
-        self.process = None
-        self.pid = None
-        self.identity = None
-        self._psutil = None
-        self.exited_event.set()
+        self._release_process()
 
     def hand_over(self) -> Predecessor:
         """The live process becomes the draining predecessor; the runtime has no process until the
         next attach (its sockets stay: the new worker gets them)."""
         assert self.process is not None and self.identity is not None and self.predecessor is None
         predecessor = self.predecessor = Predecessor(self.process, self.identity, self._stats)
+        self._release_process()
+        return predecessor
+
+    def _release_process(self) -> None:
+        """The runtime no longer has a live process (it exited, or drains as a predecessor)."""
+        self.stats = {}
         self.cpu_carried += self._last_cpu
         self._last_cpu = 0.0
         self.process = None
         self.pid = None
         self.identity = None
         self._psutil = None
-        self.stats = {}
         self.exited_event.set()
-        return predecessor
 
     def predecessor_heartbeat(self, stats: dict[str, Any]) -> None:
         assert self.predecessor is not None

@@ -129,6 +129,11 @@ class AgentOptions(AppOptions):
     fallback: str = ""
     reconnect_max_delay: float = 5.0
     max_buffer_seconds: float = 120.0
+    # Pre-roll: agent audio waits until this many ms are queued before it plays (0: at once),
+    # so an input-driven stream (one chunk out per chunk in) has a cushion against jitter.
+    jitter_ms: int = 0
+    # The resident's dial string (e.g. PJSIP/apt1201) that `audiogw.dial` rings through AMI.
+    resident: str = ""
 
     def check(self, base_dir: str) -> None:
         super().check(base_dir)
@@ -144,6 +149,10 @@ class AgentOptions(AppOptions):
             raise _refused("barge_in_threshold_dbfs", f"must be between -90 and 0, not {self.barge_in_threshold_dbfs:g}")
         if self.fallback:
             _playable("fallback", self.fallback, base_dir)
+        if not 0 <= self.jitter_ms <= 1000:
+            raise _refused("jitter_ms", f"must be between 0 and 1000, not {self.jitter_ms}")
+        if any(character in self.resident for character in "\r\n,"):
+            raise _refused("resident", f"{self.resident!r} must be one dial string (no comma or line break)")
 
 
 # -- the registry -----------------------------------------------------------------

@@ -8,6 +8,12 @@ Three channels, each JSON over ZeroMQ, each with one ``encode_*`` and one
 - worker bus, supervisor -> worker: :data:`WorkerCommand`: :class:`Drain`, :class:`Stop`.
 - control, ctl -> supervisor (DEALER -> ROUTER, multipart [identity, body]):
   :class:`Request`; the answer is a :class:`Reply`.
+- calls, worker -> supervisor (a second DEALER -> ROUTER, ``ipc://STATE/run/calls.sock``):
+  :data:`CallRequest`: :class:`LegStarted`, :class:`LegEnded`, :class:`Dial`,
+  :class:`SendDtmf`, :class:`HangupRemote`; supervisor -> worker: :data:`CallEvent`:
+  :class:`DialStatus`, :class:`HangupLeg`. Its own socket because the bus is read in
+  batches (idle supervisor) while a call-control request must be handled at once; one
+  message per call event, never per frame.
 
 Every decode validates the whole message (orjson decodes, msgspec checks the
 object against the struct) and raises :class:`MessageError` naming what is wrong. The bus is
@@ -17,7 +23,7 @@ versions, so unknown fields there are ignored.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 import orjson
@@ -87,6 +93,73 @@ class Stop(msgspec.Struct, frozen=True, tag_field="type", tag="stop", forbid_unk
 
 
 WorkerCommand = Union[Drain, Stop]
+
+
+# -- calls: worker <-> supervisor (call control through Asterisk's AMI) ----------
+LegKind = Literal["ia", "retorno"]
+CallUuid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+DtmfDigits = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Da-d*#wW]{1,32}$")]
+DialStatusName = Literal["ringing", "answered", "busy", "no_answer", "failed", "hangup"]
+DIAL_STATUSES: tuple[str, ...] = DialStatusName.__args__  # type: ignore[attr-defined]
+
+
+class _CallMessage(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Every call-control message names the extension and the conversation (the AudioSocket UUID, lower-case)."""
+
+    extension: NonEmpty
+    uuid: CallUuid
+
+
+class LegStarted(_CallMessage, frozen=True, tag="leg_started"):
+    """A leg of this conversation is connected to the worker (the REST hangup finds calls by it)."""
+
+    leg: LegKind
+
+
+class LegEnded(_CallMessage, frozen=True, tag="leg_ended"):
+    leg: LegKind
+
+
+class Dial(_CallMessage, frozen=True, tag="dial"):
+    """Ring the resident (the extension's ``resident`` option) for this conversation through AMI;
+    ``timeout`` seconds to answer. Progress comes back as :class:`DialStatus`."""
+
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+
+
+class SendDtmf(_CallMessage, frozen=True, tag="send_dtmf"):
+    """DTMF towards ``leg``'s caller (e.g. the door panel's opener), through AMI."""
+
+    leg: LegKind
+    digits: DtmfDigits
+
+
+class HangupRemote(_CallMessage, frozen=True, tag="hangup_remote"):
+    """Hang up ``leg`` on Asterisk's side when it is not (or not yet) connected to the worker,
+    e.g. cancel a resident still ringing."""
+
+    leg: LegKind
+
+
+CallRequest = Union[LegStarted, LegEnded, Dial, SendDtmf, HangupRemote]
+
+
+class DialStatus(_CallMessage, frozen=True, tag="dial_status"):
+    """How a :class:`Dial` goes, from AMI's own events; ``reason`` says why for ``failed``."""
+
+    status: DialStatusName
+    leg: LegKind = "retorno"
+    reason: str = ""
+
+
+class HangupLeg(_CallMessage, frozen=True, tag="hangup_leg"):
+    """Hang up ``leg`` (None: every leg of the conversation), e.g. after a Twilio-style REST hangup."""
+
+    leg: LegKind | None = None
+    reason: str = "rest_hangup"
+
+
+CallEvent = Union[DialStatus, HangupLeg]
 
 
 # -- ctl <-> supervisor --------------------------------------------------------
@@ -159,6 +232,20 @@ def decode_worker_command(raw: bytes) -> WorkerCommand:
     return _decode(WorkerCommand, raw, "worker command")
 
 
+def encode_call_message(message: CallRequest | CallEvent) -> bytes:
+    return _encode(message)
+
+
+def decode_call_request(raw: bytes) -> CallRequest:
+    """A worker's call-control request, validated (the supervisor's side of the calls socket)."""
+    return _decode(CallRequest, raw, "call request")
+
+
+def decode_call_event(raw: bytes) -> CallEvent:
+    """The supervisor's dial status or hangup, validated (the worker's side of the calls socket)."""
+    return _decode(CallEvent, raw, "call event")
+
+
 def encode_request(request: Request) -> bytes:
     return _encode(request)
 
@@ -204,5 +291,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES", "MessageError", "Ready", "Heartbeat", "Stopping", "WorkerMessage", "Drain", "Stop",
     "WorkerCommand", "Request", "Reply", "encode_worker_message", "decode_worker_message",
     "encode_worker_command", "decode_worker_command", "encode_request", "decode_request",
-    "encode_reply", "decode_reply",
+    "encode_reply", "decode_reply", "LegStarted", "LegEnded", "Dial", "SendDtmf", "HangupRemote",
+    "CallRequest", "DialStatus", "HangupLeg", "CallEvent", "DIAL_STATUSES", "encode_call_message",
+    "decode_call_request", "decode_call_event",
 ]

@@ -38,6 +38,11 @@ class WorkerSpec:
     supervisor_pid: int | None = None
     # File this worker appends one JSON line (shared/records.py LegRecord) per ended leg to; None: none.
     leg_records: str | None = None
+    # The supervisor's call-control socket (shared/messages.py CallRequest/CallEvent); None: no
+    # call control (a worker run alone: audiogw.dial answers "failed").
+    calls_endpoint: str | None = None
+    # Twilio identity the agent app's ``start`` message carries (``agent.account_sid``).
+    account_sid: str = ""
 
 
 __all__ = ["WorkerSpec"]

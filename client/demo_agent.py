@@ -484,7 +484,7 @@ class DoormanConversation:
             if isinstance(action, Play):
                 stream = self.streams.get(action.leg)
                 if stream is not None:
-                    await stream.play(self.render(action.parts, stream.rate), action.mark)
+                    await stream.play(render_parts(self.prompts, action.parts, stream.rate), action.mark)
             elif isinstance(action, Send):
                 stream = self.streams.get(IA)
                 if stream is None:
@@ -500,17 +500,6 @@ class DoormanConversation:
                 handle = asyncio.get_running_loop().call_later(action.seconds, self._timer_fired, action.name)
                 self._timers.add(handle)
 
-    def render(self, parts: tuple[str | Recording, ...], rate: int) -> numpy.ndarray:
-        pieces = []
-        for part in parts:
-            if isinstance(part, Recording):
-                samples = part.samples if part.rate == rate else numpy.round(
-                    soxr.resample(part.samples.astype(numpy.float32), part.rate, rate)).clip(-32768, 32767)
-                pieces.append(numpy.asarray(samples, dtype=numpy.int16))
-            else:
-                pieces.append(self.prompts.get(part, rate))
-        return numpy.concatenate(pieces)
-
     def _timer_fired(self, name: str) -> None:
         task = asyncio.get_running_loop().create_task(self.apply(self.machine.timer(name)))
         self._tasks.add(task)
@@ -522,6 +511,19 @@ class DoormanConversation:
             for handle in self._timers:
                 handle.cancel()
             self._forget(self.call_sid)
+
+
+def render_parts(prompts: Prompts, parts: tuple[str | Recording, ...], rate: int) -> numpy.ndarray:
+    """A :class:`Play`'s audio at ``rate``: its prompts and recordings one after the other."""
+    pieces = []
+    for part in parts:
+        if isinstance(part, Recording):
+            samples = part.samples if part.rate == rate else numpy.round(
+                soxr.resample(part.samples.astype(numpy.float32), part.rate, rate)).clip(-32768, 32767)
+            pieces.append(numpy.asarray(samples, dtype=numpy.int16))
+        else:
+            pieces.append(prompts.get(part, rate))
+    return numpy.concatenate(pieces)
 
 
 def prompt_seconds(prompts: Prompts) -> dict[str, float]:
@@ -722,7 +724,7 @@ __all__ = [
     "demo_agent_command", "serve_demo_agent", "bound_port", "load_prompts", "burst_messages",
     "Prompts", "TurnRecorder", "DemoSession",
     "Doorman", "DoormanSession", "DoormanConversation", "Recording", "Play", "Send", "Close", "After", "Action",
-    "doorman_digits", "prompt_seconds", "DOORMAN_PATH", "DOOR_DIGITS", "IA", "RETORNO",
+    "doorman_digits", "prompt_seconds", "render_parts", "GIVE_UP_STATUSES", "LEGS", "DOORMAN_PATH", "DOOR_DIGITS", "IA", "RETORNO",
 ]
 
 

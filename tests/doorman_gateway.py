@@ -39,6 +39,13 @@ def tone_power(samples: numpy.ndarray, frequency: float, rate: int) -> float:
     return 0.0 if total == 0 else float(2 * projection / (values.size * total))
 
 
+def heard_tone(samples: numpy.ndarray, frequency: float, rate: int, seconds: float = 0.2) -> float:
+    """The best :func:`tone_power` of ``frequency`` over windows of ``seconds`` (a note somewhere in ``samples``)."""
+    size, step = int(seconds * rate), max(1, int(seconds * rate) // 4)
+    return max((tone_power(samples[start : start + size], frequency, rate)
+                for start in range(0, max(1, len(samples) - size + 1), step)), default=0.0)
+
+
 class FakeLeg:
     """One leg's stream to the agent; ``received`` keeps every agent message in order."""
 
@@ -124,8 +131,8 @@ class FakeLeg:
     async def wait_audio_seconds(self, seconds: float, after: int = 0) -> numpy.ndarray:
         """Until the agent has sent ``seconds`` of audio in ``received[after:]``."""
         rate = self.stream_format.rate
-        return await self.wait(lambda: (audio := self.audio(after)).size >= seconds * rate and audio,
-                               f"{seconds:.2f} s of audio")
+        await self.wait(lambda: self.audio(after).size >= seconds * rate, f"{seconds:.2f} s of audio")
+        return self.audio(after)
 
     async def wait_closed(self) -> None:
         async with asyncio.timeout(TIMEOUT):

@@ -1,0 +1,161 @@
+"""examples/pipecat_doorman.py for real: Pipecat's runner and Twilio serializer, driven by the
+same fake gateway as the demo agent's doorman (tests/doorman_gateway.py), with a REST
+endpoint of the Twilio shape to receive the serializer's ``auto_hang_up``."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy
+import pytest
+
+pytest.importorskip("pipecat", reason="pipecat-ai is not installed (pip install 'audiogw[pipecat]')")
+
+from audiogw.shared.net import free_port_block  # noqa: E402
+from audiogw.shared.wav import tone  # noqa: E402
+
+from doorman_gateway import FakeLeg, call_sid, heard_tone, tone_power  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipecat_doorman.py"
+RATE = 8000
+VISITOR_HZ = 350.0
+ACCOUNT_SID, AUTH_TOKEN = "AC" + "1" * 32, "secret-token"
+START_SECONDS = 60.0  # importing pipecat (numba, onnxruntime) is slow on a loaded 2-core machine
+
+
+class RestRecorder(ThreadingHTTPServer):
+    """Twilio's Calls resource, as far as a hang-up goes: records each POST, answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict]] = []
+
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                recorder.requests.append((self.path, self.headers.get("Authorization", ""),
+                                          dict(urllib.parse.parse_qsl(body))))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"status": "completed"}')
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture
+def rest():
+    server = RestRecorder()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def pipecat_bot(tmp_path, rest):
+    port = free_port_block(1)
+    log_path = tmp_path / "pipecat.log"
+    env = dict(os.environ, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+               TWILIO_BASE_URL=f"http://127.0.0.1:{rest.server_address[1]}", NO_COLOR="1")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, str(EXAMPLE), "-t", "twilio", "--host", "127.0.0.1",
+                                    "--port", str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   env=env, cwd=tmp_path)
+    try:
+        asyncio.run(_wait_listening(port, process, log_path))
+        yield f"ws://127.0.0.1:{port}/ws", log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _wait_listening(port: int, process: subprocess.Popen, log_path: Path) -> None:
+    async with asyncio.timeout(START_SECONDS):
+        while True:
+            assert process.poll() is None, f"the bot exited: {log_path.read_text(errors='replace')[-2000:]}"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.2)
+                continue
+            writer.close()
+            return
+
+
+def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot, rest):
+    url, log_path = pipecat_bot
+    turn = numpy.concatenate([tone(VISITOR_HZ, 0.8, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
+
+    async def scenario():
+        call = call_sid()
+        visitor = await FakeLeg(url, "ia", call).open()
+        greeting = await visitor.wait_audio_seconds(1.4)  # greeting (0.92 s) + who (0.53 s)
+        assert not visitor.events("audiogw.dial")
+        assert tone_power(greeting, VISITOR_HZ, RATE) < 0.05
+        await visitor.say(turn, paced=True)  # a phone sends in real time
+        dial = await visitor.wait_event("audiogw.dial")
+        assert dial == {"event": "audiogw.dial", "streamSid": visitor.session.stream_sid, "dial": {"timeout": 30.0}}
+        await visitor.dial_status("ringing")
+        await visitor.dial_status("answered")
+
+        resident = await FakeLeg(url, "retorno", call).open()
+        told = await resident.wait_audio_seconds(0.71 + 0.8 + 0.71 - 0.1)  # announce, the recording, menu
+        announce = int(0.71 * RATE)
+        recording = told[announce + RATE // 10 : announce + int(0.7 * RATE)]
+        assert tone_power(recording, VISITOR_HZ, RATE) > 0.9, "the resident hears the visitor's own turn"
+
+        await resident.dtmf("1")
+        assert (await visitor.wait_event("audiogw.bridge"))["streamSid"] == visitor.session.stream_sid
+        await resident.dtmf("9")
+        assert (await visitor.wait_event("audiogw.send_dtmf"))["send_dtmf"] == {"leg": "ia", "digits": "9"}
+        await resident.dtmf("2")
+        await visitor.wait_closed()
+        await resident.wait_closed()
+        assert sorted(event["hangup"]["leg"] for event in visitor.events("audiogw.hangup")) == ["ia", "retorno"]
+        assert not resident.events("audiogw.hangup")  # audiogw's events travel on the visitor's stream
+        return call
+
+    call = asyncio.run(scenario())
+    # Each leg's pipeline ended with Pipecat's auto_hang_up against TWILIO_BASE_URL.
+    expected_auth = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{call}.json"
+    assert rest.requests, log_path.read_text(errors="replace")[-3000:]
+    assert {request[0] for request in rest.requests} == {path}
+    assert all(auth == expected_auth and form == {"Status": "completed"} for _, auth, form in rest.requests)
+
+
+def test_pipecat_doorman_tells_the_visitor_when_nobody_answers(pipecat_bot, rest):
+    url, _ = pipecat_bot
+    turn = numpy.concatenate([tone(VISITOR_HZ, 0.6, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
+
+    async def scenario():
+        visitor = await FakeLeg(url, "ia", call_sid()).open()
+        await visitor.wait_audio_seconds(1.4)
+        await visitor.say(turn, paced=True)
+        await visitor.wait_event("audiogw.dial")
+        before = len(visitor.received)
+        await visitor.dial_status("busy")
+        await visitor.wait_closed()
+        assert [event["hangup"] for event in visitor.events("audiogw.hangup")] == [{"leg": "ia"}]
+        # "nobody answers" (falling to 392 Hz, which "wait" has not) before the hang-up
+        assert heard_tone(visitor.audio(before), 392.0, RATE) > 0.8
+
+    asyncio.run(scenario())
+    assert len(rest.requests) == 1

@@ -54,7 +54,7 @@ class RestRecorder(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rest():
     server = RestRecorder()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -64,8 +64,10 @@ def rest():
     server.server_close()
 
 
-@pytest.fixture
-def pipecat_bot(tmp_path, rest):
+@pytest.fixture(scope="module")
+def pipecat_bot(tmp_path_factory, rest):
+    """One bot for the module (starting Pipecat takes seconds); each test clears ``rest.requests``."""
+    tmp_path = tmp_path_factory.mktemp("pipecat")
     port = free_port_block(1)
     log_path = tmp_path / "pipecat.log"
     env = dict(os.environ, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
@@ -101,6 +103,7 @@ async def _wait_listening(port: int, process: subprocess.Popen, log_path: Path) 
 
 def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot, rest):
     url, log_path = pipecat_bot
+    rest.requests.clear()
     turn = numpy.concatenate([tone(VISITOR_HZ, 0.8, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
 
     async def scenario():
@@ -143,6 +146,7 @@ def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot
 
 def test_pipecat_doorman_tells_the_visitor_when_nobody_answers(pipecat_bot, rest):
     url, _ = pipecat_bot
+    rest.requests.clear()
     turn = numpy.concatenate([tone(VISITOR_HZ, 0.6, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
 
     async def scenario():

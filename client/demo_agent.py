@@ -273,6 +273,7 @@ DOOR_DIGITS = "9"  # sent towards the visitor's leg (the door panel) when the re
 TALK_DIGIT, OPEN_DIGIT, DECLINE_DIGIT = "1", "9", "2"  # the resident's menu
 DIAL_TIMEOUT_SECONDS = 30.0  # audiogw.dial's timeout: the resident has this long to answer
 END_GRACE_SECONDS = 2.0  # a last prompt's mark may never come back: hang up this long after it should end
+DIAL_STATUS_EVENT = "audiogw.dial_status"
 GIVE_UP_STATUSES = frozenset({"busy", "no_answer", "failed", "hangup"})
 DOORMAN_PROMPTS = ("greeting", "who", "wait", "announce", "menu", "confirm", "unavailable", "goodbye")
 
@@ -622,13 +623,13 @@ class DoormanSession(DemoSession):
 
 def _dial_status(raw: str | bytes) -> str | MediaStreamsError | None:
     """The status of an ``audiogw.dial_status`` event, an error if it is malformed, None for other events."""
-    if b"audiogw.dial_status" not in (raw.encode() if isinstance(raw, str) else raw):
-        return None
+    if (DIAL_STATUS_EVENT not in raw) if isinstance(raw, str) else (DIAL_STATUS_EVENT.encode() not in raw):
+        return None  # cheap: most messages are media
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None  # the generic parser says why
-    if not isinstance(message, dict) or message.get("event") != "audiogw.dial_status":
+    if not isinstance(message, dict) or message.get("event") != DIAL_STATUS_EVENT:
         return None
     body = message.get("dial_status")
     status = body.get("status") if isinstance(body, dict) else None

@@ -75,7 +75,7 @@ class CallLink:
         self._handlers[call_uuid] = handler
 
     def unregister(self, call_uuid: uuid_module.UUID, handler: EventHandler) -> None:
-        if self._handlers.get(call_uuid) is handler:
+        if self._handlers.get(call_uuid) == handler:  # a bound method: equal, never the same object
             del self._handlers[call_uuid]
 
     async def _listen(self) -> None:

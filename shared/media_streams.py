@@ -292,7 +292,7 @@ def agent_clear_message(stream_sid: str) -> bytes:
     return _dumps({"event": "clear", "streamSid": stream_sid})
 
 
-def agent_dial_message(stream_sid: str, timeout: float = 30.0) -> bytes:
+def agent_dial_message(stream_sid: str, timeout: float = DIAL_TIMEOUT_DEFAULT) -> bytes:
     return _dumps({"event": "audiogw.dial", "streamSid": stream_sid, "dial": {"timeout": timeout}})
 
 
@@ -337,7 +337,7 @@ class AgentClear:
 class AgentDial:
     """``audiogw.dial``: ring the resident; ``timeout`` seconds to answer."""
 
-    timeout: float = 30.0
+    timeout: float = DIAL_TIMEOUT_DEFAULT
     stream_sid: str | None = None
 
 

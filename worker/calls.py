@@ -57,18 +57,22 @@ class CallLink:
 
     def send(self, request: CallRequest) -> bool:
         """Queue one request without blocking; False (logged, counted) if the supervisor is not reading."""
-        try:
-            self._socket.send(encode_call_message(request), zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["calls_dropped"] += 1
+        # zmq.asyncio's send with NOBLOCK tries at once and returns a finished future: its
+        # exception (zmq.Again when the queue is full) is read here, never raised or awaited.
+        sent = self._socket.send(encode_call_message(request), zmq.NOBLOCK)
+        error = sent.exception() if sent.done() else None
+        if not sent.done():  # cannot happen with NOBLOCK; never leave a send pending on the audio loop
+            sent.cancel()
+            error = zmq.Again()
+        if error is None:
+            return True
+        self.counters["calls_dropped"] += 1
+        if isinstance(error, zmq.Again):
             self._refused(f"call request {type(request).__name__} uuid={request.uuid} dropped: "
                           "the supervisor is not reading the calls socket")
-            return False
-        except zmq.ZMQError as error:
-            self.counters["calls_dropped"] += 1
+        else:
             self._refused(f"call request {type(request).__name__} uuid={request.uuid} not sent: {error}")
-            return False
-        return True
+        return False
 
     def register(self, call_uuid: uuid_module.UUID, handler: EventHandler) -> None:
         """Events for ``call_uuid`` go to ``handler`` (cheap, non-blocking: it runs on the audio loop)."""

@@ -56,13 +56,7 @@ class Mixer:
         numpy.copyto(total, first, casting="safe")
         if second is not None:
             numpy.add(total, second, out=total, casting="safe")
-        peak_high = int(total.max())
-        peak_low = -int(total.min())
-        needed = 1.0
-        if peak_high > INT16_MAX:
-            needed = INT16_MAX / peak_high
-        if peak_low > INT16_MIN_MAGNITUDE:
-            needed = min(needed, INT16_MIN_MAGNITUDE / peak_low)
+        needed = _fitting_gain(float(total.max()), float(total.min()))
         previous = self.gain
         target = min(needed, previous + self.release_per_frame)
         if previous == 1.0 and target == 1.0:
@@ -73,13 +67,7 @@ class Mixer:
         ramp += previous
         work = self._work
         numpy.multiply(total, ramp, out=work)
-        high = float(work.max())
-        low = -float(work.min())
-        scale = 1.0
-        if high > INT16_MAX:
-            scale = INT16_MAX / high
-        if low > INT16_MIN_MAGNITUDE:
-            scale = min(scale, INT16_MIN_MAGNITUDE / low)
+        scale = _fitting_gain(float(work.max()), float(work.min()))
         if scale < 1.0:  # the ramp from a higher gain would overshoot: lower all of it
             work *= scale
             target *= scale
@@ -89,6 +77,16 @@ class Mixer:
         numpy.copyto(out, work, casting="unsafe")
         self.gain = target
         return out
+
+
+def _fitting_gain(highest: float, lowest: float) -> float:
+    """The largest gain (at most 1) that keeps samples between ``lowest`` and ``highest`` within int16."""
+    gain = 1.0
+    if highest > INT16_MAX:
+        gain = INT16_MAX / highest
+    if -lowest > INT16_MIN_MAGNITUDE:
+        gain = min(gain, INT16_MIN_MAGNITUDE / -lowest)
+    return gain
 
 
 __all__ = ["Mixer", "RELEASE_PER_FRAME"]

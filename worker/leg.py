@@ -90,6 +90,8 @@ class Leg:
         self.live: PlayoutBuffer | None = None
         self._live_resamplers: dict[tuple[int, int], StreamResampler] = {}
         self._mixer: Mixer | None = None
+        self._mixed = bytearray()  # the mixed wire frame, reused (header + payload)
+        self._mixed_payload = numpy.zeros(0, dtype="<i2")
         self._rate_learned = False
         self._finished_at = -1  # queue position where the app last finished a prompt
         self._rate_waiter: asyncio.Future[None] | None = None
@@ -265,11 +267,15 @@ class Leg:
         a lone ``first`` while the limiter's gain returns to 1."""
         samples = (len(first) - HEADER_SIZE) // 2
         mixer = self._mixer
-        if mixer is None or mixer.frame_samples != samples:
+        if mixer is None or mixer.frame_samples != samples:  # first mix, or the rate changed
             mixer = self._mixer = Mixer(samples)
-        mixed = mixer.mix(numpy.frombuffer(first, dtype="<i2", offset=HEADER_SIZE),
-                          None if second is None else numpy.frombuffer(second, dtype="<i2", offset=HEADER_SIZE))
-        return first[:HEADER_SIZE] + mixed.tobytes()
+            self._mixed = bytearray(first)  # the header stays: it depends only on the frame's size
+            self._mixed_payload = numpy.frombuffer(self._mixed, dtype="<i2", offset=HEADER_SIZE)
+        mixed = self._mixed
+        self._mixed_payload[:] = mixer.mix(
+            numpy.frombuffer(first, dtype="<i2", offset=HEADER_SIZE),
+            None if second is None else numpy.frombuffer(second, dtype="<i2", offset=HEADER_SIZE))
+        return bytes(mixed)  # the transport may keep what it is given: never the reused buffer
 
     async def receive(self) -> Frame | None:
         """Next inbound audio or DTMF frame (not forwarded ones); None once the leg is closed."""

@@ -312,3 +312,48 @@ async def test_bad_call_control_events_are_refused_with_reasons_and_the_leg_surv
     await settle()
     assert not conversation.leg("ia").closed.is_set()
     await _hang_up_all(conversation)
+
+
+@in_loop
+async def test_the_bridged_voice_is_held_to_max_latency_and_an_unbridge_drops_what_waits() -> None:
+    conversation = await _conversation(FakeCalls())
+    ia = await conversation.connect("ia")
+    await conversation.connect("retorno")
+    conversation.clock.advance(FIRST_AUDIO_GRACE)
+    ia.push_text(agent_bridge_message(ia.stream_sid))
+    await until(lambda: conversation.leg("retorno").live is not None, "bridged")
+    live = conversation.leg("retorno").live
+    bound = conversation.leg("ia").max_latency_frames
+    conversation.feed("ia", 1500, frames=bound + 40)  # a stall upstream: a burst of the visitor's voice
+    conversation.tick(45)  # two latency windows
+    assert len(live) <= bound
+    assert conversation.worker.stats.legs["retorno"].frames_dropped["latency"] > 0
+    conversation.feed("ia", 1500, frames=5)
+    ia.push_text(agent_bridge_message(ia.stream_sid, bridge=False))
+    await until(lambda: len(live) == 0, "the unbridge drops the queued voice at once")
+    await _hang_up_all(conversation)
+
+
+@in_loop
+async def test_the_bridge_app_pairs_by_uuid_and_a_second_leg_of_a_kind_replaces_the_first() -> None:
+    clock = ManualClock()
+    worker = ExtensionWorker("1201", create_app("bridge", AppContext(extension="1201", options={"rate": 8000})),
+                             AudioSocketSettings(), clock=clock)
+    call_uuid = uuid.uuid4()
+    protocols = {}
+    for name, kind in (("ia", "ia"), ("retorno", "retorno"), ("ia2", "ia")):
+        protocol = protocols[name] = LegProtocol(worker, kind)
+        protocol.connection_made(FakeTransport())
+        protocol.data_received(encode_uuid(call_uuid))
+        await settle()
+    assert protocols["ia"].leg.end_reason == "replaced_by_new_leg"
+    clock.advance(FIRST_AUDIO_GRACE)
+    pcm = numpy.full(FRAME, 4321, dtype="<i2").tobytes()
+    protocols["ia2"].data_received(encode_audio(pcm, 8000))
+    protocols["retorno"].leg.on_tick(clock.now)
+    [frame] = [f for f in protocols["retorno"].transport.frames() if f.kind == Kind.SLIN_8K][-1:]
+    assert frame.payload == pcm, "the new visitor is heard, unchanged (a lone source)"
+    for protocol in protocols.values():
+        protocol.end("test_over")
+    await until(lambda: all(p._app_task.done() for p in protocols.values()), "the legs ended")
+    assert len(worker.app.conversations) == 0

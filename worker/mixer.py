@@ -67,10 +67,12 @@ class Mixer:
         ramp += previous
         work = self._work
         numpy.multiply(total, ramp, out=work)
-        scale = _fitting_gain(float(work.max()), float(work.min()))
-        if scale < 1.0:  # the ramp from a higher gain would overshoot: lower all of it
-            work *= scale
-            target *= scale
+        if target < previous:  # an attack: the ramp from the higher gain may overshoot
+            scale = _fitting_gain(float(work.max()), float(work.min()))
+            if scale < 1.0:  # lower all of the ramp (its start a little, its end to fit)
+                work *= scale
+                target *= scale
+        # (A release ramps up to ``target`` at most, which fits the whole frame by its choice.)
         numpy.rint(work, out=work)
         # Defensive only: by construction every value is already within int16's range.
         numpy.clip(work, -INT16_MIN_MAGNITUDE, INT16_MAX, out=work)

@@ -357,3 +357,17 @@ async def test_the_bridge_app_pairs_by_uuid_and_a_second_leg_of_a_kind_replaces_
         protocol.end("test_over")
     await until(lambda: all(p._app_task.done() for p in protocols.values()), "the legs ended")
     assert len(worker.app.conversations) == 0
+
+
+@in_loop
+async def test_a_stopping_worker_announces_every_leg_still_here_as_ended() -> None:
+    calls = FakeCalls()
+    conversation = await _conversation(calls)
+    await conversation.connect("ia")
+    await conversation.connect("retorno")
+    await conversation.app.close()
+    assert {(request.uuid, request.leg) for request in calls.of(LegEnded)} == {
+        (str(conversation.uuid), "ia"), (str(conversation.uuid), "retorno")}
+    assert calls.handlers == {}
+    await _hang_up_all(conversation)
+    assert len(calls.of(LegEnded)) == 2, "announced once"

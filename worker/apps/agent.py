@@ -108,6 +108,9 @@ class AgentApp(App):
     async def run_leg(self, leg: "Leg") -> None:
         await AgentLeg(self, leg).run()
 
+    async def close(self) -> None:
+        self.conversations.close()
+
 
 class AgentLeg:
     """One call leg's conversation with the agent, across reconnections."""

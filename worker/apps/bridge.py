@@ -30,3 +30,6 @@ class BridgeApp(App):
             await leg.wait_closed()
         finally:
             self.conversations.leave(leg)
+
+    async def close(self) -> None:
+        self.conversations.close()

@@ -202,5 +202,17 @@ class Conversations:
             if calls is not None:
                 calls.unregister(leg.uuid, conversation.on_event)
 
+    def close(self) -> None:
+        """The worker stops: every leg still here is announced ended now (the apps' own
+        clean-up may come after the call link has closed)."""
+        calls = self.context.calls
+        conversations, self._by_uuid = self._by_uuid, {}
+        for conversation in conversations.values():
+            if calls is None:
+                continue
+            for kind in conversation.legs:
+                calls.send(LegEnded(extension=self.context.extension, uuid=str(conversation.uuid), leg=kind))
+            calls.unregister(conversation.uuid, conversation.on_event)
+
 
 __all__ = ["Conversation", "Conversations", "Refused", "NO_CALL_CONTROL", "CALLS_NOT_READ", "DialListener"]

@@ -199,7 +199,7 @@ class Leg:
 
     # -- inbound --------------------------------------------------------
     def forward_to(self, target: "Leg | None") -> None:
-        """Send this leg's inbound audio straight into ``target``'s queue (echo, bridge).
+        """Send this leg's inbound audio straight into ``target``'s queue (echo; a bridge is :meth:`relay_to`).
 
         ``None`` discards inbound audio (an app that only talks). Until an app
         calls this, inbound audio queues for :meth:`receive`. Forwarded audio is

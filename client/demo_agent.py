@@ -32,7 +32,6 @@ from pathlib import Path
 
 import click
 import numpy
-import orjson
 import soxr
 import uvloop
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -40,12 +39,18 @@ from websockets.exceptions import ConnectionClosed
 
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.settings import LOG_FORMATS, LOG_LEVELS
-from audiogw.shared.messages import DIAL_STATUSES
 from audiogw.shared.media_streams import (
+    DIAL_TIMEOUT_DEFAULT,
     DTMF_DIGITS,
+    LEG_NAMES,
     MAX_MESSAGE_BYTES,
     RATES,
+    AgentBridge,
+    AgentDial,
+    AgentHangup,
+    AgentSendDtmf,
     GatewayConnected,
+    GatewayDialStatus,
     GatewayDtmf,
     GatewayBargeIn,
     GatewayMark,
@@ -54,9 +59,13 @@ from audiogw.shared.media_streams import (
     GatewayStop,
     MediaStreamsError,
     StreamFormat,
+    agent_bridge_message,
     agent_clear_message,
+    agent_dial_message,
+    agent_hangup_message,
     agent_mark_message,
     agent_media_message,
+    agent_send_dtmf_message,
     parse_gateway_message,
 )
 from audiogw.shared.vad import EnergyVad, VadEvent
@@ -207,6 +216,8 @@ class DemoSession:
                 # The gateway already cleared playback (and echoed its marks): nothing plays now.
                 self.pending_marks.clear()
                 log.info("barge-in stream=%s: the caller interrupted", self.stream_sid)
+            elif isinstance(message, GatewayDialStatus):
+                await self.on_dial_status(message)
             elif isinstance(message, GatewayConnected):
                 log.debug("connected protocol=%s version=%s", message.protocol, message.version)
         except MediaStreamsError as exc:
@@ -248,6 +259,9 @@ class DemoSession:
         else:
             log.info("dtmf ignored stream=%s digit=%s", self.stream_sid, digit)
 
+    async def on_dial_status(self, message: GatewayDialStatus) -> None:
+        log.info("dial_status ignored stream=%s status=%s: this agent dials nobody", self.stream_sid, message.status)
+
     async def on_mark(self, name: str) -> None:
         self.pending_marks.discard(name)
         log.info("mark played stream=%s name=%s", self.stream_sid, name)
@@ -266,14 +280,13 @@ class DemoSession:
 
 # ---- the doorman: a pure state machine, then its WebSocket I/O ----------------
 
-IA, RETORNO = "ia", "retorno"
-LEGS = (IA, RETORNO)
+IA, RETORNO = LEG_NAMES
+LEGS = LEG_NAMES
 DOORMAN_PATH = "/doorman"  # the URL path that selects the doorman (any other path: the echo demo)
 DOOR_DIGITS = "9"  # sent towards the visitor's leg (the door panel) when the resident presses OPEN_DIGIT
 TALK_DIGIT, OPEN_DIGIT, DECLINE_DIGIT = "1", "9", "2"  # the resident's menu
-DIAL_TIMEOUT_SECONDS = 30.0  # audiogw.dial's timeout: the resident has this long to answer
+DIAL_TIMEOUT_SECONDS = DIAL_TIMEOUT_DEFAULT  # audiogw.dial's timeout: the resident has this long to answer
 END_GRACE_SECONDS = 2.0  # a last prompt's mark may never come back: hang up this long after it should end
-DIAL_STATUS_EVENT = "audiogw.dial_status"
 GIVE_UP_STATUSES = frozenset({"busy", "no_answer", "failed", "hangup"})
 DOORMAN_PROMPTS = ("greeting", "who", "wait", "announce", "menu", "confirm", "unavailable", "goodbye")
 
@@ -295,18 +308,19 @@ class Play:
     mark: str
 
 
-@dataclass(frozen=True)
-class Send:
-    """An audiogw event for the gateway, sent on the ia stream: ``{"event": event, key: body}``."""
+# The gateway's call-control events, as audiogw.shared.media_streams declares them (sent on the ia stream).
+CallControl = AgentDial | AgentBridge | AgentHangup | AgentSendDtmf
 
-    event: str
-    body: dict | None = None
 
-    def message(self, stream_sid: str) -> dict:
-        message: dict = {"event": self.event, "streamSid": stream_sid}
-        if self.body is not None:
-            message[self.event.removeprefix("audiogw.")] = self.body
-        return message
+def call_control_message(event: CallControl, stream_sid: str) -> bytes:
+    """The wire JSON of a call-control action, from audiogw.shared.media_streams' builders."""
+    if isinstance(event, AgentDial):
+        return agent_dial_message(stream_sid, event.timeout)
+    if isinstance(event, AgentBridge):
+        return agent_bridge_message(stream_sid, event.bridge)
+    if isinstance(event, AgentHangup):
+        return agent_hangup_message(stream_sid, event.leg)
+    return agent_send_dtmf_message(stream_sid, event.leg, event.digits)
 
 
 @dataclass(frozen=True)
@@ -324,14 +338,16 @@ class After:
     name: str
 
 
-Action = Play | Send | Close | After
+Action = Play | AgentDial | AgentBridge | AgentHangup | AgentSendDtmf | Close | After
 
 
 class Doorman:
     """One conversation of the virtual doorman, with no I/O: events in, :data:`Action` lists out.
 
     Visitor (ia leg): greeting and "who is there?", their turn recorded until the
-    VAD hears it end, then ``audiogw.dial`` and "please wait". Resident (the
+    VAD hears it end, then ``audiogw.dial`` and "please wait". Call control comes out as
+    audiogw.shared.media_streams' ``AgentDial`` / ``AgentBridge`` / ``AgentSendDtmf`` /
+    ``AgentHangup`` (:func:`call_control_message` makes their JSON). Resident (the
     retorno leg, same callSid): "someone is at the door", the visitor's recording,
     the menu; DTMF 1 ``audiogw.bridge``, 9 ``audiogw.send_dtmf`` of ``door_digits``
     towards the visitor's leg (and a confirmation), 2 goodbye to both and
@@ -387,7 +403,7 @@ class Doorman:
         self.state = "dialing"
         if RETORNO in self.legs:
             return self._announce()
-        return [Send("audiogw.dial", {"timeout": self.dial_timeout}), Play(IA, ("wait",), "wait")]
+        return [AgentDial(self.dial_timeout), Play(IA, ("wait",), "wait")]
 
     def dial_status(self, status: str) -> list[Action]:
         """``audiogw.dial_status`` from the gateway."""
@@ -404,10 +420,9 @@ class Doorman:
             if self.state == "bridged":
                 return []
             self.state = "bridged"
-            return [Send("audiogw.bridge")]
+            return [AgentBridge()]
         if digit == OPEN_DIGIT:
-            return [Send("audiogw.send_dtmf", {"leg": IA, "digits": self.door_digits}),
-                    Play(RETORNO, ("confirm",), "door")]
+            return [AgentSendDtmf(IA, self.door_digits), Play(RETORNO, ("confirm",), "door")]
         if digit == DECLINE_DIGIT:
             return self._goodbye(self.legs)
         return []
@@ -465,7 +480,7 @@ class Doorman:
     def _finish(self) -> list[Action]:
         self.state = "ended"
         legs = [leg for leg in (RETORNO, IA) if leg in self.legs]
-        return [*(Send("audiogw.hangup", {"leg": leg}) for leg in legs), *(Close(leg) for leg in legs)]
+        return [*(AgentHangup(leg) for leg in legs), *(Close(leg) for leg in legs)]
 
 
 class DoormanConversation:
@@ -486,13 +501,14 @@ class DoormanConversation:
                 stream = self.streams.get(action.leg)
                 if stream is not None:
                     await stream.play(render_parts(self.prompts, action.parts, stream.rate), action.mark)
-            elif isinstance(action, Send):
+            elif isinstance(action, (AgentDial, AgentBridge, AgentHangup, AgentSendDtmf)):
                 stream = self.streams.get(IA)
                 if stream is None:
-                    log.info("doorman call=%s: %s not sent, the visitor's stream is gone", self.call_sid, action.event)
+                    log.info("doorman call=%s: %s not sent, the visitor's stream is gone", self.call_sid, action)
                     continue
-                log.info("doorman call=%s send %s %s", self.call_sid, action.event, action.body or "")
-                await stream.send(orjson.dumps(action.message(stream.stream_sid)))
+                message = call_control_message(action, stream.stream_sid)
+                log.info("doorman call=%s send %s", self.call_sid, message.decode())
+                await stream.send(message)
             elif isinstance(action, Close):
                 stream = self.streams.get(action.leg)
                 if stream is not None:
@@ -557,16 +573,10 @@ class DoormanSession(DemoSession):
                 conversation.detach(self.leg)
                 await conversation.apply(conversation.machine.stop(self.leg))
 
-    async def handle(self, raw: str | bytes) -> bool:
-        dial_status = _dial_status(raw)
-        if dial_status is None:
-            return await super().handle(raw)
-        if isinstance(dial_status, MediaStreamsError):
-            self.bad_message(dial_status.reason, str(dial_status))
-        elif self.conversation is not None:
-            log.info("doorman call=%s dial_status %s", self.conversation.call_sid, dial_status)
-            await self.conversation.apply(self.conversation.machine.dial_status(dial_status))
-        return False
+    async def on_dial_status(self, message: GatewayDialStatus) -> None:
+        if self.conversation is not None:
+            log.info("doorman call=%s dial_status %s %s", self.conversation.call_sid, message.status, message.reason)
+            await self.conversation.apply(self.conversation.machine.dial_status(message.status))
 
     async def on_start(self, start: GatewayStart) -> None:
         if self.stream_format is not None:
@@ -619,24 +629,6 @@ class DoormanSession(DemoSession):
 
     async def close(self) -> None:
         await self.connection.close()
-
-
-def _dial_status(raw: str | bytes) -> str | MediaStreamsError | None:
-    """The status of an ``audiogw.dial_status`` event, an error if it is malformed, None for other events."""
-    if (DIAL_STATUS_EVENT not in raw) if isinstance(raw, str) else (DIAL_STATUS_EVENT.encode() not in raw):
-        return None  # cheap: most messages are media
-    try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None  # the generic parser says why
-    if not isinstance(message, dict) or message.get("event") != DIAL_STATUS_EVENT:
-        return None
-    body = message.get("dial_status")
-    status = body.get("status") if isinstance(body, dict) else None
-    if status not in DIAL_STATUSES:
-        return MediaStreamsError("bad_dial_status", f"dial_status.status {str(status)[:20]!r} is not one of "
-                                                    f"{', '.join(DIAL_STATUSES)}")
-    return status
 
 
 def doorman_digits(path: str) -> str | None:
@@ -724,7 +716,8 @@ def demo_agent_command(host: str, port: int, prompts_dir: Path | None, parent_pi
 __all__ = [
     "demo_agent_command", "serve_demo_agent", "bound_port", "load_prompts", "burst_messages",
     "Prompts", "TurnRecorder", "DemoSession",
-    "Doorman", "DoormanSession", "DoormanConversation", "Recording", "Play", "Send", "Close", "After", "Action",
+    "Doorman", "DoormanSession", "DoormanConversation", "Recording", "Play", "Close", "After", "Action",
+    "CallControl", "call_control_message",
     "doorman_digits", "prompt_seconds", "render_parts", "GIVE_UP_STATUSES", "LEGS", "DOORMAN_PATH", "DOOR_DIGITS", "IA", "RETORNO",
 ]
 

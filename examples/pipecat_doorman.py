@@ -76,31 +76,41 @@ from audiogw.client.demo_agent import (
     Close,
     Doorman,
     Play,
-    Send,
+    call_control_message,
     load_prompts,
     prompt_seconds,
     render_parts,
 )
-from audiogw.shared.messages import DIAL_STATUSES
+from audiogw.shared.media_streams import (
+    DIAL_STATUS_EVENT,
+    AgentBridge,
+    AgentDial,
+    AgentHangup,
+    AgentSendDtmf,
+    GatewayDialStatus,
+    MediaStreamsError,
+    parse_gateway_message,
+)
 
 RATE = 8000  # Twilio's (and so Pipecat's) µ-law 8 kHz; the pipeline runs at it, nothing resampled
 PROMPTS = load_prompts(DEFAULT_PROMPTS)  # at import, before any call: nothing blocks a pipeline later
-DIAL_STATUS = "audiogw.dial_status"
 
 
 class AudiogwTwilioSerializer(TwilioFrameSerializer):
-    """Pipecat's Twilio serializer, plus audiogw's ``audiogw.dial_status`` as an input message."""
+    """Pipecat's Twilio serializer, plus audiogw's ``audiogw.dial_status`` as an input message
+    (``message`` = the event's JSON, checked by audiogw's own parser)."""
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         frame = await super().deserialize(data)
-        if frame is None and DIAL_STATUS in (data if isinstance(data, str) else data.decode("utf-8", "replace")):
-            try:
-                message = json.loads(data)
-            except ValueError:
-                return None
-            if isinstance(message, dict) and message.get("event") == DIAL_STATUS:
-                return InputTransportMessageFrame(message=message)
-        return frame
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        if frame is not None or DIAL_STATUS_EVENT not in text:
+            return frame
+        try:
+            if isinstance(parse_gateway_message(text), GatewayDialStatus):
+                return InputTransportMessageFrame(message=json.loads(text))
+        except MediaStreamsError as error:
+            logger.warning(f"doorman: {DIAL_STATUS_EVENT} refused ({error.reason}): {error}")
+        return None
 
 
 class Conversation:
@@ -121,11 +131,12 @@ class Conversation:
                 if leg is not None:  # no marks in Pipecat: the machine's own timers cover their absence
                     audio = render_parts(PROMPTS, action.parts, RATE)
                     await leg.push_frame(OutputAudioRawFrame(audio=audio.tobytes(), sample_rate=RATE, num_channels=1))
-            elif isinstance(action, Send):
+            elif isinstance(action, (AgentDial, AgentBridge, AgentHangup, AgentSendDtmf)):
                 leg = self.legs.get(IA)  # audiogw's events travel on the visitor's stream
                 if leg is not None:
-                    logger.info(f"doorman {self.call_sid}: {action.event} {action.body or ''}")
-                    await leg.push_frame(OutputTransportMessageUrgentFrame(message=action.message(leg.stream_sid)))
+                    message = json.loads(call_control_message(action, leg.stream_sid))
+                    logger.info(f"doorman {self.call_sid}: {message}")
+                    await leg.push_frame(OutputTransportMessageUrgentFrame(message=message))
             elif isinstance(action, Close):
                 leg = self.legs.get(action.leg)
                 if leg is not None and leg.worker is not None:
@@ -173,13 +184,8 @@ class DoormanLeg(FrameProcessor):
             await self.conversation.apply(machine.dtmf(self.leg, frame.button.value))
             return
         if isinstance(frame, InputTransportMessageFrame) and isinstance(frame.message, dict) \
-                and frame.message.get("event") == DIAL_STATUS:
-            body = frame.message.get("dial_status")
-            status = body.get("status") if isinstance(body, dict) else None
-            if status in DIAL_STATUSES:
-                await self.conversation.apply(machine.dial_status(status))
-            else:
-                logger.warning(f"doorman {self.conversation.call_sid}: dial_status {str(status)[:20]!r} ignored")
+                and frame.message.get("event") == DIAL_STATUS_EVENT:  # checked by the serializer
+            await self.conversation.apply(machine.dial_status(frame.message["dial_status"]["status"]))
             return
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame):  # after it is on its way: the output transport starts first

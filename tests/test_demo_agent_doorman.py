@@ -17,14 +17,13 @@ from audiogw.client.demo_agent import (
     Doorman,
     Play,
     Recording,
-    Send,
     bound_port,
     doorman_digits,
     load_prompts,
     prompt_seconds,
     serve_demo_agent,
 )
-from audiogw.shared.media_streams import StreamFormat
+from audiogw.shared.media_streams import AgentBridge, AgentDial, AgentHangup, AgentSendDtmf, StreamFormat
 from audiogw.shared.vad import level_dbfs
 from audiogw.shared.wav import read_wav, tone
 
@@ -54,7 +53,7 @@ def machine_after_turn() -> Doorman:
     machine = Doorman(PROMPT_SECONDS)
     assert machine.start(IA, RATE) == [Play(IA, ("greeting", "who"), "who")]
     actions = fed(machine, visitor_turn())
-    assert actions == [Send("audiogw.dial", {"timeout": 30.0}), Play(IA, ("wait",), "wait")]
+    assert actions == [AgentDial(30.0), Play(IA, ("wait",), "wait")]
     return machine
 
 
@@ -70,9 +69,9 @@ def test_machine_the_whole_flow():
     assert isinstance(recording, Recording) and recording.rate == RATE
     assert abs(len(recording.samples) - 0.8 * RATE) <= RATE // 50  # the tone, its quiet tail trimmed
     assert machine.dtmf(IA, "1") == []  # the visitor's keys do nothing
-    assert machine.dtmf(RETORNO, "1") == [Send("audiogw.bridge")]
+    assert machine.dtmf(RETORNO, "1") == [AgentBridge()]
     assert machine.dtmf(RETORNO, "1") == []  # already bridged
-    assert machine.dtmf(RETORNO, "9") == [Send("audiogw.send_dtmf", {"leg": IA, "digits": "9"}),
+    assert machine.dtmf(RETORNO, "9") == [AgentSendDtmf(IA, "9"),
                                           Play(RETORNO, ("confirm",), "door")]
     assert machine.dtmf(RETORNO, "5") == []
     actions = machine.dtmf(RETORNO, "2")
@@ -80,7 +79,7 @@ def test_machine_the_whole_flow():
     assert actions[2] == After(pytest.approx(PROMPT_SECONDS["goodbye"] + 2.0), "end")
     assert machine.dtmf(RETORNO, "1") == []  # ending: the menu is over
     assert machine.mark(IA, "bye") == []  # the resident's goodbye is still playing
-    assert machine.mark(RETORNO, "bye") == [Send("audiogw.hangup", {"leg": RETORNO}), Send("audiogw.hangup", {"leg": IA}),
+    assert machine.mark(RETORNO, "bye") == [AgentHangup(RETORNO), AgentHangup(IA),
                                             Close(RETORNO), Close(IA)]
     assert machine.timer("end") == []  # already done
     assert machine.stop(IA) == [] and machine.stop(RETORNO) == [] and machine.state == "ended"
@@ -93,7 +92,7 @@ def test_machine_nobody_answers(status):
     assert actions == [Play(IA, ("unavailable",), "bye"), After(pytest.approx(PROMPT_SECONDS["unavailable"] + 2.0), "end")]
     assert machine.start(RETORNO, RATE) == [Close(RETORNO)]  # a resident who answers after that is too late
     # The mark never comes back (a gateway that lost it): the timer hangs up all the same.
-    assert machine.timer("end") == [Send("audiogw.hangup", {"leg": RETORNO}), Send("audiogw.hangup", {"leg": IA}),
+    assert machine.timer("end") == [AgentHangup(RETORNO), AgentHangup(IA),
                                     Close(RETORNO), Close(IA)]
 
 
@@ -103,7 +102,7 @@ def test_machine_resident_already_on_the_line_is_told_without_dialing():
     machine.start(IA, RATE)
     [play] = fed(machine, visitor_turn())
     assert play.leg == RETORNO and play.mark == "menu"
-    assert machine.dtmf(RETORNO, "9")[0] == Send("audiogw.send_dtmf", {"leg": IA, "digits": "#"})
+    assert machine.dtmf(RETORNO, "9")[0] == AgentSendDtmf(IA, "#")
 
 
 def test_machine_someone_hangs_up():
@@ -111,14 +110,14 @@ def test_machine_someone_hangs_up():
     machine.start(RETORNO, RATE)
     # The resident hangs up while the menu plays: the visitor hears nobody answers, then is hung up.
     assert machine.stop(RETORNO)[0] == Play(IA, ("unavailable",), "bye")
-    assert machine.mark(IA, "bye") == [Send("audiogw.hangup", {"leg": IA}), Close(IA)]
+    assert machine.mark(IA, "bye") == [AgentHangup(IA), Close(IA)]
 
     machine = machine_after_turn()
     machine.start(RETORNO, RATE)
     machine.dtmf(RETORNO, "1")
     # The visitor leaves while bridged: goodbye to the resident only, then their hang-up.
     assert machine.stop(IA)[0] == Play(RETORNO, ("goodbye",), "bye")
-    assert machine.mark(RETORNO, "bye") == [Send("audiogw.hangup", {"leg": RETORNO}), Close(RETORNO)]
+    assert machine.mark(RETORNO, "bye") == [AgentHangup(RETORNO), Close(RETORNO)]
 
     machine = machine_after_turn()
     assert machine.stop(IA) == [] and machine.state == "ended"  # nobody left to talk to
@@ -195,7 +194,7 @@ def test_doorman_over_websockets_greets_dials_tells_the_resident_bridges_opens_a
         samples.astype("<i2").tobytes()))
     asyncio.run(scenario())
     lines = [record.getMessage() for record in caplog.records]
-    assert any("send audiogw.dial" in line for line in lines)
+    assert any("send {\"event\":\"audiogw.dial\"" in line for line in lines)
 
 
 @pytest.mark.parametrize("status", ["busy", "failed"])

@@ -1,9 +1,11 @@
-"""A test-side fake of the gateway for doorman agents: one WebSocket client per call leg,
+"""Test helpers for doorman agents. A test-side fake of the gateway: one WebSocket client per call leg,
 speaking Twilio Media Streams as audiogw does (connected, start with customParameters.leg,
 media, dtmf, mark echoes, stop) plus ``audiogw.dial_status``; it records what the agent sends.
 
 Used by tests/test_demo_agent_doorman.py (the demo agent) and tests/test_pipecat_doorman.py
-(examples/pipecat_doorman.py): one fake, so both agents are held to the same flow.
+(examples/pipecat_doorman.py): one fake, so both agents are held to the same flow. And the
+two-softphone scenario through a real supervisor and worker (tests/test_demo_agent_doorman_e2e.py,
+tests/test_pipecat_doorman.py): one UUID, the visitor on ia, the resident calling retorno.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import numpy
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from audiogw.client.softphone import place_call
 from audiogw.shared.media_streams import StreamFormat, StreamSession
+from audiogw.shared.net import free_port_block
+from audiogw.shared.wav import tone
 
 TIMEOUT = 10.0
 MULAW_8K = StreamFormat("mulaw", 8000)
@@ -182,3 +187,68 @@ class FakeLeg:
             pass
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+# ---- through a real supervisor and worker: two softphone legs, one UUID ------------
+
+RATE = 8000
+VISITOR_HZ, RESIDENT_HZ = 350.0, 1500.0  # in no prompt
+
+
+def at(seconds: float, frequency: float, length: float, total: float) -> numpy.ndarray:
+    """Silence with one tone of ``length`` seconds starting at ``seconds``."""
+    samples = numpy.zeros(int(total * RATE), dtype=numpy.int16)
+    start = int(seconds * RATE)
+    note = tone(frequency, length, RATE, 0.3)
+    samples[start : start + len(note)] = note
+    return samples
+
+
+def write_config(tmp_path, url: str | None = None) -> int:
+    """A config with one agent extension on ``url`` (default: the supervisor's reference agent,
+    path /doorman); its base port."""
+    base = free_port_block(4)
+    demo_port = base + 3
+    url = url or f"ws://127.0.0.1:{demo_port}/doorman"
+    config = tmp_path / "audiogw.toml"
+    config.write_text(
+        '[supervisor]\ncontrol = "ipc://run/control.sock"\nmetrics = "127.0.0.1:0"\nstate_dir = "state"\n'
+        f'demo_agent = "127.0.0.1:{demo_port}"\n'
+        f'[audiosocket]\nbind = "127.0.0.1"\nport_range = [{base}, {base + 2}]\n'
+        f'[[extension]]\nid = "1201"\nia_port = {base}\nretorno_port = {base + 1}\napp = "agent"\n'
+        f'options = {{ url = "{url}" }}\n'
+    )
+    return base
+
+
+VISITOR_SECONDS, RESIDENT_SECONDS = 14.0, 9.0
+
+
+def visitor_and_resident(base: int):
+    """The visitor speaks at 1.6 s (after greeting and "who is there?"); the resident, on the line
+    from 0.5 s (no AMI here: the agent tells them at once, without a dial), presses 1 at 6 s and
+    speaks at 6.8 s; they hang up at 9 s: the visitor hears goodbye and is hung up."""
+    call_uuid = uuid.uuid4()
+    visitor_source = at(1.6, VISITOR_HZ, 1.0, VISITOR_SECONDS)
+    resident_source = at(6.8, RESIDENT_HZ, 1.0, RESIDENT_SECONDS)
+
+    async def both():
+        visitor = asyncio.create_task(place_call("127.0.0.1", base, call_uuid=call_uuid, source=visitor_source,
+                                                 seconds=VISITOR_SECONDS))
+        await asyncio.sleep(0.5)
+        resident = asyncio.create_task(place_call("127.0.0.1", base + 1, call_uuid=call_uuid,
+                                                  source=resident_source, seconds=RESIDENT_SECONDS,
+                                                  dtmf="1", dtmf_at=6.0))
+        return await visitor, await resident
+
+    return asyncio.run(both())
+
+
+def assert_told_bridged_and_hung_up(visitor, resident, log: str) -> None:
+    # The resident heard the visitor's recorded turn (the agent's playback, before the bridge).
+    assert heard_tone(resident.recorded[: 6 * RATE], VISITOR_HZ, RATE) > 0.8, log[-3000:]
+    # Bridged: the visitor heard the resident speak (after the 1), the agent still on the line.
+    assert heard_tone(visitor.recorded[int(6.5 * RATE) : int(9 * RATE)], RESIDENT_HZ, RATE) > 0.5, log[-3000:]
+    assert heard_tone(visitor.recorded[: 6 * RATE], RESIDENT_HZ, RATE) < 0.1  # not before the bridge
+    # The resident hung up: goodbye to the visitor, whose leg the agent then ended.
+    assert visitor.hung_up_by == "server" and visitor.duration < VISITOR_SECONDS, (visitor.hung_up_by, log[-3000:])

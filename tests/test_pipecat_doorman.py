@@ -21,11 +21,13 @@ pytest.importorskip("pipecat", reason="pipecat-ai is not installed (pip install 
 from audiogw.shared.net import free_port_block  # noqa: E402
 from audiogw.shared.wav import tone  # noqa: E402
 
-from doorman_gateway import FakeLeg, call_sid, heard_tone, tone_power  # noqa: E402
+from doorman_gateway import (  # noqa: E402
+    FakeLeg, assert_told_bridged_and_hung_up, call_sid, heard_tone, tone_power, visitor_and_resident, write_config,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipecat_doorman.py"
-RATE = 8000
-VISITOR_HZ = 350.0
+from doorman_gateway import RATE, VISITOR_HZ  # noqa: E402
+
 ACCOUNT_SID, AUTH_TOKEN = "AC" + "1" * 32, "secret-token"
 START_SECONDS = 60.0  # importing pipecat (numba, onnxruntime) is slow on a loaded 2-core machine
 
@@ -163,3 +165,22 @@ def test_pipecat_doorman_tells_the_visitor_when_nobody_answers(pipecat_bot, rest
 
     asyncio.run(scenario())
     assert len(rest.requests) == 1
+
+
+def test_pipecat_doorman_through_a_real_supervisor_and_worker(pipecat_bot, rest, tmp_path):
+    """The Pipecat bot as an agent extension's agent: two softphone legs with one UUID."""
+    from supervisor_fixture import SupervisorProcess, kill_tree
+
+    url, log_path = pipecat_bot
+    rest.requests.clear()
+    base = write_config(tmp_path, url)
+    supervisor = SupervisorProcess(tmp_path, tmp_path / "audiogw.toml", base).start()
+    try:
+        visitor, resident = visitor_and_resident(base)
+    finally:
+        kill_tree(supervisor.process.pid)
+        supervisor.stop()
+    log = supervisor.log()
+    assert_told_bridged_and_hung_up(visitor, resident, log + log_path.read_text(errors="replace"))
+    assert "agent hangs up leg=ia" in log  # the bot's audiogw.hangup (the worker closed the stream before
+    # the bot's EndFrame, so Pipecat skipped its REST hang-up: it only posts on a socket still open)

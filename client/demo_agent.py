@@ -288,10 +288,9 @@ TALK_DIGIT, OPEN_DIGIT, DECLINE_DIGIT = "1", "9", "2"  # the resident's menu
 DIAL_TIMEOUT_SECONDS = DIAL_TIMEOUT_DEFAULT  # audiogw.dial's timeout: the resident has this long to answer
 END_GRACE_SECONDS = 2.0  # a last prompt's mark may never come back: hang up this long after it should end
 GIVE_UP_STATUSES = frozenset({"busy", "no_answer", "failed", "hangup"})
-DOORMAN_PROMPTS = ("greeting", "who", "wait", "announce", "menu", "confirm", "unavailable", "goodbye")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: numpy arrays have no truth value
 class Recording:
     """The visitor's turn, as recorded (played to the resident, resampled if their rate differs)."""
 
@@ -501,7 +500,7 @@ class DoormanConversation:
                 stream = self.streams.get(action.leg)
                 if stream is not None:
                     await stream.play(render_parts(self.prompts, action.parts, stream.rate), action.mark)
-            elif isinstance(action, (AgentDial, AgentBridge, AgentHangup, AgentSendDtmf)):
+            elif isinstance(action, CallControl):
                 stream = self.streams.get(IA)
                 if stream is None:
                     log.info("doorman call=%s: %s not sent, the visitor's stream is gone", self.call_sid, action)

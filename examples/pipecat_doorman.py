@@ -75,6 +75,7 @@ from audiogw.client.demo_agent import (
     After,
     Close,
     Doorman,
+    CallControl,
     Play,
     call_control_message,
     load_prompts,
@@ -83,10 +84,6 @@ from audiogw.client.demo_agent import (
 )
 from audiogw.shared.media_streams import (
     DIAL_STATUS_EVENT,
-    AgentBridge,
-    AgentDial,
-    AgentHangup,
-    AgentSendDtmf,
     GatewayDialStatus,
     MediaStreamsError,
     parse_gateway_message,
@@ -131,7 +128,7 @@ class Conversation:
                 if leg is not None:  # no marks in Pipecat: the machine's own timers cover their absence
                     audio = render_parts(PROMPTS, action.parts, RATE)
                     await leg.push_frame(OutputAudioRawFrame(audio=audio.tobytes(), sample_rate=RATE, num_channels=1))
-            elif isinstance(action, (AgentDial, AgentBridge, AgentHangup, AgentSendDtmf)):
+            elif isinstance(action, CallControl):
                 leg = self.legs.get(IA)  # audiogw's events travel on the visitor's stream
                 if leg is not None:
                     message = json.loads(call_control_message(action, leg.stream_sid))

@@ -5,8 +5,8 @@
 
 One worker (``python -m audiogw.worker --app agent --option barge_in=true``)
 streams every call to a WebSocket agent served by this process on 127.0.0.1
-(port 0). The agent is a script per call, found by the call's UUID (the
-``callSid`` of the ``start`` message). Calls come from the softphone, which
+(port 0). The agent is a script per call, found by the call's UUID (in the
+``callSid`` of the ``start`` message, ``CA`` + its hex). Calls come from the softphone, which
 behaves like Asterisk's AudioSocket(); every frame's arrival is the kernel's
 receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME), and every moment taken on
 this side is ``time.time()``, the same clock. Three scenarios run one after
@@ -75,6 +75,7 @@ from audiogw.shared.media_streams import (
 from audiogw.shared.mulaw import decode_mulaw, encode_mulaw
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
 from audiogw.shared.records import LegRecord
+from audiogw.shared.twilio_ids import call_sid_for
 from audiogw.shared.wav import tone
 
 RATE = 8000
@@ -342,7 +343,7 @@ def analyse_pacing(runs: Sequence[CallRun], logs: dict[str, AgentLog], reply: nu
     by_variant: dict[str, list[numpy.ndarray]] = {}
     gaps: list[dict[str, Any]] = []
     for run, window in zip(completed, windows):
-        log = logs.get(str(run.call_uuid))
+        log = logs.get(call_sid_for(run.call_uuid))
         replies = len(log.sent) if log is not None else 0
         loud = run.loud()
         heard.append(int(loud.sum()))
@@ -403,7 +404,7 @@ def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_rec
             leaked += measure.leaked_frames
             if lag <= CLIENT_ON_TIME and not run.result.late_reads:
                 on_time.append(measure.reaction)
-        log = logs.get(str(run.call_uuid))
+        log = logs.get(call_sid_for(run.call_uuid))
         told = log.event_times("barge_in") if log is not None else []
         if told:
             agent_view.append(told[0] - onset)
@@ -426,7 +427,7 @@ def analyse_latency(runs: Sequence[CallRun], logs: dict[str, AgentLog]) -> dict[
     latencies: list[float] = []
     unheard = after_call = 0
     for run in (run for run in runs if run.ok):
-        log = logs.get(str(run.call_uuid))
+        log = logs.get(call_sid_for(run.call_uuid))
         if log is None:
             continue
         measured = chunk_latencies(run.result.arrivals, run.loud(), log.sent)
@@ -522,7 +523,7 @@ class ScriptedAgent:
             await self.server.wait_closed()
 
     def expect(self, call_uuid: uuid.UUID, script: Script) -> None:
-        self.scripts[str(call_uuid)] = script
+        self.scripts[call_sid_for(call_uuid)] = script
 
     async def _handle(self, websocket: ServerConnection) -> None:
         try:

@@ -28,6 +28,7 @@ class AppContext:
     base_dir: str = "."
     counters: Counter = field(default_factory=Counter)
     stats: "WorkerStats | None" = None  # the worker's counters, set before App.start()
+    account_sid: str = ""  # `agent.account_sid`: the Twilio accountSid an agent's stream announces
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

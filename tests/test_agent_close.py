@@ -40,5 +40,5 @@ def test_every_frame_of_the_reply_is_heard_before_the_hang_up_when_the_agent_clo
     start = int(loud[0])
     assert numpy.array_equal(heard[start : start + expected.size], expected), "the reply, whole and in order"
     assert not heard[start + expected.size :].any(), "then the padding of its last frame, nothing else"
-    worker.wait_log("agent closed the stream")
+    worker.wait_log("playing out")
     worker.wait_log("reason=agent_hangup")

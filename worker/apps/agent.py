@@ -3,7 +3,8 @@
 Options: ``url`` (ws:// or wss://), ``encoding`` (``mulaw`` at 8 kHz, or ``l16``
 with ``media_rate`` 8000/16000/24000; the extension option ``rate`` is the AudioSocket leg's), ``connect_timeout``, ``headers``, ``barge_in``
 (and ``barge_in_threshold_dbfs``), ``fallback`` (a WAV played while the agent is
-unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``.
+unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``, ``jitter_ms`` (a pre-roll:
+each utterance's start waits until that much agent audio is queued; worker/playout.py).
 
 The audio clock never waits for the agent: its audio is pushed into the leg's
 playout buffer as it arrives, in any chunk or burst size, and the worker's
@@ -18,9 +19,13 @@ the handshake), send ``connected`` and ``start``, then stream the caller's
 audio as ``media`` and DTMF as ``dtmf``; play the agent's ``media``; echo each
 ``mark`` when playback reaches it; ``clear`` drops everything not yet played
 (and echoes pending marks, as Twilio does). The agent closing the socket
-cleanly hangs up the leg. An unreachable agent, or a connection that drops,
-means silence (or the fallback prompt) and reconnection with backoff
-(0.5 s doubling to ``reconnect_max_delay``) while the leg lives.
+cleanly hangs up the leg once the audio it sent has played (bounded: see
+:meth:`AgentLeg.play_out_and_hang_up`). An unreachable agent, or a connection
+that drops, means silence (or the fallback prompt) and reconnection with backoff
+(0.5 s doubling to ``reconnect_max_delay``; a session that ended within
+STABLE_SESSION_SECONDS counts as a failure, worker/reconnect.py) while the leg lives.
+Identities are Twilio's shape: ``callSid`` ``CA`` + the leg UUID's hex, a new
+``streamSid`` per session, ``accountSid`` from ``agent.account_sid``.
 
 Barge-in (``barge_in = true``): an energy VAD over the caller's frames; when the
 caller starts speaking while agent audio is queued, the worker clears the
@@ -194,7 +199,7 @@ class AgentLeg:
             backoff.opened()
             ended_by, error = await self._converse(websocket, quiet=backoff.failing)
             if ended_by == "agent":
-                await self._play_out_then_hang_up()
+                await self.play_out_and_hang_up("agent_hangup")
                 return
             if ended_by == "leg":
                 return
@@ -203,9 +208,10 @@ class AgentLeg:
                 backoff.last_lived, _describe(error), backoff.delay,
                 f" (sessions or attempts failed in a row: {backoff.failures})" if backoff.failing else "")
 
-    async def _play_out_then_hang_up(self) -> None:
-        """The agent closed its stream: what it said is still queued, so it plays out before the
-        hang-up (the reply's last words are not cut), bounded by the queue itself (at most
+    async def play_out_and_hang_up(self, reason: str = "agent_hangup") -> None:
+        """The agent is done (it closed its stream; also usable for a hang-up it asks for): what it
+        said is still queued (Pipecat sends at about twice real time), so it plays out before the
+        hang-up, the reply's last words not cut, bounded by the queue itself (at most
         ``max_buffer_seconds``) and by PLAYOUT_ON_CLOSE_MAX; what is left then is dropped and counted."""
         leg = self.leg
         if leg.closed.is_set():
@@ -216,8 +222,8 @@ class AgentLeg:
         outbound = leg.outbound
         queued = outbound.buffered_seconds
         if queued:
-            log.info("agent closed the stream %s: playing out %.2fs of queued audio, then hanging up",
-                     self.log_prefix, queued)
+            log.info("agent done %s (%s): playing out %.2fs of queued audio, then hanging up",
+                     self.log_prefix, reason, queued)
             played = asyncio.get_running_loop().create_future()
             leg.mark(lambda: played.done() or played.set_result(None))
             closed = asyncio.ensure_future(leg.closed.wait())
@@ -235,8 +241,8 @@ class AgentLeg:
                 log.warning("agent audio cut at the hang-up %s: %.2fs still queued after the play-out bound",
                             self.log_prefix, left)
         else:
-            log.info("agent closed the stream %s: hanging up the leg", self.log_prefix)
-        leg.hangup("agent_hangup")
+            log.info("agent done %s (%s): hanging up the leg", self.log_prefix, reason)
+        leg.hangup(reason)
 
     async def _converse(self, websocket: ClientConnection, *, quiet: bool = False
                         ) -> tuple[str, BaseException | None]:

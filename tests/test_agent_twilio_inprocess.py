@@ -13,21 +13,15 @@ import re
 import uuid
 
 import numpy
-import pytest
 
-from audiogw.shared.audiosocket import HANGUP_FRAME, Kind, encode_uuid
-from audiogw.shared.config import AudioSocketSettings
-from audiogw.shared.media_streams import GatewayStart, StreamFormat
+from audiogw.shared.audiosocket import HANGUP_FRAME, Kind
+from audiogw.shared.media_streams import StreamFormat
 from audiogw.shared.resample import StreamResampler
 from audiogw.shared.twilio_ids import call_sid_for, uuid_for_call_sid
-from audiogw.worker.apps import AppContext, create_app
 from audiogw.worker.apps import agent as agent_module
-from audiogw.worker.leg import FIRST_AUDIO_GRACE, LegProtocol
 from audiogw.worker.playout import PlayoutBuffer
 from audiogw.worker.reconnect import ReconnectBackoff
-from audiogw.worker.server import ExtensionWorker
 from test_agent_inprocess import (
-    URL,
     Call,
     FakeAgent,
     FakeAgentSocket,
@@ -40,7 +34,7 @@ from test_agent_inprocess import (
     settle,
     until,
 )
-from test_leg_inprocess import FakeTransport, ManualClock
+from test_leg_inprocess import ManualClock
 
 MULAW = StreamFormat("mulaw", 8000)
 FRAME_SAMPLES = 160  # 20 ms at 8 kHz
@@ -49,18 +43,11 @@ ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 
 async def _call_with_account(agent: FakeAgent, account_sid: str) -> Call:
     """A call whose worker was given ``agent.account_sid`` (WorkerSpec.account_sid → AppContext)."""
-    clock = ManualClock()
-    context = AppContext(extension="1201", options={"url": URL, "rate": 8000}, account_sid=account_sid)
-    app = create_app("agent", context)
-    app.connect = agent.connect
-    await app.start()
-    worker = ExtensionWorker("1201", app, AudioSocketSettings(), clock=clock)
-    protocol = LegProtocol(worker, "ia")
-    transport = FakeTransport()
-    protocol.connection_made(transport)
-    call_uuid = uuid.uuid4()
-    protocol.data_received(encode_uuid(call_uuid))
-    return Call(clock, app, worker, protocol, transport, call_uuid)
+    agent.gate = asyncio.Event()  # the first connect waits while the context is set
+    call = await _call(agent)
+    call.app.context.account_sid = account_sid
+    agent.gate.set()
+    return call
 
 
 def _audio_then_hangup(call: Call) -> tuple[list[bytes], bool]:

@@ -75,7 +75,7 @@ from audiogw.shared.media_streams import (
 from audiogw.shared.mulaw import decode_mulaw, encode_mulaw
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
 from audiogw.shared.records import LegRecord
-from audiogw.shared.twilio_ids import call_sid_for
+from audiogw.shared.twilio_ids import uuid_for_call_sid
 from audiogw.shared.wav import tone
 
 RATE = 8000
@@ -343,7 +343,7 @@ def analyse_pacing(runs: Sequence[CallRun], logs: dict[str, AgentLog], reply: nu
     by_variant: dict[str, list[numpy.ndarray]] = {}
     gaps: list[dict[str, Any]] = []
     for run, window in zip(completed, windows):
-        log = logs.get(call_sid_for(run.call_uuid))
+        log = logs.get(str(run.call_uuid))
         replies = len(log.sent) if log is not None else 0
         loud = run.loud()
         heard.append(int(loud.sum()))
@@ -404,7 +404,7 @@ def analyse_barge(runs: Sequence[CallRun], logs: dict[str, AgentLog], worker_rec
             leaked += measure.leaked_frames
             if lag <= CLIENT_ON_TIME and not run.result.late_reads:
                 on_time.append(measure.reaction)
-        log = logs.get(call_sid_for(run.call_uuid))
+        log = logs.get(str(run.call_uuid))
         told = log.event_times("barge_in") if log is not None else []
         if told:
             agent_view.append(told[0] - onset)
@@ -427,7 +427,7 @@ def analyse_latency(runs: Sequence[CallRun], logs: dict[str, AgentLog]) -> dict[
     latencies: list[float] = []
     unheard = after_call = 0
     for run in (run for run in runs if run.ok):
-        log = logs.get(call_sid_for(run.call_uuid))
+        log = logs.get(str(run.call_uuid))
         if log is None:
             continue
         measured = chunk_latencies(run.result.arrivals, run.loud(), log.sent)
@@ -523,7 +523,7 @@ class ScriptedAgent:
             await self.server.wait_closed()
 
     def expect(self, call_uuid: uuid.UUID, script: Script) -> None:
-        self.scripts[call_sid_for(call_uuid)] = script
+        self.scripts[str(call_uuid)] = script
 
     async def _handle(self, websocket: ServerConnection) -> None:
         try:
@@ -532,8 +532,10 @@ class ScriptedAgent:
             self.refused.append(f"{type(error).__name__}: {error}")
             return
         session = AgentSession(websocket, start)
-        self.logs[start.call_sid] = session.log
-        script = self.scripts.get(start.call_sid)
+        call_uuid = uuid_for_call_sid(start.call_sid)  # CA + the UUID's hex
+        key = str(call_uuid) if call_uuid is not None else start.call_sid
+        self.logs[key] = session.log
+        script = self.scripts.get(key)
         runner = asyncio.create_task(_run_script(script, session)) if script is not None else None
         try:
             await session.read_until_closed()

@@ -199,7 +199,8 @@ async def test_a_session_that_lived_resets_the_backoff(monkeypatch) -> None:
 # -- play-out before the agent's hang-up ------------------------------------------------
 
 @in_loop
-async def test_queued_agent_audio_plays_out_before_the_hang_up_when_the_agent_closes() -> None:
+async def test_queued_agent_audio_plays_out_before_the_hang_up_when_the_agent_closes(monkeypatch) -> None:
+    monkeypatch.setattr(agent_module, "PLAYOUT_MARGIN", 5.0)  # real seconds: room for a slow test machine
     agent = FakeAgent()
     call, socket = await _connected(agent)
     frames = 6
@@ -226,7 +227,8 @@ async def test_queued_agent_audio_plays_out_before_the_hang_up_when_the_agent_cl
 
 
 @in_loop
-async def test_the_play_out_includes_the_resampler_tail() -> None:
+async def test_the_play_out_includes_the_resampler_tail(monkeypatch) -> None:
+    monkeypatch.setattr(agent_module, "PLAYOUT_MARGIN", 5.0)
     agent = FakeAgent()
     call, socket = await _connected(agent, rate=16000)  # 8 kHz µ-law agent, 16 kHz leg: resampled
     reply = _ramp(5 * FRAME_SAMPLES, start=9, step=11)
@@ -260,7 +262,8 @@ async def test_the_play_out_is_bounded_and_what_is_left_is_counted(monkeypatch) 
 
 
 @in_loop
-async def test_everything_the_agent_sent_before_its_close_is_read_while_the_caller_keeps_talking() -> None:
+async def test_everything_the_agent_sent_before_its_close_is_read_while_the_caller_keeps_talking(monkeypatch) -> None:
+    monkeypatch.setattr(agent_module, "PLAYOUT_MARGIN", 5.0)
     agent = FakeAgent()
     call, socket = await _connected(agent)
     frames = 40  # five turns of the receiver (it yields every MESSAGES_PER_TURN)

@@ -4,7 +4,11 @@ The ``agent`` app streams each call leg to a voice agent in Twilio's message
 format so that agents built for Twilio (e.g. Pipecat's TwilioFrameSerializer)
 plug in unchanged. Gateway → agent: ``connected``, ``start``, ``media``,
 ``dtmf``, ``mark`` (an agent's mark echoed when playback reaches it), ``stop``;
-agent → gateway: ``media``, ``mark``, ``clear``. Builders return the JSON as
+agent → gateway: ``media``, ``mark``, ``clear``. audiogw's own call-control events
+(``audiogw.dial``, ``audiogw.bridge``, ``audiogw.unbridge``, ``audiogw.hangup``,
+``audiogw.send_dtmf`` from the agent; ``audiogw.dial_status`` to it) follow the
+same shape, the body under the name without its prefix: ``{"event": "audiogw.dial",
+"streamSid": ..., "dial": {"timeout": 30}}``. Builders return the JSON as
 UTF-8 ``bytes``; send them as WebSocket *text* frames (websockets:
 ``send(data, text=True)``), because Twilio agents read text frames only.
 As Twilio does, ``sequenceNumber``, ``chunk`` and ``timestamp`` are strings.
@@ -28,16 +32,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy
 import orjson
 
 from .media_format import ENCODINGS, RATES, format_problem
+from .messages import DIAL_STATUSES, Dial, DtmfDigits
 from .mulaw import decode_mulaw, encode_mulaw
 from .twilio_ids import call_sid_for, make_sid
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_MARK_NAME = 256
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+LEG_NAMES = ("ia", "retorno")
+# Seconds an agent may give the resident to answer: shared/messages.py Dial declares the bound.
+_DIAL_TIMEOUT = next(field for field in msgspec.inspect.type_info(Dial).fields if field.name == "timeout")
+DIAL_TIMEOUT_LIMIT: float = _DIAL_TIMEOUT.type.le
+DIAL_TIMEOUT_DEFAULT: float = _DIAL_TIMEOUT.default
+DIAL_STATUS_EVENT = "audiogw.dial_status"
 PROTOCOL = "Call"
 VERSION = "1.0.0"
 
@@ -263,6 +275,16 @@ class StreamSession:
         return _dumps({"event": event, "sequenceNumber": str(self._next()), "streamSid": self.stream_sid,
                        event: dict(body)})
 
+    def dial_status(self, status: str, leg: str = "retorno", reason: str = "") -> bytes:
+        """``audiogw.dial_status``: how the agent's ``audiogw.dial`` goes (``reason`` says why it failed)."""
+        if status not in DIAL_STATUSES:
+            raise MediaStreamsError("bad_dial_status", f"dial status {status!r} is not one of {DIAL_STATUSES}")
+        body: dict[str, str] = {"status": status, "leg": leg}
+        if reason:
+            body["reason"] = reason
+        return _dumps({"event": DIAL_STATUS_EVENT, "sequenceNumber": str(self._next()),
+                       "streamSid": self.stream_sid, "dial_status": body})
+
 
 # ---- agent -> gateway -------------------------------------------------------
 
@@ -276,6 +298,24 @@ def agent_mark_message(stream_sid: str, name: str) -> bytes:
 
 def agent_clear_message(stream_sid: str) -> bytes:
     return _dumps({"event": "clear", "streamSid": stream_sid})
+
+
+def agent_dial_message(stream_sid: str, timeout: float = DIAL_TIMEOUT_DEFAULT) -> bytes:
+    return _dumps({"event": "audiogw.dial", "streamSid": stream_sid, "dial": {"timeout": timeout}})
+
+
+def agent_bridge_message(stream_sid: str, bridge: bool = True) -> bytes:
+    """``audiogw.bridge`` (``bridge=False``: ``audiogw.unbridge``)."""
+    return _dumps({"event": "audiogw.bridge" if bridge else "audiogw.unbridge", "streamSid": stream_sid})
+
+
+def agent_hangup_message(stream_sid: str, leg: str) -> bytes:
+    return _dumps({"event": "audiogw.hangup", "streamSid": stream_sid, "hangup": {"leg": leg}})
+
+
+def agent_send_dtmf_message(stream_sid: str, leg: str, digits: str) -> bytes:
+    return _dumps({"event": "audiogw.send_dtmf", "streamSid": stream_sid,
+                   "send_dtmf": {"leg": leg, "digits": digits}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,16 +341,55 @@ class AgentClear:
     stream_sid: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AgentDial:
+    """``audiogw.dial``: ring the resident; ``timeout`` seconds to answer."""
+
+    timeout: float = DIAL_TIMEOUT_DEFAULT
+    stream_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentBridge:
+    """``audiogw.bridge`` (``bridge``) / ``audiogw.unbridge`` (not ``bridge``)."""
+
+    bridge: bool = True
+    stream_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentHangup:
+    """``audiogw.hangup``: hang up ``leg`` ("ia" or "retorno")."""
+
+    leg: str
+    stream_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSendDtmf:
+    """``audiogw.send_dtmf``: ``digits`` towards ``leg``'s caller."""
+
+    leg: str
+    digits: str
+    stream_sid: str | None = None
+
+
+AgentMessage = AgentMedia | AgentMark | AgentClear | AgentDial | AgentBridge | AgentHangup | AgentSendDtmf
+AGENT_EVENTS = ("media", "mark", "clear", "audiogw.dial", "audiogw.bridge", "audiogw.unbridge",
+                "audiogw.hangup", "audiogw.send_dtmf")
+
+
 def parse_agent_message(
     text: str | bytes,
     stream_format: StreamFormat | None = None,
     max_bytes: int = MAX_MESSAGE_BYTES,
-) -> AgentMedia | AgentMark | AgentClear:
+) -> AgentMessage:
     """One agent → gateway message, validated.
 
     With ``stream_format`` an L16 payload of odd length is refused. ``connected``,
     ``start``, ``dtmf`` and ``stop`` are gateway events: from an agent they are
-    refused as ``unknown_event`` rather than silently ignored.
+    refused as ``unknown_event`` rather than silently ignored. audiogw's events
+    are refused with their own reasons (``bad_dial``, ``bad_leg``, ``bad_digits``).
     """
     message = _load(text, max_bytes)
     event = _text_field(message, "event")
@@ -324,7 +403,22 @@ def parse_agent_message(
         return AgentMark(_mark_name(message), stream_sid)
     if event == "clear":
         return AgentClear(stream_sid)
-    raise MediaStreamsError("unknown_event", f"event {event[:40]!r} is not media, mark or clear")
+    if event == "audiogw.dial":
+        return AgentDial(_dial_timeout(message), stream_sid)
+    if event == "audiogw.bridge" or event == "audiogw.unbridge":
+        return AgentBridge(event == "audiogw.bridge", stream_sid)
+    if event == "audiogw.hangup":
+        return AgentHangup(_leg(message, "hangup"), stream_sid)
+    if event == "audiogw.send_dtmf":
+        body = _object_field(message, "send_dtmf")
+        digits = body.get("digits")
+        try:
+            msgspec.convert(digits, DtmfDigits)
+        except msgspec.ValidationError:
+            raise MediaStreamsError(
+                "bad_digits", f"send_dtmf.digits {str(digits)[:40]!r} is not 1 to 32 of 0-9, *, #, A-D, w") from None
+        return AgentSendDtmf(_leg(message, "send_dtmf"), digits, stream_sid)
+    raise MediaStreamsError("unknown_event", f"event {event[:40]!r} is not one of {', '.join(AGENT_EVENTS)}")
 
 
 # ---- gateway -> agent, parsed (for agents and tests) ------------------------
@@ -374,8 +468,18 @@ class GatewayBargeIn:
     stream_sid: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayDialStatus:
+    """audiogw's ``audiogw.dial_status``: how the agent's ``audiogw.dial`` goes."""
+
+    status: str
+    leg: str = "retorno"
+    reason: str = ""
+    stream_sid: str | None = None
+
+
 GatewayMessage = (GatewayConnected | GatewayStart | GatewayMedia | GatewayDtmf | GatewayMark | GatewayStop
-                  | GatewayBargeIn)
+                  | GatewayBargeIn | GatewayDialStatus)
 
 
 def parse_gateway_message(
@@ -417,10 +521,40 @@ def parse_gateway_message(
         return GatewayConnected(_text_field(message, "protocol"), _text_field(message, "version"))
     if event == "barge_in":
         return GatewayBargeIn(stream_sid)
+    if event == DIAL_STATUS_EVENT:
+        body = _object_field(message, "dial_status")
+        status = _text_field(body, "status")
+        if status not in DIAL_STATUSES:
+            raise MediaStreamsError("bad_dial_status", f"dial status {status[:20]!r} is not one of {DIAL_STATUSES}")
+        leg = body.get("leg", "retorno")
+        if leg not in LEG_NAMES:
+            raise MediaStreamsError("bad_leg", f"dial_status.leg {str(leg)[:20]!r} is not 'ia' or 'retorno'")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise MediaStreamsError("bad_field", "dial_status.reason is not a string")
+        return GatewayDialStatus(status, leg, reason, stream_sid)
     raise MediaStreamsError("unknown_event", f"event {event[:40]!r} is not a gateway event")
 
 
 # ---- field helpers ----------------------------------------------------------
+
+def _dial_timeout(message: dict[str, Any]) -> float:
+    body = message.get("dial", {})
+    if not isinstance(body, dict):
+        raise MediaStreamsError("bad_dial", "'dial' is not an object")
+    timeout = body.get("timeout", DIAL_TIMEOUT_DEFAULT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= DIAL_TIMEOUT_LIMIT:
+        raise MediaStreamsError("bad_dial", f"dial.timeout {str(timeout)[:20]!r} is not a number of seconds in "
+                                            f"(0, {DIAL_TIMEOUT_LIMIT:g}]")
+    return float(timeout)
+
+
+def _leg(message: dict[str, Any], name: str) -> str:
+    leg = _object_field(message, name).get("leg")
+    if leg not in LEG_NAMES:
+        raise MediaStreamsError("bad_leg", f"{name}.leg {str(leg)[:20]!r} is not 'ia' or 'retorno'")
+    return leg
+
 
 def _load(text: str | bytes, max_bytes: int) -> dict[str, Any]:
     # len() of a str counts characters: a non-ASCII message may be up to 4x
@@ -487,7 +621,9 @@ __all__ = [
     "MediaStreamsError", "StreamFormat", "StreamSession",
     "make_sid", "connected_message", "start_message", "media_message", "dtmf_message", "mark_message",
     "stop_message", "agent_media_message", "agent_mark_message", "agent_clear_message",
-    "AgentMedia", "AgentMark", "AgentClear", "parse_agent_message",
+    "AgentMedia", "AgentMark", "AgentClear", "AgentDial", "AgentBridge", "AgentHangup", "AgentSendDtmf",
+    "AgentMessage", "AGENT_EVENTS", "parse_agent_message", "agent_dial_message", "agent_bridge_message",
+    "agent_hangup_message", "agent_send_dtmf_message", "DIAL_STATUS_EVENT", "LEG_NAMES",
     "GatewayConnected", "GatewayStart", "GatewayMedia", "GatewayDtmf", "GatewayMark", "GatewayStop",
-    "GatewayMessage", "parse_gateway_message",
+    "GatewayDialStatus", "GatewayMessage", "parse_gateway_message",
 ]

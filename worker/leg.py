@@ -19,6 +19,7 @@ import numpy
 from audiogw.shared.audiosocket import (
     AUDIO_RATES,
     HANGUP_FRAME,
+    HEADER_SIZE,
     AudioSocketError,
     Frame,
     FrameDecoder,
@@ -29,6 +30,7 @@ from audiogw.shared.audiosocket import (
 from audiogw.shared.resample import StreamResampler
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.flood import InboundGuard
+from audiogw.worker.mixer import Mixer
 from audiogw.worker.playout import PlayoutBuffer
 
 if TYPE_CHECKING:
@@ -81,6 +83,15 @@ class Leg:
         self._inbound: deque[Frame] = deque(maxlen=settings.inbound_buffer_frames)
         self._inbound_waiter: asyncio.Future[None] | None = None
         self._forward: Callable[[bytes, int], int | None] | None = None
+        # A conversation's bridge: this leg's inbound audio is also copied to ``_relay``'s live
+        # source, and ``live`` (once a partner relays to this leg) holds the partner's voice,
+        # mixed on the tick with what this leg's app plays (worker/mixer.py).
+        self._relay: Leg | None = None
+        self.live: PlayoutBuffer | None = None
+        self._live_resamplers: dict[tuple[int, int], StreamResampler] = {}
+        self._mixer: Mixer | None = None
+        self._mixed = bytearray()  # the mixed wire frame, reused (header + payload)
+        self._mixed_payload = numpy.zeros(0, dtype="<i2")
         self._rate_learned = False
         self._finished_at = -1  # queue position where the app last finished a prompt
         self._rate_waiter: asyncio.Future[None] | None = None
@@ -188,7 +199,7 @@ class Leg:
 
     # -- inbound --------------------------------------------------------
     def forward_to(self, target: "Leg | None") -> None:
-        """Send this leg's inbound audio straight into ``target``'s queue (echo, bridge).
+        """Send this leg's inbound audio straight into ``target``'s queue (echo; a bridge is :meth:`relay_to`).
 
         ``None`` discards inbound audio (an app that only talks). Until an app
         calls this, inbound audio queues for :meth:`receive`. Forwarded audio is
@@ -208,6 +219,63 @@ class Leg:
                     self._forward(frame.payload, AUDIO_RATES[frame.kind])
             self._inbound.clear()
             self._inbound.extend(kept)
+
+    def relay_to(self, target: "Leg | None") -> None:
+        """Also copy this leg's inbound audio to ``target``'s live source (a bridge that keeps
+        :meth:`receive` / :meth:`forward_to` as they are); ``None`` stops it.
+
+        ``target`` hears it mixed with whatever its own app plays, held to
+        ``audiosocket.max_latency_ms`` and converted when the rates differ.
+        """
+        if target is not None:
+            target._open_live()
+        elif self._relay is not None:
+            self._relay._drain_live()
+        self._relay = target
+
+    def _open_live(self) -> None:
+        live = self.live
+        if live is None:
+            live = self.live = PlayoutBuffer(self.outbound.rate, self.outbound.capacity, self.outbound.lead)
+            live.drop_counts = self._stats.frames_dropped
+        live.max_latency_frames = self.max_latency_frames
+
+    def _drain_live(self) -> None:
+        """The partner stopped relaying: what it queued is no longer live (an unbridge is immediate)."""
+        if self.live is not None:
+            self.live.clear()
+        self._live_resamplers.clear()
+
+    def push_live(self, pcm: bytes | bytearray | memoryview, rate: int) -> None:
+        """Queue another leg's voice (at ``rate``) on this leg's live source, if it has one."""
+        live = self.live
+        if live is None:
+            return
+        if rate != live.rate:
+            resampler = self._live_resamplers.get((rate, live.rate))
+            if resampler is None:
+                resampler = self._live_resamplers[(rate, live.rate)] = StreamResampler(rate, live.rate)
+            pcm = resampler(numpy.frombuffer(pcm, dtype="<i2")).astype("<i2", copy=False).tobytes()
+            if not pcm:
+                return
+        dropped = live.push(pcm)
+        if dropped:
+            self._stats.frames_dropped["outbound_overflow"] += dropped
+
+    def _mix(self, first: bytes, second: bytes | None) -> bytes:
+        """Two wire frames at the leg's rate into one (the agent's speech and the partner's voice);
+        a lone ``first`` while the limiter's gain returns to 1."""
+        samples = (len(first) - HEADER_SIZE) // 2
+        mixer = self._mixer
+        if mixer is None or mixer.frame_samples != samples:  # first mix, or the rate changed
+            mixer = self._mixer = Mixer(samples)
+            self._mixed = bytearray(first)  # the header stays: it depends only on the frame's size
+            self._mixed_payload = numpy.frombuffer(self._mixed, dtype="<i2", offset=HEADER_SIZE)
+        mixed = self._mixed
+        self._mixed_payload[:] = mixer.mix(
+            numpy.frombuffer(first, dtype="<i2", offset=HEADER_SIZE),
+            None if second is None else numpy.frombuffer(second, dtype="<i2", offset=HEADER_SIZE))
+        return bytes(mixed)  # the transport may keep what it is given: never the reused buffer
 
     async def receive(self) -> Frame | None:
         """Next inbound audio or DTMF frame (not forwarded ones); None once the leg is closed."""
@@ -236,6 +304,9 @@ class Leg:
             rate = AUDIO_RATES[frame.kind]
             if not self._rate_learned:
                 self._learn_rate(rate)
+            relay = self._relay
+            if relay is not None:
+                relay.push_live(frame.payload, rate)
             forward = self._forward
             if forward is not None:
                 forward(frame.payload, rate)
@@ -275,6 +346,9 @@ class Leg:
         self.outbound.set_rate(rate, convert)
         if ends_prompt:
             self.outbound.flush_partial()
+        if self.live is not None:
+            self.live.set_rate(rate)
+            self._live_resamplers.clear()
 
     def _wake_receiver(self) -> None:
         waiter = self._inbound_waiter
@@ -284,16 +358,29 @@ class Leg:
                 waiter.set_result(None)
 
     def on_tick(self, deadline: float) -> None:
+        held = False
         if self._hold_until:
             if deadline < self._hold_until:
                 if not self._configured_rate:
                     return  # "auto": no frame at a rate the caller may not use (FIRST_AUDIO_GRACE)
                 frame = None  # silence, and no underrun: nothing was playing yet
+                held = True
             else:
                 self._hold_until = 0.0
                 frame = self.outbound.pop()
         else:
             frame = self.outbound.pop()
+        live = self.live
+        if live is not None and not held:
+            voice = live.pop()
+            if frame is not None and voice is not None:
+                frame = self._mix(frame, voice)
+            elif frame is None:
+                frame = voice
+            if voice is None or frame is voice:  # one source: unchanged, unless the limiter is still releasing
+                mixer = self._mixer
+                if frame is not None and mixer is not None and mixer.gain < 1.0:
+                    frame = self._mix(frame, None)
         protocol = self._protocol
         transport = protocol.transport
         stats = self._stats
@@ -327,6 +414,7 @@ class Leg:
     def _closed(self, reason: str) -> None:
         self.end_reason = reason
         self.closed.set()
+        self._relay = None
         self._wake_receiver()
         self.outbound._wake_producer()
 

@@ -59,6 +59,11 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
     worker = ExtensionWorker(spec.extension, app, spec.settings, phase)
     context.counters = worker.stats.app_counters
     context.stats = worker.stats
+    if spec.calls_endpoint:  # call control (dial, DTMF, hangups) through the supervisor's AMI
+        from audiogw.worker.calls import CallLink
+
+        context.calls = CallLink(spec.calls_endpoint, spec.extension, worker.stats.app_counters)
+        context.calls.start()
     link = None
     if spec.bus_endpoint:
         from audiogw.worker.link import SupervisorLink
@@ -94,6 +99,8 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
         log.info("worker stopping extension=%s reason=%s", spec.extension, command.reason,
                  extra={"event": "worker_stopping", "extension": spec.extension, "reason": command.reason})
     await worker.close()
+    if context.calls is not None:
+        await context.calls.close()
     if link is not None:
         await link.close()
     return 0

@@ -51,9 +51,13 @@ from audiogw.shared.config import resolve_path
 from audiogw.shared.logs import register_header_secrets
 from audiogw.shared.media_streams import (
     MAX_MESSAGE_BYTES,
+    AgentBridge,
     AgentClear,
+    AgentDial,
+    AgentHangup,
     AgentMark,
     AgentMedia,
+    AgentSendDtmf,
     MediaStreamsError,
     StreamFormat,
     StreamSession,
@@ -62,6 +66,7 @@ from audiogw.shared.media_streams import (
 from audiogw.shared.resample import StreamResampler
 from audiogw.shared.vad import EnergyVad, VadEvent
 from audiogw.worker.apps.base import App, AppContext, AppOptionError
+from audiogw.worker.apps.conversation import Conversation, Conversations, Refused
 from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.apps.outbox import Outbox
@@ -105,6 +110,7 @@ class AgentApp(App):
         self.fallback_path = resolve_path(context.base_dir, options.fallback) if options.fallback else ""
         self.fallback = Prompt(self.fallback_path) if options.fallback else None
         self.stats = AgentStats()
+        self.conversations = Conversations(context)  # ia + retorno of one UUID: dial, bridge, hangup
 
     async def start(self) -> None:
         if self.context.stats is not None:
@@ -117,6 +123,9 @@ class AgentApp(App):
 
     async def run_leg(self, leg: "Leg") -> None:
         await AgentLeg(self, leg).run()
+
+    async def close(self) -> None:
+        self.conversations.close()
 
 
 class AgentLeg:
@@ -141,6 +150,7 @@ class AgentLeg:
         self.bad_messages = 0
         self.fallback_played = False
         self._tail_timer: asyncio.TimerHandle | None = None
+        self.conversation: Conversation | None = None
 
     # -- the leg's life -------------------------------------------------------
     async def run(self) -> None:
@@ -152,10 +162,15 @@ class AgentLeg:
         if self.options.barge_in:
             self.vad = EnergyVad(rate, self.options.barge_in_threshold_dbfs, onset_frames=2, hangover_ms=400)
         self.stats.buffers[leg.outbound] = leg.kind
+        conversation = self.conversation = self.app.conversations.join(leg)
+        conversation.listeners[leg.kind] = self._on_dial_status
         pump = asyncio.create_task(self._pump_caller_audio(), name=f"agent-in-{leg.kind}")
         try:
             await self._converse_until_done()
         finally:
+            if conversation.listeners.get(leg.kind) == self._on_dial_status:
+                del conversation.listeners[leg.kind]
+            self.app.conversations.leave(leg)
             self.stats.buffers.pop(leg.outbound, None)
             if self._tail_timer is not None:
                 self._tail_timer.cancel()
@@ -388,6 +403,25 @@ class AgentLeg:
             elif isinstance(message, AgentClear):
                 self._restart_resampler()
                 self.leg.clear()
+            else:  # audiogw.dial / bridge / unbridge / hangup / send_dtmf
+                self._call_control(message)
+
+    def _call_control(self, message: AgentDial | AgentBridge | AgentHangup | AgentSendDtmf) -> None:
+        conversation = self.conversation
+        if conversation is None:
+            return
+        try:
+            conversation.control(message)
+        except Refused as refusal:
+            self._bad_message(refusal.reason, str(refusal))
+
+    def _on_dial_status(self, status: str, leg: str, reason: str) -> None:
+        """The conversation's dial progressed: tell this leg's agent stream, if one is open."""
+        session = self.session
+        if session is None:
+            log.info("dial_status %s leg=%s not delivered %s: no agent stream open", status, leg, self.log_prefix)
+            return
+        self._enqueue(session.dial_status(status, leg, reason))
 
     def _play(self, payload: bytes) -> None:
         samples = self.stream_format.from_wire(payload)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from audiogw.shared.apps import AppDeclaration, AppOptionError, AppOptions, leg_rate
 
 if TYPE_CHECKING:
+    from audiogw.worker.calls import CallLink
     from audiogw.worker.leg import Leg
     from audiogw.worker.stats import WorkerStats
 
@@ -29,6 +30,7 @@ class AppContext:
     counters: Counter = field(default_factory=Counter)
     stats: "WorkerStats | None" = None  # the worker's counters, set before App.start()
     account_sid: str = ""  # `agent.account_sid`: the Twilio accountSid an agent's stream announces
+    calls: "CallLink | None" = None  # call control through the supervisor (None: a worker run alone)
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()

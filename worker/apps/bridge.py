@@ -1,15 +1,15 @@
 """bridge: the ia and retorno legs with the same UUID hear each other.
 
 A lone leg hears silence; when its partner hangs up it hears silence again
-until a new partner with the same UUID arrives.
+until a new partner with the same UUID arrives. The pairing and the bridge are
+worker/apps/conversation.py's, shared with the ``agent`` app's ``audiogw.bridge``.
 """
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
-from audiogw.shared.audiosocket import other_leg
 from audiogw.worker.apps.base import App, AppContext, AppOptions
+from audiogw.worker.apps.conversation import Conversations
 
 if TYPE_CHECKING:
     from audiogw.worker.leg import Leg
@@ -20,28 +20,16 @@ class BridgeApp(App):
 
     def __init__(self, context: AppContext, options: AppOptions) -> None:
         super().__init__(context, options)
-        self._legs: dict[uuid.UUID, dict[str, "Leg"]] = {}
+        self.conversations = Conversations(context)
 
     async def run_leg(self, leg: "Leg") -> None:
-        pair = self._legs.setdefault(leg.uuid, {})
-        previous = pair.get(leg.kind)
-        if previous is not None:
-            previous.hangup("replaced_by_new_leg")
-        pair[leg.kind] = leg
-        await leg.wait_rate()
-        partner = pair.get(other_leg(leg.kind))
-        if partner is not None and not partner.closed.is_set():
-            leg.forward_to(partner)
-            partner.forward_to(leg)
-        else:
-            leg.forward_to(None)
+        leg.forward_to(None)  # nobody reads this leg's audio but its partner (through the bridge)
+        conversation = self.conversations.join(leg)
+        conversation.bridge()
         try:
             await leg.wait_closed()
         finally:
-            if pair.get(leg.kind) is leg:
-                del pair[leg.kind]
-            partner = pair.get(other_leg(leg.kind))
-            if partner is not None:
-                partner.forward_to(None)
-            if not pair:
-                self._legs.pop(leg.uuid, None)
+            self.conversations.leave(leg)
+
+    async def close(self) -> None:
+        self.conversations.close()

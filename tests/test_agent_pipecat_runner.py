@@ -27,6 +27,7 @@ from audiogw.shared.mulaw import decode_mulaw, encode_mulaw  # noqa: E402
 from audiogw.shared.net import free_port_block  # noqa: E402
 from audiogw.worker.apps import agent as agent_module  # noqa: E402
 from conftest import wait_for  # noqa: E402
+from pipecat_runner_bot import reply  # noqa: E402  (the bot's words, to compare with what was heard)
 
 BOT = Path(__file__).with_name("pipecat_runner_bot.py")
 
@@ -76,9 +77,6 @@ def test_with_twilio_credentials_the_whole_reply_is_heard_before_the_bot_hangs_u
     worker = start_worker("agent", f"url={url}")
     result = asyncio.run(place_call("127.0.0.1", worker.ia_port, seconds=10.0))
     assert result.hung_up_by == "server"
-    sys.path.insert(0, str(BOT.parent))
-    from pipecat_runner_bot import reply
-
     expected = decode_mulaw(encode_mulaw(reply()))[1:]  # from its first non-zero sample
     heard = result.recorded
     start = int(numpy.flatnonzero(heard)[0])

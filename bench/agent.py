@@ -5,8 +5,8 @@
 
 One worker (``python -m audiogw.worker --app agent --option barge_in=true``)
 streams every call to a WebSocket agent served by this process on 127.0.0.1
-(port 0). The agent is a script per call, found by the call's UUID (the
-``callSid`` of the ``start`` message). Calls come from the softphone, which
+(port 0). The agent is a script per call, found by the call's UUID (in the
+``callSid`` of the ``start`` message, ``CA`` + its hex). Calls come from the softphone, which
 behaves like Asterisk's AudioSocket(); every frame's arrival is the kernel's
 receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME), and every moment taken on
 this side is ``time.time()``, the same clock. Three scenarios run one after
@@ -75,6 +75,7 @@ from audiogw.shared.media_streams import (
 from audiogw.shared.mulaw import decode_mulaw, encode_mulaw
 from audiogw.shared.pacing import FRAME_PERIOD, GAP_THRESHOLD, pacing_stats_many, window_arrivals
 from audiogw.shared.records import LegRecord
+from audiogw.shared.twilio_ids import uuid_for_call_sid
 from audiogw.shared.wav import tone
 
 RATE = 8000
@@ -531,8 +532,10 @@ class ScriptedAgent:
             self.refused.append(f"{type(error).__name__}: {error}")
             return
         session = AgentSession(websocket, start)
-        self.logs[start.call_sid] = session.log
-        script = self.scripts.get(start.call_sid)
+        call_uuid = uuid_for_call_sid(start.call_sid)  # CA + the UUID's hex
+        key = str(call_uuid) if call_uuid is not None else start.call_sid
+        self.logs[key] = session.log
+        script = self.scripts.get(key)
         runner = asyncio.create_task(_run_script(script, session)) if script is not None else None
         try:
             await session.read_until_closed()

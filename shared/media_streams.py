@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,7 @@ import orjson
 from .media_format import ENCODINGS, RATES, format_problem
 from .messages import DIAL_STATUSES, Dial, DtmfDigits
 from .mulaw import decode_mulaw, encode_mulaw
+from .twilio_ids import call_sid_for, make_sid
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_MARK_NAME = 256
@@ -119,11 +120,6 @@ class StreamFormat:
     def samples_in(self, payload_length: int) -> int:
         """Samples carried by a wire payload of this many bytes."""
         return payload_length // self.bytes_per_sample
-
-
-def make_sid(prefix: str = "MZ") -> str:
-    """A Twilio-shaped id: two letters and 32 hex digits (``MZ`` stream, ``CA`` call)."""
-    return prefix + secrets.token_hex(16)
 
 
 def _dumps(message: dict[str, Any]) -> bytes:
@@ -213,6 +209,10 @@ class StreamSession:
     ``chunk`` counts media messages from 1; a chunk's ``timestamp`` is the
     stream time of its first sample in ms, from the samples sent so far (not
     the wall clock, so it stays exact when the gateway catches up after a stall).
+
+    Identities have Twilio's shape (:mod:`audiogw.shared.twilio_ids`): a new
+    ``streamSid`` (``MZ`` + 32 hex) per stream, the leg's ``callSid`` (``CA`` +
+    its UUID's hex, see :meth:`for_leg`), the configured ``accountSid``.
     """
 
     stream_format: StreamFormat
@@ -223,6 +223,14 @@ class StreamSession:
     sequence_number: int = 0  # of the last message built
     chunk: int = 0  # of the last media message built
     samples_sent: int = 0
+
+    @classmethod
+    def for_leg(cls, stream_format: StreamFormat, call_uuid: uuid.UUID, account_sid: str = "",
+                custom_parameters: Mapping[str, str] | None = None) -> StreamSession:
+        """A new stream for a call leg: what Pipecat's runner needs to build its Twilio
+        serializer (``streamSid``, ``callSid``) and to address its REST hang-up (``accountSid``)."""
+        return cls(stream_format, call_sid=call_sid_for(call_uuid), account_sid=account_sid,
+                   custom_parameters=dict(custom_parameters or {}))
 
     @property
     def timestamp_ms(self) -> int:

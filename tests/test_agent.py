@@ -143,7 +143,7 @@ def test_stream_handshake_media_dtmf_marks_and_stop(start_worker, agent_server):
     connected, start = agent.messages[0][1], agent.messages[1][1]
     assert connected == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
     assert start["event"] == "start" and start["sequenceNumber"] == "1"
-    assert start["start"]["callSid"] == str(call_uuid)
+    assert start["start"]["callSid"] == "CA" + call_uuid.hex
     assert start["start"]["customParameters"] == {"extension": "1201", "leg": "ia"}
     assert start["start"]["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
     media = agent.events("media")
@@ -321,7 +321,7 @@ def test_a_dropped_connection_is_reopened_with_a_new_stream(start_worker, agent_
     assert agent.sessions == 2
     starts = agent.events("start")
     assert len(starts) == 2 and starts[0]["streamSid"] != starts[1]["streamSid"]
-    assert starts[0]["start"]["callSid"] == starts[1]["start"]["callSid"] == str(result.call_uuid)
+    assert starts[0]["start"]["callSid"] == starts[1]["start"]["callSid"] == "CA" + result.call_uuid.hex
     assert 17 <= loud_frames(result.recorded).sum() <= 22
     worker.wait_log("agent connection lost")
 

@@ -273,7 +273,7 @@ async def test_connect_gets_the_options_and_the_agent_hears_connected_then_start
     connected, start = socket.messages()
     assert isinstance(connected, GatewayConnected)
     assert isinstance(start, GatewayStart)
-    assert start.call_sid == str(call.uuid)
+    assert start.call_sid == "CA" + call.uuid.hex
     assert start.custom_parameters == {"extension": "1201", "leg": "ia"}
     assert start.stream_format == StreamFormat("mulaw", 8000)
     assert socket.json()[1]["start"]["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
@@ -432,7 +432,7 @@ async def test_the_leg_hanging_up_sends_stop_and_closes_the_websocket() -> None:
     assert call.leg.end_reason == "peer_hangup"
     last = socket.messages()[-1]
     assert isinstance(last, GatewayStop) and last.stream_sid == socket.stream_sid
-    assert socket.json()[-1]["stop"]["callSid"] == str(call.uuid)
+    assert socket.json()[-1]["stop"]["callSid"] == "CA" + call.uuid.hex
     assert socket.close_calls == 1
     assert len(agent.calls) == 1, "no reconnection after the leg ended"
 

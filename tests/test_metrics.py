@@ -60,6 +60,7 @@ EXPECTED = {
     "audiogw_frames_dropped": ("counter", {"extension", "leg", "reason"}),
     "audiogw_send_lateness_seconds": ("histogram", {"extension"}),
     "audiogw_agent_connect_failures": ("counter", {"extension", "leg"}),
+    "audiogw_agent_reconnects": ("counter", {"extension", "leg"}),
     "audiogw_agent_audio_received_seconds": ("counter", {"extension", "leg"}),
     "audiogw_agent_audio_dropped_seconds": ("counter", {"extension", "reason"}),
     "audiogw_agent_bad_messages": ("counter", {"extension", "reason"}),

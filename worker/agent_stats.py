@@ -20,10 +20,14 @@ class _Buffered(Protocol):
 SECTION = Section("agent", always=False, fields=(
     Field("connect_failures", "audiogw_agent_connect_failures", "counter",
           "Failed attempts to open the WebSocket to the voice agent.", by="leg"),
+    Field("reconnects", "audiogw_agent_reconnects", "counter",
+          "Attempts to reopen the WebSocket after a failed attempt or a lost connection (delayed by a "
+          "backoff that grows while sessions keep ending young).", by="leg"),
     Field("audio_received_seconds", "audiogw_agent_audio_received_seconds", "counter",
           "Audio received from the agent.", unit="seconds", by="leg"),
     Field("audio_dropped_seconds", "audiogw_agent_audio_dropped_seconds", "counter",
-          "Audio dropped by the connector, by reason (buffer_full, barge_in; caller audio an agent did not "
+          "Audio dropped by the connector, by reason (buffer_full, barge_in, agent_closed: "
+          "left when the play-out after the agent's close reached its bound; caller audio an agent did not "
           "read in time is frames_dropped{reason='latency'}).", unit="seconds", by="reason"),
     Field("bad_messages", "audiogw_agent_bad_messages", "counter", "Agent messages refused, by reason.", by="reason"),
     Field("playback_buffer_seconds", "audiogw_agent_playback_buffer_seconds", "gauge",

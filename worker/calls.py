@@ -24,6 +24,7 @@ import zmq.asyncio
 from audiogw.shared.messages import (
     CallEvent, CallRequest, MessageError, decode_call_event, encode_call_message,
 )
+from audiogw.worker.zmq_nowait import send_nowait
 
 log = logging.getLogger("audiogw.worker.calls")
 
@@ -57,13 +58,7 @@ class CallLink:
 
     def send(self, request: CallRequest) -> bool:
         """Queue one request without blocking; False (logged, counted) if the supervisor is not reading."""
-        # zmq.asyncio's send with NOBLOCK tries at once and returns a finished future: its
-        # exception (zmq.Again when the queue is full) is read here, never raised or awaited.
-        sent = self._socket.send(encode_call_message(request), zmq.NOBLOCK)
-        error = sent.exception() if sent.done() else None
-        if not sent.done():  # cannot happen with NOBLOCK; never leave a send pending on the audio loop
-            sent.cancel()
-            error = zmq.Again()
+        error = send_nowait(self._socket, encode_call_message(request))
         if error is None:
             return True
         self.counters["calls_dropped"] += 1

@@ -23,6 +23,7 @@ from audiogw.shared.messages import (
     encode_worker_message,
 )
 from audiogw.worker.server import ExtensionWorker
+from audiogw.worker.zmq_nowait import send_nowait
 
 log = logging.getLogger("audiogw.worker.link")
 
@@ -56,10 +57,9 @@ class SupervisorLink:
         """Queue one status message (Ready, Heartbeat or Stopping) without blocking;
         dropped if the supervisor is not reading."""
         message = kind(extension=self.worker.extension, pid=os.getpid(), stats=self.worker.stats.snapshot())
-        try:
-            self._socket.send(encode_worker_message(message), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        error = send_nowait(self._socket, encode_worker_message(message))
+        if error is not None and not isinstance(error, zmq.Again):  # Again: the supervisor is not reading
+            log.warning("extension=%s %s not sent: %s", self.worker.extension, kind.__name__, error)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -52,7 +52,8 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, commands.put_nowait,
                                 Drain(seconds=spec.drain_seconds, reason=signal.Signals(signum).name))
-    context = AppContext(extension=spec.extension, options=spec.options, base_dir=spec.base_dir)
+    context = AppContext(extension=spec.extension, options=spec.options, base_dir=spec.base_dir,
+                         account_sid=spec.account_sid)
     app = create_app(spec.app, context)
     phase = clock_phase(spec.clock_slot) if spec.clock_slot is not None else None
     worker = ExtensionWorker(spec.extension, app, spec.settings, phase)

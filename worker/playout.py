@@ -17,6 +17,15 @@ length over each ``LATENCY_WINDOW_TICKS`` window is its standing delay; past
 the bound, the oldest frames are dropped down to it (``drop_counts["latency"]``). A
 short burst that drains by itself within the window is left alone. Prompts
 and agent speech (``max_latency_frames = 0``) are never cut.
+
+Pre-roll (``set_preroll(frames)``, the agent's ``jitter_ms``): an input-driven
+stream (an agent that sends one chunk per chunk it hears) arrives with the
+network's jitter, and a chunk one tick late is a 20 ms hole. So once the queue
+has run dry (the start of an utterance), its audio waits until ``preroll``
+frames are queued, or the end of the utterance is marked (``flush_partial``:
+a mark, a finished prompt), or the first frame has waited as long, before it
+plays. The cushion then absorbs the jitter for the rest of the utterance.
+Off (0) by default: nothing waits.
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ class PlayoutBuffer:
         "rate", "frame_size", "capacity", "lead", "_frames", "_partial", "_header",
         "_silence", "dropped", "_space_waiter", "appended", "removed", "_marks",
         "max_latency_frames", "drop_counts", "latency_dropped", "_last", "_window_ticks", "_window_min",
+        "preroll", "_holding", "_held",
     )
 
     def __init__(self, rate: int = 8000, capacity_frames: int = 100, lead_frames: int = 3) -> None:
@@ -58,6 +68,9 @@ class PlayoutBuffer:
         self._window_ticks = 0
         self._window_min = 0
         self._last = b""  # the frame that left last: context for converting what follows it
+        self.preroll = 0  # frames an utterance's start waits for (set_preroll); 0: none
+        self._holding = False  # the queue ran dry: the next utterance waits for its pre-roll
+        self._held = 0  # ticks the held utterance has waited
         self.rate = 0
         self.set_rate(rate)
 
@@ -105,6 +118,17 @@ class PlayoutBuffer:
             self._marks = deque((min(position, limit), callback) for position, callback in self._marks)
         self._wake_producer()
 
+    def set_preroll(self, frames: int) -> None:
+        """Hold each utterance's start until ``frames`` are queued (0: play at once)."""
+        self.preroll = max(0, frames)
+        self._holding = bool(self.preroll) and not self._frames
+        self._held = 0
+
+    @property
+    def holding(self) -> bool:
+        """True while queued audio waits for its pre-roll."""
+        return self._holding and bool(self._frames)
+
     @property
     def silence(self) -> bytes:
         return self._silence
@@ -144,10 +168,14 @@ class PlayoutBuffer:
         return 0
 
     def flush_partial(self) -> None:
-        """Pad a trailing partial frame with silence so the end of a prompt is heard."""
+        """Pad a trailing partial frame with silence so the end of a prompt is heard.
+
+        It ends an utterance (a mark, a finished prompt): a held pre-roll plays now."""
         if self._partial:
             missing = self.frame_size - len(self._partial)
             self.push(bytes(missing))
+        if self._holding and self._frames:
+            self._holding = False
 
     def clear(self) -> int:
         """Drop everything not yet played (barge-in); returns frames dropped."""
@@ -155,6 +183,8 @@ class PlayoutBuffer:
         self.removed += dropped
         self._frames.clear()
         self._partial.clear()
+        if self.preroll:
+            self._holding, self._held = True, 0
         self._fire_marks()
         self._wake_producer()
         return dropped
@@ -189,6 +219,11 @@ class PlayoutBuffer:
         if self.max_latency_frames:
             self._bound_latency()
         if frames:
+            if self._holding:
+                self._held += 1
+                if len(frames) < self.preroll and self._held <= self.preroll:
+                    return None  # the utterance's start waits for its cushion (pre-roll)
+                self._holding = False
             frame = self._last = frames.popleft()
             self.removed += 1
             if self._marks and self._marks[0][0] <= self.removed:
@@ -196,6 +231,8 @@ class PlayoutBuffer:
             if self._space_waiter is not None and len(frames) < self.lead:
                 self._wake_producer()
             return frame
+        if self.preroll and not self._holding:
+            self._holding, self._held = True, 0  # ran dry: the next utterance waits for its pre-roll
         if self._space_waiter is not None:
             self._wake_producer()
         return None

@@ -3,7 +3,8 @@
 Options: ``url`` (ws:// or wss://), ``encoding`` (``mulaw`` at 8 kHz, or ``l16``
 with ``media_rate`` 8000/16000/24000; the extension option ``rate`` is the AudioSocket leg's), ``connect_timeout``, ``headers``, ``barge_in``
 (and ``barge_in_threshold_dbfs``), ``fallback`` (a WAV played while the agent is
-unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``.
+unreachable), ``reconnect_max_delay``, ``max_buffer_seconds``, ``jitter_ms`` (a pre-roll:
+each utterance's start waits until that much agent audio is queued; worker/playout.py).
 
 The audio clock never waits for the agent: its audio is pushed into the leg's
 playout buffer as it arrives, in any chunk or burst size, and the worker's
@@ -18,9 +19,13 @@ the handshake), send ``connected`` and ``start``, then stream the caller's
 audio as ``media`` and DTMF as ``dtmf``; play the agent's ``media``; echo each
 ``mark`` when playback reaches it; ``clear`` drops everything not yet played
 (and echoes pending marks, as Twilio does). The agent closing the socket
-cleanly hangs up the leg. An unreachable agent, or a connection that drops,
-means silence (or the fallback prompt) and reconnection with backoff
-(0.5 s doubling to ``reconnect_max_delay``) while the leg lives.
+cleanly hangs up the leg once the audio it sent has played (bounded: see
+:meth:`AgentLeg.play_out_and_hang_up`). An unreachable agent, or a connection
+that drops, means silence (or the fallback prompt) and reconnection with backoff
+(0.5 s doubling to ``reconnect_max_delay``; a session that ended within
+STABLE_SESSION_SECONDS counts as a failure, worker/reconnect.py) while the leg lives.
+Identities are Twilio's shape: ``callSid`` ``CA`` + the leg UUID's hex, a new
+``streamSid`` per session, ``accountSid`` from ``agent.account_sid``.
 
 Barge-in (``barge_in = true``): an energy VAD over the caller's frames; when the
 caller starts speaking while agent audio is queued, the worker clears the
@@ -65,6 +70,7 @@ from audiogw.worker.apps.conversation import Conversation, Conversations, Refuse
 from audiogw.worker.apps.prompt import Prompt
 from audiogw.worker.clock import FRAME_PERIOD
 from audiogw.worker.apps.outbox import Outbox
+from audiogw.worker.reconnect import ReconnectBackoff
 from audiogw.worker.agent_stats import SECTION as STATS_SECTION, AgentStats
 
 if TYPE_CHECKING:
@@ -74,6 +80,14 @@ log = logging.getLogger("audiogw.worker.agent")
 
 OUTBOX_CONTROL_MESSAGES = 100  # dtmf, mark echoes and events waiting beside the caller's audio
 FIRST_RETRY_DELAY = 0.5
+# A session that lived this long was healthy: its end resets the reconnect delay. One that
+# ended sooner (an agent that accepts, then closes or crashes at once) counts as a failure.
+STABLE_SESSION_SECONDS = 5.0
+# The agent closed its stream: its queued audio plays out first, for at most this long
+# (beside the queue's own bound, max_buffer_seconds); PLAYOUT_MARGIN covers a late tick.
+PLAYOUT_ON_CLOSE_MAX = 10.0
+PLAYOUT_MARGIN = 0.5
+CLOSE_READ_SECONDS = 2.0  # to read what an agent sent before its close frame
 WRITE_LIMIT_BYTES = 4096  # about 13 media messages (260 ms of µ-law)
 TAIL_FLUSH_SECONDS = 0.06  # no agent audio for this long: the reply ended, flush the resampler
 BAD_MESSAGES_LOGGED = 5
@@ -85,6 +99,8 @@ class AgentApp(App):
     options: AgentOptions
     # How a leg opens its WebSocket: websockets' connect (a test sets a fake on the app).
     connect = staticmethod(connect)
+    # The clock a session's lifetime is measured on (reconnect backoff; a test sets a manual one).
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, context: AppContext, options: AgentOptions) -> None:
         super().__init__(context, options)
@@ -163,15 +179,22 @@ class AgentLeg:
 
     async def _converse_until_done(self) -> None:
         leg = self.leg
-        delay = 0.0
+        options = self.options
+        leg.outbound.set_preroll(-(-options.jitter_ms // round(FRAME_PERIOD * 1000)))
+        backoff = ReconnectBackoff(FIRST_RETRY_DELAY, options.reconnect_max_delay, STABLE_SESSION_SECONDS,
+                                   clock=self.app.clock)
+        attempts = 0
         while not leg.closed.is_set():
-            if delay and await _closed_within(leg, delay):
+            if backoff.delay and await _closed_within(leg, backoff.delay):
                 return
+            attempts += 1
+            if attempts > 1:
+                self.stats.reconnects[leg.kind] += 1
             try:
                 websocket = await self.app.connect(
-                    self.options.url,
+                    options.url,
                     additional_headers=self.app.headers or None,
-                    open_timeout=self.options.connect_timeout,
+                    open_timeout=options.connect_timeout,
                     max_size=MAX_MESSAGE_BYTES,
                     # Little in the socket's own buffer: a slow agent shows in the outbox,
                     # where old caller audio gives way to new, not as hidden seconds of delay.
@@ -182,39 +205,87 @@ class AgentLeg:
                 )
             except (OSError, TimeoutError, WebSocketException) as error:
                 self.stats.connect_failures[leg.kind] += 1
-                delay = min(max(delay * 2, FIRST_RETRY_DELAY), self.options.reconnect_max_delay)
-                log.warning("agent unreachable %s url=%s: %s; retry in %.1fs",
-                            self.log_prefix, self.options.url, _describe(error), delay)
+                # One line per change of the delay; a leg stuck at the maximum only counts.
+                (log.warning if backoff.refused() else log.debug)(
+                    "agent unreachable %s url=%s: %s; retry in %.1fs (failed attempts in a row: %d)",
+                    self.log_prefix, options.url, _describe(error), backoff.delay, backoff.failures)
                 await self._play_fallback()
                 continue
-            delay = 0.0
-            ended_by = await self._converse(websocket)
+            backoff.opened()
+            ended_by, error = await self._converse(websocket, quiet=backoff.failing)
             if ended_by == "agent":
-                leg.hangup("agent_hangup")
+                await self.play_out_and_hang_up("agent_hangup")
                 return
             if ended_by == "leg":
                 return
-            delay = FIRST_RETRY_DELAY  # the connection dropped: reconnect
+            (log.warning if backoff.ended() else log.debug)(
+                "agent connection lost %s after %.1fs: %s; retry in %.1fs%s", self.log_prefix,
+                backoff.last_lived, _describe(error), backoff.delay,
+                f" (sessions or attempts failed in a row: {backoff.failures})" if backoff.failing else "")
 
-    async def _converse(self, websocket: ClientConnection) -> str:
-        """One WebSocket session; returns who ended it: "leg", "agent" or "lost"."""
+    async def play_out_and_hang_up(self, reason: str = "agent_hangup") -> None:
+        """The agent is done (it closed its stream; also usable for a hang-up it asks for): what it
+        said is still queued (Pipecat sends at about twice real time), so it plays out before the
+        hang-up, the reply's last words not cut, bounded by the queue itself (at most
+        ``max_buffer_seconds``) and by PLAYOUT_ON_CLOSE_MAX; what is left then is dropped and counted."""
+        leg = self.leg
+        if leg.closed.is_set():
+            return
+        if not self.suppressing:
+            self._flush_tail()  # the resampler's held-back tail is part of the reply
+            leg.finish()  # pads the last partial frame; a held pre-roll plays now
+        outbound = leg.outbound
+        queued = outbound.buffered_seconds
+        if queued:
+            log.info("agent done %s (%s): playing out %.2fs of queued audio, then hanging up",
+                     self.log_prefix, reason, queued)
+            played = asyncio.get_running_loop().create_future()
+            leg.mark(lambda: played.done() or played.set_result(None))
+            closed = asyncio.ensure_future(leg.closed.wait())
+            try:
+                await asyncio.wait((played, closed), timeout=min(queued + PLAYOUT_MARGIN, PLAYOUT_ON_CLOSE_MAX),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                played.cancel()
+            if leg.closed.is_set():
+                return
+            left = outbound.buffered_seconds
+            if left:
+                self.stats.audio_dropped_seconds["agent_closed"] += left
+                log.warning("agent audio cut at the hang-up %s: %.2fs still queued after the play-out bound",
+                            self.log_prefix, left)
+        else:
+            log.info("agent done %s (%s): hanging up the leg", self.log_prefix, reason)
+        leg.hangup(reason)
+
+    async def _converse(self, websocket: ClientConnection, *, quiet: bool = False
+                        ) -> tuple[str, BaseException | None]:
+        """One WebSocket session; returns who ended it ("leg", "agent" or "lost") and the error
+        that ended it, if any. ``quiet``: attempts keep failing, the connect is logged at debug."""
         leg = self.leg
         if self.fallback_played:
             leg.clear()
             self.fallback_played = False
-        session = StreamSession(
-            self.stream_format, call_sid=str(leg.uuid),
+        session = StreamSession.for_leg(
+            self.stream_format, leg.uuid, self.app.context.account_sid,
             custom_parameters={"extension": leg.extension, "leg": leg.kind},
         )
         self.outbox.clear()  # caller audio from a previous session is stale
         self.session = session
-        log.info("agent connected %s url=%s stream=%s format=%s/%d", self.log_prefix, self.options.url,
-                 session.stream_sid, self.stream_format.encoding, self.stream_format.rate)
+        (log.debug if quiet else log.info)(
+            "agent connected %s url=%s stream=%s call=%s format=%s/%d", self.log_prefix, self.options.url,
+            session.stream_sid, session.call_sid, self.stream_format.encoding, self.stream_format.rate)
         sender = asyncio.create_task(self._send_outbox(websocket, [session.connected(), session.start()]))
         receiver = asyncio.create_task(self._receive(websocket))
         closed = asyncio.create_task(leg.closed.wait())
         try:
             await asyncio.wait((sender, receiver, closed), return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not receiver.done() and not closed.done():
+                # The send failed because the agent closed (or the connection broke): what it sent
+                # before its close frame is still buffered, the end of its reply. Read it all.
+                await asyncio.wait((receiver, closed), timeout=CLOSE_READ_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.session = None
             for task in (sender, receiver, closed):
@@ -227,20 +298,19 @@ class AgentLeg:
             except (ConnectionClosed, OSError, TimeoutError):
                 pass
             log.info("agent stream ended %s stream=%s by=leg", self.log_prefix, session.stream_sid)
-            return "leg"
+            return "leg", None
         errors = [task.exception() for task in (receiver, sender) if task.done() and not task.cancelled()]
         error = next((error for error in errors if error is not None), None)
         agent_closed = (receiver.done() and not receiver.cancelled() and receiver.exception() is None) \
             or isinstance(error, ConnectionClosedOK)
         if agent_closed:
-            log.info("agent closed the stream %s stream=%s: hanging up the leg", self.log_prefix, session.stream_sid)
-            return "agent"
-        log.warning("agent connection lost %s stream=%s: %s", self.log_prefix, session.stream_sid, _describe(error))
+            log.debug("agent closed the stream %s stream=%s", self.log_prefix, session.stream_sid)
+            return "agent", None
         try:
             await asyncio.wait_for(websocket.close(), 2.0)
         except (ConnectionClosed, OSError, TimeoutError):
             pass
-        return "lost"
+        return "lost", error
 
     # -- caller -> agent --------------------------------------------------------
     async def _pump_caller_audio(self) -> None:

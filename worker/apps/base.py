@@ -29,6 +29,7 @@ class AppContext:
     base_dir: str = "."
     counters: Counter = field(default_factory=Counter)
     stats: "WorkerStats | None" = None  # the worker's counters, set before App.start()
+    account_sid: str = ""  # `agent.account_sid`: the Twilio accountSid an agent's stream announces
     calls: "CallLink | None" = None  # call control through the supervisor (None: a worker run alone)
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

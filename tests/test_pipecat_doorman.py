@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-pytest.importorskip("pipecat", reason="pipecat-ai is not installed (pip install 'audiogw[pipecat]')")
+pytest.importorskip("pipecat.runner.run", reason="pipecat-ai[websocket,runner] is not installed (extra `pipecat`)")
 
 from audiogw.shared.net import free_port_block  # noqa: E402
 from audiogw.shared.wav import tone  # noqa: E402

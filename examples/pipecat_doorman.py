@@ -31,11 +31,12 @@ Hang-up: with ``TWILIO_ACCOUNT_SID`` and ``TWILIO_AUTH_TOKEN`` set (audiogw's
 ``agent.account_sid`` / ``agent.auth_token``) the serializer's ``auto_hang_up`` is on:
 when a pipeline ends it POSTs ``Status=completed`` to
 ``{TWILIO_BASE_URL}/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` with basic
-auth. ``TWILIO_BASE_URL`` is read by this bot, not by Pipecat's runner (which has no
+auth, which hangs up every leg of that callSid (so the bot sends no ``audiogw.hangup``
+then). ``TWILIO_BASE_URL`` is read by this bot, not by Pipecat's runner (which has no
 such variable and would post to api.twilio.com): set it to audiogw's HTTP listener,
 e.g. ``http://127.0.0.1:9100`` (``supervisor.metrics``). Without the pair,
-``auto_hang_up`` is off and a leg ends when the bot closes its stream (audiogw then
-hangs that leg up). ``DOORMAN_DOOR_DIGITS`` (default ``9``) is what the door panel
+``auto_hang_up`` is off: the bot sends ``audiogw.hangup`` for each leg and closes its
+streams. ``DOORMAN_DOOR_DIGITS`` (default ``9``) is what the door panel
 receives when the resident presses 9.
 """
 from __future__ import annotations
@@ -84,11 +85,14 @@ from audiogw.client.demo_agent import (
 )
 from audiogw.shared.media_streams import (
     DIAL_STATUS_EVENT,
+    AgentHangup,
     GatewayDialStatus,
     MediaStreamsError,
     parse_gateway_message,
 )
 
+# With both, the serializer's auto_hang_up (Twilio's REST API, here audiogw's) ends the call.
+HANG_UP_BY_REST = bool(os.getenv("TWILIO_ACCOUNT_SID") and os.getenv("TWILIO_AUTH_TOKEN"))
 RATE = 8000  # Twilio's (and so Pipecat's) µ-law 8 kHz; the pipeline runs at it, nothing resampled
 PROMPTS = load_prompts(DEFAULT_PROMPTS)  # at import, before any call: nothing blocks a pipeline later
 
@@ -129,6 +133,8 @@ class Conversation:
                     audio = render_parts(PROMPTS, action.parts, RATE)
                     await leg.push_frame(OutputAudioRawFrame(audio=audio.tobytes(), sample_rate=RATE, num_channels=1))
             elif isinstance(action, CallControl):
+                if isinstance(action, AgentHangup) and HANG_UP_BY_REST:
+                    continue  # its Close follows: the pipeline's end posts the REST hang-up (every leg)
                 leg = self.legs.get(IA)  # audiogw's events travel on the visitor's stream
                 if leg is not None:
                     message = json.loads(call_control_message(action, leg.stream_sid))
@@ -192,14 +198,11 @@ class DoormanLeg(FrameProcessor):
 
 
 def _serializer(stream_sid: str, call_sid: str) -> AudiogwTwilioSerializer:
-    account_sid = os.getenv("TWILIO_ACCOUNT_SID", "")
-    auth_token = os.getenv("TWILIO_AUTH_TOKEN", "")
-    hang_up = bool(account_sid and auth_token)
     return AudiogwTwilioSerializer(
         stream_sid=stream_sid, call_sid=call_sid,
-        account_sid=account_sid or None, auth_token=auth_token or None,
+        account_sid=os.getenv("TWILIO_ACCOUNT_SID") or None, auth_token=os.getenv("TWILIO_AUTH_TOKEN") or None,
         base_url=os.getenv("TWILIO_BASE_URL") or None,
-        params=TwilioFrameSerializer.InputParams(auto_hang_up=hang_up),
+        params=TwilioFrameSerializer.InputParams(auto_hang_up=HANG_UP_BY_REST),
     )
 
 

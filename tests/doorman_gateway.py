@@ -224,17 +224,17 @@ def write_config(tmp_path, url: str | None = None) -> int:
 VISITOR_SECONDS, RESIDENT_SECONDS = 14.0, 9.0
 
 
-def visitor_and_resident(base: int):
+def visitor_and_resident(base: int, visitor_seconds: float = VISITOR_SECONDS):
     """The visitor speaks at 1.6 s (after greeting and "who is there?"); the resident, on the line
     from 0.5 s (no AMI here: the agent tells them at once, without a dial), presses 1 at 6 s and
     speaks at 6.8 s; they hang up at 9 s: the visitor hears goodbye and is hung up."""
     call_uuid = uuid.uuid4()
-    visitor_source = at(1.6, VISITOR_HZ, 1.0, VISITOR_SECONDS)
+    visitor_source = at(1.6, VISITOR_HZ, 1.0, visitor_seconds)
     resident_source = at(6.8, RESIDENT_HZ, 1.0, RESIDENT_SECONDS)
 
     async def both():
         visitor = asyncio.create_task(place_call("127.0.0.1", base, call_uuid=call_uuid, source=visitor_source,
-                                                 seconds=VISITOR_SECONDS))
+                                                 seconds=visitor_seconds))
         await asyncio.sleep(0.5)
         resident = asyncio.create_task(place_call("127.0.0.1", base + 1, call_uuid=call_uuid,
                                                   source=resident_source, seconds=RESIDENT_SECONDS,
@@ -244,11 +244,11 @@ def visitor_and_resident(base: int):
     return asyncio.run(both())
 
 
-def assert_told_bridged_and_hung_up(visitor, resident, log: str) -> None:
+def assert_told_bridged_and_hung_up(visitor, resident, log: str, visitor_seconds: float = VISITOR_SECONDS) -> None:
     # The resident heard the visitor's recorded turn (the agent's playback, before the bridge).
     assert heard_tone(resident.recorded[: 6 * RATE], VISITOR_HZ, RATE) > 0.8, log[-3000:]
     # Bridged: the visitor heard the resident speak (after the 1), the agent still on the line.
     assert heard_tone(visitor.recorded[int(6.5 * RATE) : int(9 * RATE)], RESIDENT_HZ, RATE) > 0.5, log[-3000:]
     assert heard_tone(visitor.recorded[: 6 * RATE], RESIDENT_HZ, RATE) < 0.1  # not before the bridge
     # The resident hung up: goodbye to the visitor, whose leg the agent then ended.
-    assert visitor.hung_up_by == "server" and visitor.duration < VISITOR_SECONDS, (visitor.hung_up_by, log[-3000:])
+    assert visitor.hung_up_by == "server" and visitor.duration < visitor_seconds, (visitor.hung_up_by, log[-3000:])

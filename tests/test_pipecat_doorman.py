@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -66,21 +67,32 @@ def rest():
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def pipecat_bot(tmp_path_factory, rest):
-    """One bot for the module (starting Pipecat takes seconds); each test clears ``rest.requests``."""
+@dataclass
+class Bot:
+    url: str
+    log_path: Path
+    by_rest: bool  # TWILIO_* set: auto_hang_up (REST) ends calls; else audiogw.hangup events
+
+
+@pytest.fixture(scope="module", params=["rest", "events"])
+def pipecat_bot(request, tmp_path_factory, rest):
+    """One bot per hang-up mode for the module (starting Pipecat takes seconds); each test
+    clears ``rest.requests``."""
     tmp_path = tmp_path_factory.mktemp("pipecat")
     port = free_port_block(1)
     log_path = tmp_path / "pipecat.log"
-    env = dict(os.environ, TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-               TWILIO_BASE_URL=f"http://127.0.0.1:{rest.server_address[1]}", NO_COLOR="1")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TWILIO_")}
+    env["NO_COLOR"] = "1"
+    if request.param == "rest":
+        env.update(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                   TWILIO_BASE_URL=f"http://127.0.0.1:{rest.server_address[1]}")
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(EXAMPLE), "-t", "twilio", "--host", "127.0.0.1",
                                     "--port", str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    env=env, cwd=tmp_path)
     try:
         asyncio.run(_wait_listening(port, process, log_path))
-        yield f"ws://127.0.0.1:{port}/ws", log_path
+        yield Bot(f"ws://127.0.0.1:{port}/ws", log_path, request.param == "rest")
     finally:
         process.terminate()
         try:
@@ -104,7 +116,7 @@ async def _wait_listening(port: int, process: subprocess.Popen, log_path: Path) 
 
 
 def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot, rest):
-    url, log_path = pipecat_bot
+    url, log_path = pipecat_bot.url, pipecat_bot.log_path
     rest.requests.clear()
     turn = numpy.concatenate([tone(VISITOR_HZ, 0.8, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
 
@@ -133,11 +145,15 @@ def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot
         await resident.dtmf("2")
         await visitor.wait_closed()
         await resident.wait_closed()
-        assert sorted(event["hangup"]["leg"] for event in visitor.events("audiogw.hangup")) == ["ia", "retorno"]
+        hangups = sorted(event["hangup"]["leg"] for event in visitor.events("audiogw.hangup"))
+        assert hangups == ([] if pipecat_bot.by_rest else ["ia", "retorno"])  # with REST, that hangs up
         assert not resident.events("audiogw.hangup")  # audiogw's events travel on the visitor's stream
         return call
 
     call = asyncio.run(scenario())
+    if not pipecat_bot.by_rest:
+        assert not rest.requests
+        return
     # Each leg's pipeline ended with Pipecat's auto_hang_up against TWILIO_BASE_URL.
     expected_auth = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
     path = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{call}.json"
@@ -147,7 +163,7 @@ def test_pipecat_doorman_runs_the_flow_on_pipecats_twilio_serializer(pipecat_bot
 
 
 def test_pipecat_doorman_tells_the_visitor_when_nobody_answers(pipecat_bot, rest):
-    url, _ = pipecat_bot
+    url = pipecat_bot.url
     rest.requests.clear()
     turn = numpy.concatenate([tone(VISITOR_HZ, 0.6, RATE, 0.3), numpy.zeros(RATE, dtype=numpy.int16)])
 
@@ -159,28 +175,33 @@ def test_pipecat_doorman_tells_the_visitor_when_nobody_answers(pipecat_bot, rest
         before = len(visitor.received)
         await visitor.dial_status("busy")
         await visitor.wait_closed()
-        assert [event["hangup"] for event in visitor.events("audiogw.hangup")] == [{"leg": "ia"}]
+        expected = [] if pipecat_bot.by_rest else [{"leg": "ia"}]
+        assert [event["hangup"] for event in visitor.events("audiogw.hangup")] == expected
         # "nobody answers" (falling to 392 Hz, which "wait" has not) before the hang-up
         assert heard_tone(visitor.audio(before), 392.0, RATE) > 0.8
 
     asyncio.run(scenario())
-    assert len(rest.requests) == 1
+    assert len(rest.requests) == (1 if pipecat_bot.by_rest else 0)
 
 
 def test_pipecat_doorman_through_a_real_supervisor_and_worker(pipecat_bot, rest, tmp_path):
     """The Pipecat bot as an agent extension's agent: two softphone legs with one UUID."""
     from supervisor_fixture import SupervisorProcess, kill_tree
 
-    url, log_path = pipecat_bot
+    url, log_path = pipecat_bot.url, pipecat_bot.log_path
     rest.requests.clear()
     base = write_config(tmp_path, url)
     supervisor = SupervisorProcess(tmp_path, tmp_path / "audiogw.toml", base).start()
+    # Room for Pipecat's way to end: its EndFrame flushes 2 s of silence before the socket closes.
+    seconds = 18.0
     try:
-        visitor, resident = visitor_and_resident(base)
+        visitor, resident = visitor_and_resident(base, seconds)
     finally:
         kill_tree(supervisor.process.pid)
         supervisor.stop()
     log = supervisor.log()
-    assert_told_bridged_and_hung_up(visitor, resident, log + log_path.read_text(errors="replace"))
-    assert "agent hangs up leg=ia" in log  # the bot's audiogw.hangup (the worker closed the stream before
-    # the bot's EndFrame, so Pipecat skipped its REST hang-up: it only posts on a socket still open)
+    assert_told_bridged_and_hung_up(visitor, resident, log + log_path.read_text(errors="replace"), seconds)
+    if pipecat_bot.by_rest:  # the bot's pipeline ended first: Pipecat posted its REST hang-up
+        assert rest.requests and all(form == {"Status": "completed"} for _, _, form in rest.requests)
+    else:
+        assert "agent hangs up leg=ia" in log and not rest.requests  # the bot's audiogw.hangup

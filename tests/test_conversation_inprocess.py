@@ -271,6 +271,28 @@ async def test_hangup_ends_only_that_leg_and_a_ringing_retorno_is_cancelled_thro
 
 
 @in_loop
+async def test_an_agent_hangup_plays_out_what_the_agent_said_first() -> None:
+    """The doorman says goodbye, then asks for the hang-up: the goodbye is heard whole."""
+    calls = FakeCalls()
+    conversation = await _conversation(calls)
+    ia = await conversation.connect("ia")
+    retorno = await conversation.connect("retorno")
+    conversation.tick(5)  # past the first-audio grace
+    _say(retorno, 1234, frames=4)
+    await until(lambda: len(conversation.leg("retorno").outbound) == 4, "the goodbye queued")
+    ia.push_text(agent_hangup_message(ia.stream_sid, "retorno"))
+    await settle()
+    assert not conversation.leg("retorno").closed.is_set(), "hung up before the goodbye played"
+    for _ in range(6):
+        conversation.tick(1)
+        await settle()
+    await until(lambda: conversation.leg("retorno").closed.is_set(), "the retorno leg hung up")
+    assert sum(1 for frame in conversation.heard("retorno") if (frame == 1234).all()) == 4
+    assert conversation.leg("retorno").end_reason == "agent_hangup"
+    await _hang_up_all(conversation)
+
+
+@in_loop
 async def test_send_dtmf_goes_to_the_supervisor_and_a_hangup_leg_event_ends_every_leg() -> None:
     calls = FakeCalls()
     conversation = await _conversation(calls)

@@ -151,6 +151,7 @@ class AgentLeg:
         self.fallback_played = False
         self._tail_timer: asyncio.TimerHandle | None = None
         self.conversation: Conversation | None = None
+        self._hangup_task: asyncio.Task | None = None
 
     # -- the leg's life -------------------------------------------------------
     async def run(self) -> None:
@@ -164,12 +165,15 @@ class AgentLeg:
         self.stats.buffers[leg.outbound] = leg.kind
         conversation = self.conversation = self.app.conversations.join(leg)
         conversation.listeners[leg.kind] = self._on_dial_status
+        conversation.hangups[leg.kind] = self._hang_up_after_playout
         pump = asyncio.create_task(self._pump_caller_audio(), name=f"agent-in-{leg.kind}")
         try:
             await self._converse_until_done()
         finally:
             if conversation.listeners.get(leg.kind) == self._on_dial_status:
                 del conversation.listeners[leg.kind]
+            if conversation.hangups.get(leg.kind) == self._hang_up_after_playout:
+                del conversation.hangups[leg.kind]
             self.app.conversations.leave(leg)
             self.stats.buffers.pop(leg.outbound, None)
             if self._tail_timer is not None:
@@ -222,6 +226,11 @@ class AgentLeg:
                 "agent connection lost %s after %.1fs: %s; retry in %.1fs%s", self.log_prefix,
                 backoff.last_lived, _describe(error), backoff.delay,
                 f" (sessions or attempts failed in a row: {backoff.failures})" if backoff.failing else "")
+
+    def _hang_up_after_playout(self, reason: str) -> None:
+        """A hang-up the agent asked for (``audiogw.hangup``, a REST hang-up): what it said first is heard."""
+        if self._hangup_task is None or self._hangup_task.done():
+            self._hangup_task = asyncio.get_running_loop().create_task(self.play_out_and_hang_up(reason))
 
     async def play_out_and_hang_up(self, reason: str = "agent_hangup") -> None:
         """The agent is done (it closed its stream; also usable for a hang-up it asks for): what it

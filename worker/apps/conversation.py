@@ -64,6 +64,9 @@ class Conversation:
         self.legs: dict[str, "Leg"] = {}
         self.bridged = False
         self.listeners: dict[str, DialListener] = {}
+        # How a leg is hung up when the agent or the supervisor asks (default: at once). The agent
+        # app's legs play out what the agent already said first (its goodbye is heard).
+        self.hangups: dict[str, Callable[[str], None]] = {}
 
     @property
     def calls(self) -> "CallLink | None":
@@ -114,7 +117,7 @@ class Conversation:
             leg = self.live_leg(message.leg)
             if leg is not None:
                 log.info("%s agent hangs up leg=%s", self._prefix(), message.leg)
-                leg.hangup("agent_hangup")
+                self._hang_up(leg, "agent_hangup")
                 return
             if calls is None:
                 raise Refused("no_such_leg", f"hangup: leg {message.leg} is not connected ({NO_CALL_CONTROL})")
@@ -148,7 +151,14 @@ class Conversation:
                 leg = self.live_leg(kind)
                 if leg is not None:
                     log.info("%s hangup leg=%s reason=%s (call control)", self._prefix(), kind, event.reason)
-                    leg.hangup(event.reason or "hangup_leg")
+                    self._hang_up(leg, event.reason or "hangup_leg")
+
+    def _hang_up(self, leg: "Leg", reason: str) -> None:
+        hang_up = self.hangups.get(leg.kind)
+        if hang_up is None:
+            leg.hangup(reason)
+        else:
+            hang_up(reason)
 
     def _prefix(self) -> str:
         return f"extension={self.owner.context.extension} uuid={self.uuid}"

@@ -19,7 +19,7 @@ import zmq.asyncio
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.messages import (
-    Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
+    Drain, Failed, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
 )
 from audiogw.shared.records import leg_records_file
 from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
@@ -37,6 +37,8 @@ log = logging.getLogger("audiogw.supervisor")
 
 DUMP_BEFORE_KILL = 0.5  # seconds between DUMP_SIGNAL (the worker's thread dump) and SIGKILL of a hung worker
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
+# How long an exit 78 waits for the worker's Failed message (sent just before it exits) to be read.
+FAILED_REPORT_WAIT = 0.2
 
 
 def restart_policy(config: Config) -> RestartPolicy:
@@ -189,10 +191,16 @@ class Supervisor:
         log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
                  runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
 
-    def _on_exit(self, runtime: ExtensionRuntime, process) -> None:
-        asyncio.get_running_loop().remove_reader(process.sentinel)
-        process.join(0)
+    def _on_exit(self, runtime: ExtensionRuntime, process, waited: float = 0.0) -> None:
+        if not waited:
+            asyncio.get_running_loop().remove_reader(process.sentinel)
+            process.join(0)
         code = process.exitcode
+        if code == EX_CONFIG and runtime.process is process and runtime.failure_report is None:
+            self._read_bus()  # its Failed message (the option error) was sent before the exit
+            if runtime.failure_report is None and waited < FAILED_REPORT_WAIT:
+                asyncio.get_running_loop().call_later(0.02, self._on_exit, runtime, process, waited + 0.02)
+                return
         predecessor = runtime.predecessor
         if predecessor is not None and predecessor.process is process:
             runtime.predecessor_exited()  # never a crash of the new worker: its lifecycle is not told
@@ -213,8 +221,8 @@ class Supervisor:
         state_before = runtime.lifecycle.state
         action = runtime.lifecycle.exited(now, code=exit_code, signal=signal_number)
         if exit_code == EX_CONFIG and runtime.lifecycle.state != WorkerState.STOPPED:
-            runtime.lifecycle.mark_fatal(now, f"exited with code {EX_CONFIG}: cannot start with this config "
-                                              "(the worker's log line says why)")
+            runtime.lifecycle.mark_fatal(now, runtime.failure_report or f"exited with code {EX_CONFIG}: cannot "
+                                         "start with this config (the worker's log line says why)")
             action = Action.NONE
         if state_before != WorkerState.STOPPING:
             runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
@@ -351,6 +359,9 @@ class Supervisor:
             if runtime.predecessor is not None and runtime.predecessor.pid == message.pid:
                 runtime.predecessor_heartbeat(message.stats)  # a replaced worker still draining
             return  # else from a worker that is gone or being replaced
+        if isinstance(message, Failed):  # the exit 78 that follows is marked fatal with this reason
+            runtime.failure_report = message.reason
+            return
         now = time.monotonic()
         runtime.stats = message.stats
         runtime.last_heartbeat_wall = time.time()

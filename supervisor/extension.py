@@ -81,6 +81,7 @@ class ExtensionRuntime:
         # How the current start ends: None (it serves) or the reason it failed; see expect_outcome().
         self.outcome: asyncio.Future[str | None] | None = None
         self.predecessor: Predecessor | None = None  # the old worker draining apart after a handover
+        self.failure_report: str | None = None  # why the live worker cannot start (its Failed message)
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations
@@ -127,6 +128,7 @@ class ExtensionRuntime:
         self.identity = f"{self.id}:{process.pid}".encode()
         self.started_at = time.monotonic()
         self.stats = {}
+        self.failure_report = None
         self.ready_event.clear()
         self.exited_event.clear()
         try:

@@ -44,3 +44,24 @@ class HangApp(App):
     async def run_leg(self, leg) -> None:
         leg.forward_to(leg)
         await leg.wait_closed()
+
+
+class CloseHangOptions(AppOptions):
+    close_blocks: float = 30.0  # seconds its close() blocks the loop (0: a clean close)
+
+
+class CloseHangApp(App):
+    """Echo, then at the end of a drain (a stop, a removal, a reload's handover) blocks its event
+    loop in ``blocked_here``: the supervisor's drain deadline kills it, thread dump first."""
+
+    name = "close-hang"
+    Options = CloseHangOptions
+    options: CloseHangOptions
+
+    async def run_leg(self, leg) -> None:
+        leg.forward_to(leg)
+        await leg.wait_closed()
+
+    async def close(self) -> None:
+        if self.options.close_blocks:
+            blocked_here(self.options.close_blocks)

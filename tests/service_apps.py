@@ -65,3 +65,24 @@ class CloseHangApp(App):
     async def close(self) -> None:
         if self.options.close_blocks:
             blocked_here(self.options.close_blocks)
+
+
+class BusyOptions(AppOptions):
+    spin: float = 0.02  # seconds of CPU work per 50 ms while a leg is up
+
+
+class BusyApp(App):
+    """Echo, and spends CPU while a leg is up (``spin`` s of every 50 ms): a worker whose CPU time
+    grows while it drains a call, for the CPU totals across a reload's handover."""
+
+    name = "busy"
+    Options = BusyOptions
+    options: BusyOptions
+
+    async def run_leg(self, leg) -> None:
+        leg.forward_to(leg)
+        while not leg.closed.is_set():
+            until = time.monotonic() + self.options.spin
+            while time.monotonic() < until:
+                pass
+            await asyncio.sleep(max(0.0, 0.05 - self.options.spin))

@@ -98,6 +98,9 @@ class ExtensionRuntime:
         self.outcome: asyncio.Future[str | None] | None = None
         self.predecessor: Predecessor | None = None  # the old worker draining apart after a handover
         self.failure_report: str | None = None  # why the live worker cannot start (its Failed message)
+        # (totals, kernel figures, lifecycle key, ExtensionSample): the metrics sample and what it was
+        # built from (supervisor/metrics.py sample_runtime), built again only when one of those changed.
+        self.metrics_sample: tuple | None = None
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations

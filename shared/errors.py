@@ -15,8 +15,7 @@ from typing import IO, NoReturn
 
 import orjson
 
-PREFIX = "error: "
-WARNING_PREFIX = "warning: "
+PREFIX = "error: "  # what every human error line starts with (``warning: `` for a warning)
 
 # What went wrong, for scripts: the supervisor refused, no reply, a bad command line,
 # a bad config (or state) file, a reply of the wrong shape, a file that cannot be written.
@@ -30,22 +29,21 @@ def one_line(message: str) -> str:
 
 def error_text(kind: str, message: str, *, as_json: bool) -> str:
     """The line that reports this error (no newline)."""
-    if kind not in ERROR_KINDS:
-        raise ValueError(f"unknown error kind {kind!r}")
-    message = one_line(message)
-    if as_json:
-        return orjson.dumps({"error": {"kind": kind, "message": message}}).decode()
-    return PREFIX + message
+    return _line("error", kind, message, as_json)
 
 
 def warning_text(kind: str, message: str, *, as_json: bool) -> str:
     """The line that reports this warning (no newline): the error's form, under ``warning``."""
+    return _line("warning", kind, message, as_json)
+
+
+def _line(what: str, kind: str, message: str, as_json: bool) -> str:
     if kind not in ERROR_KINDS:
-        raise ValueError(f"unknown warning kind {kind!r}")
+        raise ValueError(f"unknown {what} kind {kind!r}")
     message = one_line(message)
     if as_json:
-        return orjson.dumps({"warning": {"kind": kind, "message": message}}).decode()
-    return WARNING_PREFIX + message
+        return orjson.dumps({what: {"kind": kind, "message": message}}).decode()
+    return f"{what}: {message}"
 
 
 def report_warning(kind: str, message: str, *, as_json: bool = False) -> None:

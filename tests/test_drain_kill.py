@@ -32,11 +32,14 @@ def gone(pid: int) -> bool:
         return True
 
 
-def dump_before_kill(log: str, pid: int) -> str:
-    """What the log holds between the dump order for worker ``pid`` and its kill: its thread dump."""
-    ordered = re.search(rf"pid={pid}: [^\n]*dumping its threads[^\n]*\n", log)
+def dumped_then_killed(supervisor, pid: int, why: str) -> None:
+    """Worker ``pid`` dies; between its dump order (``why``) and its kill the log holds its thread dump."""
+    wait_for(lambda: gone(pid), 20, what=f"worker {pid} killed")
+    log = supervisor.log()
+    ordered = re.search(rf"pid={pid}: [^\n]*{re.escape(why)}[^\n]*dumping its threads[^\n]*\n", log)
     assert ordered, log
-    return log[ordered.end():log.index(f"worker kill extension=", ordered.end())]
+    dump = log[ordered.end():log.index("worker kill extension=", ordered.end())]
+    assert "Thread 0x" in dump and "in blocked_here" in dump, dump  # the frame that blocks the loop
 
 
 def test_hung_in_a_handover_drain_then_in_a_removal_drain_dumps_then_dies(tmp_path):
@@ -55,20 +58,12 @@ def test_hung_in_a_handover_drain_then_in_a_removal_drain_dumps_then_dies(tmp_pa
             f"retorno_port = {base + 3}\n{APP}", f"retorno_port = {base + 3}\n{APP}options = {{ close_blocks = 0 }}\n"))
         result = ctl(supervisor, "reload")
         assert result.returncode == 0, result
-        wait_for(lambda: gone(pids["1202"]), 20, what="the replaced worker killed")
-        log = supervisor.log()
-        dump = dump_before_kill(log, pids["1202"])
-        assert "Thread 0x" in dump and "in blocked_here" in dump, dump
-        assert "(replaced) did not end its drain" in log
+        dumped_then_killed(supervisor, pids["1202"], "(replaced) did not end its drain")
         assert rows(supervisor)["1202"]["state"] == "running"  # the new worker serves
         # 2. 1201 removed: its drain's end blocks too; the stop's deadline kills it.
         result = ctl(supervisor, "--timeout", "30", "remove-extension", "1201", "--drain", "0")  # waits for the kill
         assert result.returncode == 0, result
-        wait_for(lambda: gone(pids["1201"]), 20, what="the removed worker killed")
-        log = supervisor.log()
-        dump = dump_before_kill(log, pids["1201"])
-        assert "Thread 0x" in dump and "in blocked_here" in dump, dump
-        assert "did not stop within" in log
+        dumped_then_killed(supervisor, pids["1201"], "did not stop within")
     finally:
         supervisor.stop()
         kill_tree(supervisor.process.pid)

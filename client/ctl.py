@@ -51,7 +51,7 @@ from audiogw.shared.config import (
     default_config_path,
     load_control_config,
 )
-from audiogw.shared.errors import OneLineErrors, json_requested, report_error
+from audiogw.shared.errors import OneLineErrors, json_requested, report_error, report_warning
 from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
@@ -87,7 +87,6 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-PROG = "audiogw ctl"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -574,8 +573,8 @@ class _Settings:
                 hint = " (or give the endpoint: --endpoint URL)"
             _fail(EXIT_USAGE, f"{error}{hint}", "config")
         if config.problem is not None:
-            click.echo(f"{PROG}: warning: the config file has an error (the supervisor would refuse it): "
-                       f"{config.problem}", err=True)
+            report_warning("config", f"the config file has an error (the supervisor would refuse it): "
+                           f"{config.problem}", as_json=_json_requested())
         return config
 
 

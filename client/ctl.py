@@ -729,7 +729,9 @@ def _dialplan_text(result: Any, args: Mapping[str, Any]) -> str:
 # a command with no entry prints its result as JSON, so a new command needs none.
 HUMAN: dict[CommandSpec, Human] = {
     ADD_EXTENSION: lambda result, args: format_extension(_mapping(result)),
-    REMOVE_EXTENSION: lambda result, args: f"extension {_result_id(result, args['id'])} removed",
+    REMOVE_EXTENSION: lambda result, args: f"extension {_result_id(result, args['id'])} removed"
+                      + (f" (calls in progress may go on for {result['drain']:g} s)"
+                         if isinstance(result, dict) and result.get("drain") else ""),
     RESTART_EXTENSION: _restarted,
     LIST: lambda result, args: format_list_table(_rows(result)),
     STATUS: lambda result, args: format_status_table(_rows(result)),

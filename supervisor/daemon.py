@@ -483,6 +483,12 @@ class Supervisor:
         await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
                              *self._background, return_exceptions=True)
 
+    def remove_in_background(self, runtime: ExtensionRuntime, drain: float) -> None:
+        """A removal: gone from the table and refusing new calls now; its calls drain in the background."""
+        self.extensions.pop(runtime.id, None)
+        runtime.close_sockets()
+        self._in_background(self._remove(runtime, drain))
+
     async def _remove(self, runtime: ExtensionRuntime, drain: float) -> None:
         async with runtime.lock:  # a ctl command on this extension finishes first
             await self.stop_extension(runtime, drain, remove=True)
@@ -527,7 +533,7 @@ class Supervisor:
         # closes its listening sockets on its first step, before an addition may bind that port.
         for extension_id in plan.remove:
             if (runtime := self.extensions.get(extension_id)) is not None:
-                self._in_background(self._remove(runtime, settings.drain_seconds))
+                self.remove_in_background(runtime, settings.drain_seconds)
         await asyncio.sleep(0)
         started: list[ExtensionRuntime] = []
         for extension in plan.replace:  # before the additions: a moved extension frees its old ports

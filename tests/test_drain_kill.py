@@ -61,7 +61,7 @@ def test_hung_in_a_handover_drain_then_in_a_removal_drain_dumps_then_dies(tmp_pa
         dumped_then_killed(supervisor, pids["1202"], "(replaced) did not end its drain")
         assert rows(supervisor)["1202"]["state"] == "running"  # the new worker serves
         # 2. 1201 removed: its drain's end blocks too; the stop's deadline kills it.
-        result = ctl(supervisor, "--timeout", "30", "remove-extension", "1201", "--drain", "0")  # waits for the kill
+        result = ctl(supervisor, "remove-extension", "1201", "--drain", "0")  # answers at once; the kill follows
         assert result.returncode == 0, result
         dumped_then_killed(supervisor, pids["1201"], "did not stop within")
     finally:

@@ -200,8 +200,9 @@ def main(extensions: int, kills: int, idle_seconds: float, pacing_calls: int, pa
     kill = report["kill9_to_serving_ms"]
     click.echo(f"extensions: {extensions}")
     click.echo(f"add-extension to both ports answering: p50 {add['p50']:.1f} ms, p95 {add['p95']:.1f} ms, max {add['max']:.1f} ms (target p50 <= 100 ms)")
-    click.echo(f"kill -9 to serving again: p50 {kill['p50']:.1f} ms, max {kill['max']:.1f} ms, {kill['recovered']}/{kill['kills']} recovered, "
-               f"{kill['refused_connections']} refused connections (target <= 500 ms, 0 refused)")
+    if kill["kills"]:  # --kills 0 measures no restart
+        click.echo(f"kill -9 to serving again: p50 {kill['p50']:.1f} ms, max {kill['max']:.1f} ms, {kill['recovered']}/{kill['kills']} recovered, "
+                   f"{kill['refused_connections']} refused connections (target <= 500 ms, 0 refused)")
     click.echo(f"worker USS: median {report['worker_uss_mb']['median']:.1f} MB, max {report['worker_uss_mb']['max']:.1f} MB "
                f"(RSS median {report['worker_rss_mb']['median']:.1f} MB) (target USS <= 10 MB)")
     for key, name in (("scrape_ms", "text"), ("scrape_openmetrics_ms", "OpenMetrics")):

@@ -11,6 +11,7 @@ import importlib
 import click
 
 from audiogw.shared.blas import single_threaded_blas
+from audiogw.shared.errors import OneLineErrors
 from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
 BENCH_PACKAGE = "audiogw.bench"
@@ -27,7 +28,13 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(OneLineErrors, click.Group):
+    """Subcommands imported when used; click's usage errors (``audiogw nosuch``, a subcommand's
+    unknown option or missing argument) are one ``error: ...`` line, exit 2. Not JSON: the group
+    takes no ``--json`` (``ctl`` and ``call``, which do, answer their own errors in JSON)."""
+
+    json_errors = False
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
 

@@ -51,7 +51,7 @@ from audiogw.shared.config import (
     default_config_path,
     load_control_config,
 )
-from audiogw.shared.errors import OneLineErrors, json_requested, report_error
+from audiogw.shared.errors import OneLineErrors, json_requested, report_error, report_warning
 from audiogw.shared.settings import CURVE_KEYS
 from audiogw.shared.messages import MessageError, Reply, Request, decode_reply, encode_request
 
@@ -87,7 +87,6 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-PROG = "audiogw ctl"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -574,8 +573,8 @@ class _Settings:
                 hint = " (or give the endpoint: --endpoint URL)"
             _fail(EXIT_USAGE, f"{error}{hint}", "config")
         if config.problem is not None:
-            click.echo(f"{PROG}: warning: the config file has an error (the supervisor would refuse it): "
-                       f"{config.problem}", err=True)
+            report_warning("config", f"the config file has an error (the supervisor would refuse it): "
+                           f"{config.problem}", as_json=_json_requested())
         return config
 
 
@@ -730,7 +729,9 @@ def _dialplan_text(result: Any, args: Mapping[str, Any]) -> str:
 # a command with no entry prints its result as JSON, so a new command needs none.
 HUMAN: dict[CommandSpec, Human] = {
     ADD_EXTENSION: lambda result, args: format_extension(_mapping(result)),
-    REMOVE_EXTENSION: lambda result, args: f"extension {_result_id(result, args['id'])} removed",
+    REMOVE_EXTENSION: lambda result, args: f"extension {_result_id(result, args['id'])} removed"
+                      + (f" (calls in progress may go on for {result['drain']:g} s)"
+                         if isinstance(result, dict) and result.get("drain") else ""),
     RESTART_EXTENSION: _restarted,
     LIST: lambda result, args: format_list_table(_rows(result)),
     STATUS: lambda result, args: format_status_table(_rows(result)),

@@ -241,6 +241,7 @@ class Extension(msgspec.Struct):
 
 class Removed(msgspec.Struct):
     id: str
+    drain: float  # seconds the calls in progress may still take (they finish in the background)
 
 
 class Override(msgspec.Struct):
@@ -309,7 +310,10 @@ ADD_EXTENSION = CommandSpec(
     reply_timeout=START_REPLY_TIMEOUT,
 )
 REMOVE_EXTENSION = CommandSpec(
-    "remove-extension", "Stop extension ID's worker and forget it. Persisted.", (_ID, _DRAIN), Removed
+    "remove-extension", "Stop extension ID's worker and forget it. Persisted.", (_ID, _DRAIN), Removed,
+    help="Forget extension ID (persisted) and refuse new calls at once; the calls in progress go on for "
+         "up to --drain seconds (default supervisor.drain_seconds) in the background, then are hung up. "
+         "Answers at once.",
 )
 RESTART_EXTENSION = CommandSpec(
     "restart-extension", "Restart extension ID's worker (its calls are dropped).", (_ID,), Extension,

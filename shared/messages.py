@@ -4,7 +4,7 @@ Three channels, each JSON over ZeroMQ, each with one ``encode_*`` and one
 ``decode_*`` function below; the structs are the only place a field is named:
 
 - worker bus, worker -> supervisor (DEALER -> ROUTER): :data:`WorkerMessage`,
-  tagged on ``type``: :class:`Ready`, :class:`Heartbeat`, :class:`Stopping`.
+  tagged on ``type``: :class:`Ready`, :class:`Heartbeat`, :class:`Stopping`, :class:`Failed`.
 - worker bus, supervisor -> worker: :data:`WorkerCommand`: :class:`Drain`, :class:`Stop`.
 - control, ctl -> supervisor (DEALER -> ROUTER, multipart [identity, body]):
   :class:`Request`; the answer is a :class:`Reply`.
@@ -75,7 +75,15 @@ class Stopping(_FromWorker, frozen=True, tag="stopping"):
     """The worker's last message (its final counters), sent as it exits."""
 
 
-WorkerMessage = Union[Ready, Heartbeat, Stopping]
+class Failed(_FromWorker, frozen=True, tag="failed"):
+    """The worker cannot start with its config and exits 78 (EX_CONFIG) right after this:
+    ``reason`` is the option error itself, what ctl list/status and the add-extension or
+    restart-extension refusal show (the exit code alone says only "bad config")."""
+
+    reason: str
+
+
+WorkerMessage = Union[Ready, Heartbeat, Stopping, Failed]
 
 
 # -- supervisor -> worker ------------------------------------------------------
@@ -288,7 +296,7 @@ def _id_of(raw: bytes) -> str | None:
 
 
 __all__ = [
-    "MAX_MESSAGE_BYTES", "MessageError", "Ready", "Heartbeat", "Stopping", "WorkerMessage", "Drain", "Stop",
+    "MAX_MESSAGE_BYTES", "MessageError", "Ready", "Heartbeat", "Stopping", "Failed", "WorkerMessage", "Drain", "Stop",
     "WorkerCommand", "Request", "Reply", "encode_worker_message", "decode_worker_message",
     "encode_worker_command", "decode_worker_command", "encode_request", "decode_request",
     "encode_reply", "decode_reply", "LegStarted", "LegEnded", "Dial", "SendDtmf", "HangupRemote",

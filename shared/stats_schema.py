@@ -187,10 +187,11 @@ EXTENSION_FIGURES: tuple[Field, ...] = (
     Field("restarts", "audiogw_worker_restarts", "counter", "Worker restarts by the supervisor."),
     Field("fatal_retries", "audiogw_worker_fatal_retries", "counter",
           "Tries of a fatal worker on the slow supervisor.fatal_retry timer (also counted in restarts)."),
-    Field("rss", "audiogw_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.",
+    Field("rss", "audiogw_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process (a reload's draining predecessor included).",
           unit="bytes"),
     Field("cpu_seconds", "audiogw_worker_cpu_seconds", "counter",
-          "CPU time (user + system) of the extension's worker, over every incarnation.", unit="seconds"),
+          "CPU time (user + system) of the extension's worker, over every incarnation (a reload's draining "
+          "predecessor included).", unit="seconds"),
     Field("realtime_priority", "audiogw_worker_realtime_priority", "gauge",
           "SCHED_RR priority the worker runs at, read from the kernel; 0: normal scheduling "
           "(also when audiosocket.realtime_priority was refused)."),

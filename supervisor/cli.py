@@ -8,7 +8,7 @@ import click
 
 from audiogw.shared.blas import single_threaded_blas
 from audiogw.shared.config import CONFIG_SEARCH_HELP, ConfigError, default_config_path, load_config
-from audiogw.shared.errors import report_error
+from audiogw.shared.errors import OneLineErrors, report_error
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.version import DISTRIBUTION, VERSION_MESSAGE
 
@@ -36,7 +36,14 @@ def ephemeral_overlap_warning(port_range: tuple[int, int], ephemeral: tuple[int,
             f"the agents' WebSockets) can take an extension's port; choose a range outside it")
 
 
-@click.group()
+class SupervisorGroup(OneLineErrors, click.Group):
+    """click's usage errors (``audiogw-supervisor nosuch``, ``start --bogus``) as one ``error: ...``
+    line, exit 2, like every error of this command (no ``--json`` here)."""
+
+    json_errors = False
+
+
+@click.group(cls=SupervisorGroup)
 @click.version_option(package_name=DISTRIBUTION, message=VERSION_MESSAGE)
 def cli() -> None:
     """audiogw supervisor: one AudioSocket worker process per extension."""
@@ -77,11 +84,10 @@ def start(config_path: str | None) -> None:
             prepare_ipc_folder(config.supervisor.control)
             claim_endpoint(config.supervisor.control)
         except EndpointInUse as error:
-            click.echo(f"audiogw-supervisor: {error}", err=True)
+            report_error("refused", str(error))
             sys.exit(2)
         except OSError as error:
-            click.echo(f"audiogw-supervisor: control endpoint {config.supervisor.control}: "
-                       f"{error.strerror or error}", err=True)
+            report_error("io", f"control endpoint {config.supervisor.control}: {error.strerror or error}")
             sys.exit(2)
         # Before the zygote forks: it and every worker inherit the raised limit.
         before, after = raise_fd_limit()
@@ -125,7 +131,7 @@ def _run(config, zygote) -> int:
         try:
             return await supervisor.run()
         except EndpointInUse as error:  # taken between the start-up check and the bind
-            click.echo(f"audiogw-supervisor: {error}", err=True)
+            report_error("refused", str(error))
             return 2
 
     return uvloop.run(main())

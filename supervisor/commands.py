@@ -181,11 +181,13 @@ def explicit_ports(args: dict[str, Any]) -> set[int]:
 
 
 async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    """Forget the extension (persisted) and refuse new calls at once; the calls in progress finish
+    in the background for ``drain`` s, so the reply never waits for a drain ctl's timeout cannot cover."""
     runtime = _runtime(supervisor, args["id"])
     async with runtime.lock:
         supervisor.forget_extension(runtime.id)
-        await supervisor.stop_extension(runtime, args["drain"], remove=True)
-    return {"id": runtime.id}
+        supervisor.remove_in_background(runtime, args["drain"])
+    return {"id": runtime.id, "drain": args["drain"]}
 
 
 async def restart_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ import zmq.asyncio
 from audiogw.shared.config import Config, ConfigError, ExtensionConfig, load_config
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.messages import (
-    Drain, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
+    Drain, Failed, MessageError, Ready, WorkerCommand, decode_worker_message, encode_worker_command,
 )
 from audiogw.shared.records import leg_records_file
 from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
@@ -37,6 +37,8 @@ log = logging.getLogger("audiogw.supervisor")
 
 DUMP_BEFORE_KILL = 0.5  # seconds between DUMP_SIGNAL (the worker's thread dump) and SIGKILL of a hung worker
 EX_CONFIG = 78  # a worker that exits with this cannot start with its config: do not restart it
+# How long an exit 78 waits for the worker's Failed message (sent just before it exits) to be read.
+FAILED_REPORT_WAIT = 0.2
 
 
 def restart_policy(config: Config) -> RestartPolicy:
@@ -66,6 +68,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._zmq = zmq.asyncio.Context()
         self._background: set[asyncio.Task] = set()  # removals a reload left draining
+        self._killing: set[int] = set()  # pids sent DUMP_SIGNAL whose SIGKILL is pending (kill_worker)
         run_dir = os.path.join(config.supervisor.state_dir, "run")
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         os.chmod(run_dir, 0o700)
@@ -158,9 +161,9 @@ class Supervisor:
         runtime.lifecycle.request_stop(time.monotonic())
         process = runtime.process
         if process is not None and process.exitcode is None:
-            process.kill()
+            self.kill_worker(runtime, process, "add-extension refused: its start is taken back", headline="discarded")
             try:
-                await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
+                await asyncio.wait_for(runtime.exited_event.wait(), DUMP_BEFORE_KILL + 5.0)
             except TimeoutError:
                 log.warning("worker extension=%s pid=%s did not exit after SIGKILL", runtime.id, process.pid)
         runtime.close_sockets()
@@ -189,10 +192,16 @@ class Supervisor:
         log.info("worker start extension=%s pid=%d app=%s ports=%d/%d", runtime.id, process.pid,
                  runtime.config.app, runtime.config.ia_port, runtime.config.retorno_port)
 
-    def _on_exit(self, runtime: ExtensionRuntime, process) -> None:
-        asyncio.get_running_loop().remove_reader(process.sentinel)
-        process.join(0)
+    def _on_exit(self, runtime: ExtensionRuntime, process, waited: float = 0.0) -> None:
+        if not waited:
+            asyncio.get_running_loop().remove_reader(process.sentinel)
+            process.join(0)
         code = process.exitcode
+        if code == EX_CONFIG and runtime.process is process and runtime.failure_report is None:
+            self._read_bus()  # its Failed message (the option error) was sent before the exit
+            if runtime.failure_report is None and waited < FAILED_REPORT_WAIT:
+                asyncio.get_running_loop().call_later(0.02, self._on_exit, runtime, process, waited + 0.02)
+                return
         predecessor = runtime.predecessor
         if predecessor is not None and predecessor.process is process:
             runtime.predecessor_exited()  # never a crash of the new worker: its lifecycle is not told
@@ -213,8 +222,8 @@ class Supervisor:
         state_before = runtime.lifecycle.state
         action = runtime.lifecycle.exited(now, code=exit_code, signal=signal_number)
         if exit_code == EX_CONFIG and runtime.lifecycle.state != WorkerState.STOPPED:
-            runtime.lifecycle.mark_fatal(now, f"exited with code {EX_CONFIG}: cannot start with this config "
-                                              "(the worker's log line says why)")
+            runtime.lifecycle.mark_fatal(now, runtime.failure_report or f"exited with code {EX_CONFIG}: cannot "
+                                         "start with this config (the worker's log line says why)")
             action = Action.NONE
         if state_before != WorkerState.STOPPING:
             runtime.settle(runtime.lifecycle.last_failure or describe_exit(exit_code, signal_number))
@@ -244,26 +253,37 @@ class Supervisor:
                 action = runtime.lifecycle.exited(time.monotonic(), code=None, signal=None)
                 runtime.settle(f"cannot start the worker: {error}")
                 self._act(runtime, action)
-        elif action == Action.KILL and runtime.pid is not None:
-            # First the worker's traceback of every thread (faulthandler, worker/main.py), then the kill.
-            pid, reason = runtime.pid, runtime.lifecycle.kill_reason or ""
-            log.warning("worker unresponsive extension=%s pid=%d: %s; dumping its threads (%s), kill in %.1f s",
-                        runtime.id, pid, reason, DUMP_SIGNAL.name, DUMP_BEFORE_KILL,
-                        extra={"event": "worker_unresponsive", "extension": runtime.id, "reason": reason})
-            try:
-                os.kill(pid, DUMP_SIGNAL)
-            except ProcessLookupError:
-                return
-            asyncio.get_running_loop().call_later(DUMP_BEFORE_KILL, self._kill, runtime, pid, reason)
+        elif action == Action.KILL and runtime.process is not None:
+            self.kill_worker(runtime, runtime.process, runtime.lifecycle.kill_reason or "")
 
-    def _kill(self, runtime: ExtensionRuntime, pid: int, reason: str) -> None:
-        """SIGKILL the worker ordered killed, unless that process already ended."""
-        if runtime.pid != pid:
+    def kill_worker(self, runtime: ExtensionRuntime, process, reason: str, headline: str = "unresponsive") -> None:
+        """Every kill of a worker goes through here: hung at start or in service (the lifecycle's KILL),
+        in a drain (a stop, a removal, a handover's predecessor past its deadline), or discarded.
+        First ``DUMP_SIGNAL``: the worker's faulthandler (worker/main.py) writes every thread's stack to
+        its stderr, the log, even while its loop is blocked; SIGKILL follows ``DUMP_BEFORE_KILL`` s
+        later unless the process ended meanwhile. A kill already under way is not repeated."""
+        pid = process.pid
+        if pid in self._killing:
             return
-        log.warning("worker kill extension=%s pid=%d: %s", runtime.id, pid, reason,
+        log.warning("worker %s extension=%s pid=%d: %s; dumping its threads (%s), kill in %.1f s", headline,
+                    runtime.id, pid, reason, DUMP_SIGNAL.name, DUMP_BEFORE_KILL,
+                    extra={"event": "worker_unresponsive", "extension": runtime.id, "reason": reason})
+        try:
+            os.kill(pid, DUMP_SIGNAL)
+        except ProcessLookupError:
+            return
+        self._killing.add(pid)
+        asyncio.get_running_loop().call_later(DUMP_BEFORE_KILL, self._kill, runtime, process, reason)
+
+    def _kill(self, runtime: ExtensionRuntime, process, reason: str) -> None:
+        """SIGKILL the worker ordered killed, unless that process already ended."""
+        self._killing.discard(process.pid)
+        if process.exitcode is not None:  # polls its sentinel: a kill is rare, never the heartbeat path
+            return
+        log.warning("worker kill extension=%s pid=%d: %s", runtime.id, process.pid, reason,
                     extra={"event": "worker_kill", "extension": runtime.id, "reason": reason})
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -351,6 +371,9 @@ class Supervisor:
             if runtime.predecessor is not None and runtime.predecessor.pid == message.pid:
                 runtime.predecessor_heartbeat(message.stats)  # a replaced worker still draining
             return  # else from a worker that is gone or being replaced
+        if isinstance(message, Failed):  # the exit 78 that follows is marked fatal with this reason
+            runtime.failure_report = message.reason
+            return
         now = time.monotonic()
         runtime.stats = message.stats
         runtime.last_heartbeat_wall = time.time()
@@ -442,16 +465,16 @@ class Supervisor:
             try:
                 await asyncio.wait_for(runtime.exited_event.wait(), drain + 5.0)
             except TimeoutError:
-                log.warning("worker extension=%s did not stop within %.1fs: killing", runtime.id, drain + 5.0)
-                process.kill()
-                await asyncio.wait_for(runtime.exited_event.wait(), 5.0)
+                self.kill_worker(runtime, process, f"did not stop within {drain + 5.0:.1f} s of its drain")
+                await asyncio.wait_for(runtime.exited_event.wait(), DUMP_BEFORE_KILL + 5.0)
         if (predecessor := runtime.predecessor) is not None:  # already draining since a reload: let it end
             self.send_to_worker(runtime, Drain(seconds=drain), predecessor.identity)  # ignored if it drains
             try:
                 await asyncio.wait_for(predecessor.exited.wait(), drain + 5.0)
             except TimeoutError:
-                predecessor.process.kill()
-                await asyncio.wait_for(predecessor.exited.wait(), 5.0)
+                self.kill_worker(runtime, predecessor.process,
+                                 f"(replaced) did not stop within {drain + 5.0:.1f} s of its drain")
+                await asyncio.wait_for(predecessor.exited.wait(), DUMP_BEFORE_KILL + 5.0)
         self._wake.set()
 
     async def shutdown(self, drain: float) -> None:
@@ -459,6 +482,12 @@ class Supervisor:
         systemd.notify(f"STOPPING=1\nSTATUS=stopping: draining {len(self.extensions)} extension(s) for up to {drain:g} s")
         await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
                              *self._background, return_exceptions=True)
+
+    def remove_in_background(self, runtime: ExtensionRuntime, drain: float) -> None:
+        """A removal: gone from the table and refusing new calls now; its calls drain in the background."""
+        self.extensions.pop(runtime.id, None)
+        runtime.close_sockets()
+        self._in_background(self._remove(runtime, drain))
 
     async def _remove(self, runtime: ExtensionRuntime, drain: float) -> None:
         async with runtime.lock:  # a ctl command on this extension finishes first
@@ -504,7 +533,7 @@ class Supervisor:
         # closes its listening sockets on its first step, before an addition may bind that port.
         for extension_id in plan.remove:
             if (runtime := self.extensions.get(extension_id)) is not None:
-                self._in_background(self._remove(runtime, settings.drain_seconds))
+                self.remove_in_background(runtime, settings.drain_seconds)
         await asyncio.sleep(0)
         started: list[ExtensionRuntime] = []
         for extension in plan.replace:  # before the additions: a moved extension frees its old ports
@@ -558,9 +587,7 @@ class Supervisor:
 
     def _kill_predecessor(self, runtime: ExtensionRuntime, predecessor) -> None:
         if runtime.predecessor is predecessor and predecessor.process.exitcode is None:
-            log.warning("worker extension=%s pid=%d (replaced) did not end its drain: killing",
-                        runtime.id, predecessor.pid)
-            predecessor.process.kill()
+            self.kill_worker(runtime, predecessor.process, "(replaced) did not end its drain in time")
 
     # -- readiness ------------------------------------------------------------
     def all_serving(self) -> bool:

@@ -51,12 +51,28 @@ class Predecessor:
     the same sockets. Not the runtime's process: its exit is no crash and starts nothing; its
     heartbeats keep its counters, carried into the totals when it ends."""
 
-    def __init__(self, process: BaseProcess, identity: bytes, stats: dict[str, Any]) -> None:
+    def __init__(self, process: BaseProcess, identity: bytes, stats: dict[str, Any],
+                 kernel: psutil.Process | None = None, cpu: float = 0.0) -> None:
         self.process = process
         self.pid: int = process.pid  # type: ignore[assignment]
         self.identity = identity
         self.stats = stats
         self.exited = asyncio.Event()
+        self._psutil = kernel
+        self.cpu = cpu  # its cpu seconds at the last reading: part of the totals now, carried at its exit
+
+    def read(self) -> tuple[int | None, float]:
+        """(resident bytes, cpu seconds) from psutil; once it is gone, no memory and its last cpu reading."""
+        if self._psutil is not None:
+            try:
+                with self._psutil.oneshot():
+                    rss = self._psutil.memory_info().rss
+                    times = self._psutil.cpu_times()
+                self.cpu = max(self.cpu, times.user + times.system)
+                return rss, self.cpu
+            except psutil.Error:
+                self._psutil = None
+        return None, self.cpu
 
 
 class ExtensionRuntime:
@@ -81,6 +97,10 @@ class ExtensionRuntime:
         # How the current start ends: None (it serves) or the reason it failed; see expect_outcome().
         self.outcome: asyncio.Future[str | None] | None = None
         self.predecessor: Predecessor | None = None  # the old worker draining apart after a handover
+        self.failure_report: str | None = None  # why the live worker cannot start (its Failed message)
+        # (totals, kernel figures, lifecycle key, ExtensionSample): the metrics sample and what it was
+        # built from (supervisor/metrics.py sample_runtime), built again only when one of those changed.
+        self.metrics_sample: tuple | None = None
         self._psutil: psutil.Process | None = None
         self._last_cpu = 0.0  # cpu seconds of the live incarnation at the last reading
         self.cpu_carried = 0.0  # cpu seconds of previous incarnations
@@ -127,6 +147,7 @@ class ExtensionRuntime:
         self.identity = f"{self.id}:{process.pid}".encode()
         self.started_at = time.monotonic()
         self.stats = {}
+        self.failure_report = None
         self.ready_event.clear()
         self.exited_event.clear()
         try:
@@ -143,7 +164,10 @@ class ExtensionRuntime:
         """The live process becomes the draining predecessor; the runtime has no process until the
         next attach (its sockets stay: the new worker gets them)."""
         assert self.process is not None and self.identity is not None and self.predecessor is None
-        predecessor = self.predecessor = Predecessor(self.process, self.identity, self._stats)
+        # Its cpu seconds go with it (counted as the predecessor's until it exits, never twice).
+        predecessor = self.predecessor = Predecessor(self.process, self.identity, self._stats, self._psutil,
+                                                     self._last_cpu)
+        self._last_cpu = 0.0
         self._release_process()
         return predecessor
 
@@ -159,8 +183,10 @@ class ExtensionRuntime:
         self.exited_event.set()
 
     def predecessor_heartbeat(self, stats: dict[str, Any]) -> None:
+        """Its counters, and its cpu seconds read now: what its exit carries is at most one heartbeat old."""
         assert self.predecessor is not None
         self.predecessor.stats = stats
+        self.predecessor.read()
         self._totals = None
 
     def predecessor_exited(self) -> None:
@@ -168,6 +194,7 @@ class ExtensionRuntime:
         predecessor = self.predecessor
         assert predecessor is not None
         self.carried = combine(self.carried, predecessor.stats, gauges=False)
+        self.cpu_carried += predecessor.cpu
         self.predecessor = None
         self._totals = None
         predecessor.exited.set()
@@ -185,18 +212,29 @@ class ExtensionRuntime:
         return self._totals
 
     def resources(self) -> tuple[int | None, float | None]:
-        """(resident bytes, cpu seconds over every incarnation) from psutil."""
+        """(resident bytes, cpu seconds over every incarnation) from psutil.
+
+        A reload's predecessor still draining counts in both (its memory is the extension's too,
+        and its cpu seconds must not vanish from the total at the handover nor at its exit)."""
+        rss: int | None = None
+        cpu = self.cpu_carried
         process = self._psutil
-        if process is None:
-            return None, self.cpu_carried or None
-        try:
-            with process.oneshot():
-                rss = process.memory_info().rss
-                times = process.cpu_times()
-        except psutil.Error:
-            return None, self.cpu_carried or None
-        self._last_cpu = times.user + times.system
-        return rss, self.cpu_carried + self._last_cpu
+        if process is not None:
+            try:
+                with process.oneshot():
+                    rss = process.memory_info().rss
+                    times = process.cpu_times()
+                self._last_cpu = times.user + times.system
+            except psutil.Error:
+                pass  # exiting: its last reading stands until detach() carries it
+            cpu += self._last_cpu
+        if self.predecessor is not None:
+            old_rss, old_cpu = self.predecessor.read()
+            cpu += old_cpu
+            if old_rss is not None:
+                rss = old_rss + (rss or 0)
+        known = process is not None or self.predecessor is not None or cpu > 0
+        return rss, cpu if known else None
 
     def kernel_figures(self, now: float, max_age: float) -> tuple[int | None, float | None, int | None]:
         """(resident bytes, cpu seconds, real-time priority), read from the kernel at most every ``max_age`` s.
@@ -206,7 +244,7 @@ class ExtensionRuntime:
         A new or gone worker, or a new state, is read at once: a worker takes its
         real-time priority itself before it reports ready.
         """
-        key = (self.pid, self.lifecycle.state)
+        key = (self.pid, self.lifecycle.state, self.predecessor)
         cached = self._kernel_figures
         if cached is None or cached[0] != key or now - cached[1] >= max_age:
             rss, cpu_seconds = self.resources()

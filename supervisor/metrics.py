@@ -60,7 +60,8 @@ log = logging.getLogger("audiogw.supervisor")
 
 # psutil and sched_* readings (~0.1 ms a worker) are refreshed at most this often
 # (seconds), and at once when a worker starts, stops or changes state; the snapshot
-# itself is rebuilt every time heartbeats are read. Memory and CPU seconds a few
+# itself is published every time heartbeats are read, each extension's sample built
+# again only when it changed (sample_runtime). Memory and CPU seconds a few
 # seconds old are plenty for a scrape every 15-60 s.
 KERNEL_FIGURES_MAX_AGE = 5.0
 
@@ -225,22 +226,38 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
 # ------------------------------------------------- reading the supervisor (event loop only)
 def sample_runtime(runtime: "ExtensionRuntime", now: float | None = None,
                    max_age: float = KERNEL_FIGURES_MAX_AGE) -> ExtensionSample:
-    """Copy what a scrape needs out of a runtime; runs on the event loop, which owns the runtime."""
-    rss, cpu_seconds, priority = runtime.kernel_figures(time.monotonic() if now is None else now, max_age)
-    return ExtensionSample(
+    """Copy what a scrape needs out of a runtime; runs on the event loop, which owns the runtime.
+
+    The snapshot is published every time the bus is read (4-6 times a second) but an extension
+    changes about once per heartbeat: its sample is kept on the runtime and built again only
+    when something it copies changed (a heartbeat, new totals, a kernel reading, a lifecycle
+    event). Unchanged, the same object is returned, so /healthz's lateness, measured at request
+    time against ``last_heartbeat``, grows exactly as the worker's silence does."""
+    figures = runtime.kernel_figures(time.monotonic() if now is None else now, max_age)
+    totals = runtime.totals()  # the same object until a heartbeat or an exit changes it
+    life = runtime.lifecycle
+    key = (runtime.last_heartbeat_wall, life.state, life.kill_reason, life.restarts, life.fatal_retries,
+           life.last_failure)
+    cached = runtime.metrics_sample
+    if cached is not None and cached[0] is totals and cached[1] is figures and cached[2] == key:
+        return cached[3]
+    rss, cpu_seconds, priority = figures
+    sample = ExtensionSample(
         id=str(runtime.config.id),
         # A worker ordered killed (its thread dump comes first) no longer serves, heartbeats or not.
-        running=runtime.lifecycle.state == WorkerState.RUNNING and runtime.lifecycle.kill_reason is None,
-        restarts=runtime.lifecycle.restarts,
-        fatal_retries=runtime.lifecycle.fatal_retries,
+        running=life.state == WorkerState.RUNNING and life.kill_reason is None,
+        restarts=life.restarts,
+        fatal_retries=life.fatal_retries,
         last_heartbeat=runtime.last_heartbeat_wall,
-        totals=runtime.totals(),
+        totals=totals,
         rss=rss,
         cpu_seconds=cpu_seconds,
         realtime_priority=priority,
         state=runtime.state,
         reason=runtime.reason,
     )
+    runtime.metrics_sample = (totals, figures, key, sample)
+    return sample
 
 
 def heartbeat_timeout_of(supervisor: "Supervisor") -> float:

@@ -44,3 +44,45 @@ class HangApp(App):
     async def run_leg(self, leg) -> None:
         leg.forward_to(leg)
         await leg.wait_closed()
+
+
+class CloseHangOptions(AppOptions):
+    close_blocks: float = 30.0  # seconds its close() blocks the loop (0: a clean close)
+
+
+class CloseHangApp(App):
+    """Echo, then at the end of a drain (a stop, a removal, a reload's handover) blocks its event
+    loop in ``blocked_here``: the supervisor's drain deadline kills it, thread dump first."""
+
+    name = "close-hang"
+    Options = CloseHangOptions
+    options: CloseHangOptions
+
+    async def run_leg(self, leg) -> None:
+        leg.forward_to(leg)
+        await leg.wait_closed()
+
+    async def close(self) -> None:
+        if self.options.close_blocks:
+            blocked_here(self.options.close_blocks)
+
+
+class BusyOptions(AppOptions):
+    spin: float = 0.02  # seconds of CPU work per 50 ms while a leg is up
+
+
+class BusyApp(App):
+    """Echo, and spends CPU while a leg is up (``spin`` s of every 50 ms): a worker whose CPU time
+    grows while it drains a call, for the CPU totals across a reload's handover."""
+
+    name = "busy"
+    Options = BusyOptions
+    options: BusyOptions
+
+    async def run_leg(self, leg) -> None:
+        leg.forward_to(leg)
+        while not leg.closed.is_set():
+            until = time.monotonic() + self.options.spin
+            while time.monotonic() < until:
+                pass
+            await asyncio.sleep(max(0.0, 0.05 - self.options.spin))

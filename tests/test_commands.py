@@ -148,7 +148,7 @@ class FakeSupervisor:
     def forget_extension(self, extension_id: str) -> None:
         pass
 
-    async def stop_extension(self, runtime: Any, drain: float, *, remove: bool) -> None:
+    def remove_in_background(self, runtime: Any, drain: float) -> None:
         self.drains.append(drain)
 
     def request_stop(self, drain: float) -> None:
@@ -158,7 +158,7 @@ class FakeSupervisor:
 def test_dispatch_applies_the_declared_config_default_and_refuses_unknown_commands():
     async def scenario() -> FakeSupervisor:
         fake = FakeSupervisor(drain_seconds=7.5)
-        assert await dispatch(fake, "remove-extension", {"id": "1201"}) == {"id": "1201"}
+        assert await dispatch(fake, "remove-extension", {"id": "1201"}) == {"id": "1201", "drain": 7.5}
         fake.extensions["1201"] = SimpleNamespace(id="1201", lock=asyncio.Lock())
         await dispatch(fake, "remove-extension", {"id": "1201", "drain": 0})
         await dispatch(fake, "stop", None)

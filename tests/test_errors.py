@@ -116,3 +116,69 @@ def test_supervisor_bad_config_is_one_error_line(tmp_path: Path) -> None:
                            "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+ENTRY_POINTS = {"audiogw.client.cli": "audiogw", "audiogw.supervisor.cli": "audiogw-supervisor"}
+
+
+def run_entry(module: str, *argv: str) -> subprocess.CompletedProcess:
+    """A console entry point as a user runs it (its own process, click's standalone mode, its name)."""
+    code = f"import sys; sys.argv[0] = {ENTRY_POINTS[module]!r}; from {module} import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("module, prog, argv, expected", [
+    ("audiogw.client.cli", "audiogw", ["nosuch"], "No such command 'nosuch'. Try 'audiogw --help' for help."),
+    ("audiogw.client.cli", "audiogw", ["--bogus"], "No such option '--bogus'. Try 'audiogw --help' for help."),
+    ("audiogw.client.cli", "audiogw", ["init", "--json"],  # init takes no --json: plain text
+     "No such option '--json'. Try 'audiogw init --help' for help."),
+    ("audiogw.client.cli", "audiogw", ["ctl", "lst"],
+     "No such command 'lst'. Did you mean 'list'? Try 'audiogw ctl --help' for help."),
+    ("audiogw.client.cli", "audiogw", ["ctl", "restart-extension"],
+     "Missing argument 'ID'. Try 'audiogw ctl restart-extension --help' for help."),
+    ("audiogw.client.cli", "audiogw", ["call"], "Missing argument 'HOST:PORT'. Try 'audiogw call --help' for help."),
+    ("audiogw.supervisor.cli", "audiogw-supervisor", ["nosuch"],
+     "No such command 'nosuch'. Try 'audiogw-supervisor --help' for help."),
+    ("audiogw.supervisor.cli", "audiogw-supervisor", ["start", "--bogus"],
+     "No such option '--bogus'. Try 'audiogw-supervisor start --help' for help."),
+])
+def test_click_usage_errors_are_one_line_with_the_hint(module, prog, argv, expected) -> None:
+    done = run_entry(module, *argv)
+    assert done.returncode == 2, done
+    assert done.stdout == "" and done.stderr == f"error: {expected}\n", done.stderr
+
+
+def test_usage_errors_are_json_where_json_applies() -> None:
+    done = run_entry("audiogw.client.cli", "ctl", "--json", "lst")
+    assert done.returncode == 2 and done.stderr == "", done
+    assert orjson.loads(done.stdout) == {"error": {"kind": "usage", "message":
+                                                   "No such command 'lst'. Did you mean 'list'? "
+                                                   "Try 'audiogw ctl --help' for help."}}
+    done = run_entry("audiogw.client.cli", "ctl", "restart-extension", "--json")
+    assert done.returncode == 2 and orjson.loads(done.stdout)["error"]["kind"] == "usage", done
+
+
+@pytest.mark.parametrize("module, argv", [("audiogw.client.cli", []), ("audiogw.client.cli", ["ctl"]),
+                                          ("audiogw.supervisor.cli", [])])
+def test_a_bare_group_prints_its_help_not_an_error(module, argv) -> None:
+    done = run_entry(module, *argv)
+    assert done.returncode == 2 and "Usage: " in done.stderr and "Commands:" in done.stderr, done
+    assert not done.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctl_partly_broken_config_warns_in_the_error_form(tmp_path: Path, as_json: bool) -> None:
+    """An error elsewhere than the control settings: one warning line (JSON under --json, on stderr:
+    stdout stays the result alone), then the command goes on (here: nobody answers, exit 3)."""
+    config = tmp_path / "audiogw.toml"
+    config.write_text(f'[supervisor]\ncontrol = "ipc://{tmp_path}/none.sock"\n[audiosocket]\nbindd = "x"\n')
+    result = ctl("--config", str(config), "--timeout", "0.2", *(["--json"] if as_json else []), "list")
+    assert result.exit_code == EXIT_UNREACHABLE, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    if as_json:
+        warning = orjson.loads(lines[0])["warning"]
+        assert warning["kind"] == "config" and "audiosocket.bindd" in warning["message"], lines
+        assert len(lines) == 1 and orjson.loads(result.stdout)["error"]["kind"] == "unreachable"
+    else:
+        assert len(lines) == 2 and lines[0].startswith("warning: the config file has an error"), lines
+        assert "audiosocket.bindd" in lines[0] and lines[1].startswith("error: no reply"), lines

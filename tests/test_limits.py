@@ -130,7 +130,7 @@ def test_second_supervisor_on_a_served_ipc_endpoint_refuses_to_start(tmp_path):
         completed = _second_supervisor(tmp_path, first.endpoint, free_port_block(20))
         assert completed.returncode == 2, completed
         assert completed.stderr.strip().splitlines() == [
-            f"audiogw-supervisor: control endpoint {first.endpoint} is in use by a running "
+            f"error: control endpoint {first.endpoint} is in use by a running "
             f"supervisor (pid {first.process.pid})"], completed.stderr
         assert "Traceback" not in completed.stderr
         assert {row["id"] for row in first.ctl("list", timeout=3)} == {"1201", "1202"}  # still reachable
@@ -190,7 +190,7 @@ def test_second_supervisor_on_a_served_tcp_port_is_one_line_exit_2(tmp_path):
         assert completed.returncode == 2, completed
         assert "Traceback" not in completed.stderr
         assert completed.stderr.strip().splitlines() == [
-            f"audiogw-supervisor: control endpoint {first.endpoint} is in use (address already in use)"], \
+            f"error: control endpoint {first.endpoint} is in use (address already in use)"], \
             completed.stderr
         assert [row["id"] for row in first.ctl("list", timeout=3)] == ["1201"]  # still reachable
     finally:

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from audiogw.shared.config import AudioSocketSettings
 from audiogw.shared.messages import (
-    MAX_MESSAGE_BYTES, Drain, Heartbeat, MessageError, Ready, Reply, Request, Stop, Stopping,
+    MAX_MESSAGE_BYTES, Drain, Failed, Heartbeat, MessageError, Ready, Reply, Request, Stop, Stopping,
     decode_reply, decode_request, decode_worker_command, decode_worker_message, encode_reply, encode_request,
     encode_worker_command, encode_worker_message,
 )
@@ -41,6 +41,16 @@ def test_worker_message_wire_form_names_its_type():
     assert wire(raw) == {"type": "heartbeat", "extension": "1201", "pid": 42, "stats": {"legs": {}}}
     assert wire(encode_worker_message(Ready(extension="1", pid=1, stats={})))["type"] == "ready"
     assert wire(encode_worker_message(Stopping(extension="1", pid=1, stats={})))["type"] == "stopping"
+
+
+@given(reason=st.text(max_size=40))
+def test_failed_carries_the_option_error(reason):
+    message = Failed(extension="1201", pid=42, stats={}, reason=reason)
+    assert wire(encode_worker_message(message)) == {"type": "failed", "extension": "1201", "pid": 42, "stats": {},
+                                                    "reason": reason}
+    assert decode_worker_message(encode_worker_message(message)) == message
+    with pytest.raises(MessageError, match="reason"):
+        decode_worker_message(b'{"type": "failed", "extension": "1201", "pid": 42, "stats": {}}')
 
 
 GOOD_HEARTBEAT = {"type": "heartbeat", "extension": "1201", "pid": 42, "stats": {}}

@@ -659,3 +659,34 @@ def test_removed_extension_series_vanish(gateway):
     assert 'extension="1299"' not in body.decode()
     assert 'extension="1201"' in body.decode()
     assert gateway.healthz() == (200, {"status": "ok", "extensions": 2})
+
+
+def test_a_sample_is_built_again_only_when_its_extension_changed():
+    """The snapshot is published at every bus read; an unchanged extension keeps its sample object
+    (no rebuild), a heartbeat, a lifecycle event or a kernel reading makes a new one. /healthz
+    still sees a silent worker grow late: lateness is measured at request time."""
+    runtimes = [ExtensionRuntime(ExtensionConfig(str(1201 + i), 40000 + 2 * i, 40001 + 2 * i, "echo"), {},
+                                 RestartPolicy()) for i in range(2)]
+    for runtime in runtimes:
+        runtime.lifecycle.start(0.0), runtime.lifecycle.spawned(0.0), runtime.lifecycle.ready(0.0)
+        runtime.stats, runtime.last_heartbeat_wall = worker_totals(), 1000.0
+    supervisor = FakeSupervisor(runtimes)
+    first = take_snapshot(supervisor).samples
+    again = take_snapshot(supervisor).samples
+    assert all(a is b for a, b in zip(first, again)), "nothing changed: the same samples"
+    quiet, beating = runtimes
+    beating.stats, beating.last_heartbeat_wall = worker_totals(), 1000.5  # a heartbeat
+    after = take_snapshot(supervisor).samples
+    assert after[0] is first[0] and after[1] is not first[1] and after[1].last_heartbeat == 1000.5
+    # The quiet one's cached sample goes late as time passes, without any rebuild.
+    assert health(after, now=1000.1, heartbeat_timeout=30.0, heartbeat_interval=0.2)[0] == 200
+    code, body = health(after, now=1000.6, heartbeat_timeout=30.0, heartbeat_interval=0.2)
+    assert code == 503 and [late["extension"] for late in body["late"]] == ["1201"]
+    # A lifecycle event without a heartbeat (a kill ordered) rebuilds it: no longer running.
+    quiet.lifecycle.tick(quiet.lifecycle.next_deadline())
+    assert quiet.lifecycle.kill_reason is not None
+    killed = take_snapshot(supervisor).samples[0]
+    assert killed is not first[0] and not killed.running and killed.reason == quiet.lifecycle.kill_reason
+    # A kernel reading that is due (max_age 0) gives a new sample; one that is not keeps it.
+    assert take_snapshot(supervisor, max_age=3600.0).samples[1] is after[1]
+    assert take_snapshot(supervisor, max_age=0.0).samples[1] is not after[1]

@@ -70,8 +70,8 @@ def test_removal_with_a_drain_refuses_new_callers_while_the_call_in_progress_goe
     supervisor = launch(tmp_path, configure(tmp_path, base, [], extensions=1), base)
     started.append(supervisor)
     wait_for(lambda: rows(supervisor)["1201"]["state"] == "running", 15, what="1201 serving")
-    drain = 3.0
-    call_seconds = 2.0  # ends on its own within the drain
+    drain = 4.0
+    call_seconds = 3.0  # ends on its own within the drain
 
     async def scenario():
         call = asyncio.ensure_future(place_call("127.0.0.1", base, seconds=call_seconds))
@@ -82,10 +82,13 @@ def test_removal_with_a_drain_refuses_new_callers_while_the_call_in_progress_goe
                                 what="new connects refused during the drain")
         outcomes = [await asyncio.to_thread(connect_outcome, port) for port in (base, base + 1)]
         in_progress_then = not call.done()
-        return await call, await removal, outcomes, in_progress_then
+        answered = await removal
+        answered_during_call = not call.done()  # the reply does not wait for the drain
+        return await call, answered, outcomes, in_progress_then, answered_during_call
 
-    result, removal, outcomes, in_progress_then = asyncio.run(scenario())
+    result, removal, outcomes, in_progress_then, answered_during_call = asyncio.run(scenario())
     assert in_progress_then, "the refusals were seen while the call was still in progress"
+    assert answered_during_call, "remove-extension answered only after the drain"
     for outcome, took in outcomes:
         assert outcome == "refused" and took < REFUSED_WITHIN, outcomes
     assert removal.returncode == 0, removal

@@ -3,12 +3,15 @@ truthful replies"): states with reasons in list/status, add/restart-extension th
 with the truth, busy ports that are `failed` and retried, `fatal` retried on a slow timer."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import wave
 from pathlib import Path
 
 import orjson
@@ -187,7 +190,7 @@ def test_add_extension_answers_with_the_failure_and_leaves_nothing(tmp_path, sta
     supervisor = launch(tmp_path, configure(tmp_path, base, [], extensions=1), base)
     started.append(supervisor)
     cases = (("exit", "exited with code 3", []),
-             ("config", "exited with code 78", []),
+             ("config", "option until:  does not exist yet", []),  # the option error itself (Failed), not the code
              ("hang", "start timeout", ["--timeout", "1"]))  # ctl waits for the truth, whatever --timeout says
     for number, (mode, expected, before) in enumerate(cases):
         extension, ia, retorno = str(1400 + number), base + 10, base + 11
@@ -222,7 +225,7 @@ def test_fatal_is_retried_on_the_slow_timer_counted_and_recovers_on_its_own(tmp_
     supervisor = launch(tmp_path, configure(tmp_path, base, ["fatal_retry = 1.0"], extensions=1, extra=extra), base)
     started.append(supervisor)
     row = wait_for(lambda: (r := rows(supervisor)["1300"])["state"] == "fatal" and r, 15, what="1300 fatal")
-    assert "exited with code 78" in row["reason"]
+    assert row["reason"] == f"option until: {marker} does not exist yet", row  # the worker's own error (Failed)
     wait_for(lambda: supervisor.ctl("status", {"id": "1300"})[0]["fatal_retries"] >= 2, 10,
              what="two slow retries")
     assert rows(supervisor)["1300"]["state"] in ("fatal", "starting")
@@ -241,7 +244,8 @@ def test_restart_extension_clears_fatal_at_once_and_says_when_it_fails_again(tmp
     started.append(supervisor)
     wait_for(lambda: rows(supervisor)["1300"]["state"] == "fatal", 15, what="1300 fatal")
     result = ctl(supervisor, "restart-extension", "1300")
-    assert result.returncode == 1 and "restarted but failed" in result.stderr and "code 78" in result.stderr, result
+    assert result.returncode == 1 and "restarted but failed" in result.stderr, result
+    assert f"option until: {marker} does not exist yet" in result.stderr and "code 78" not in result.stderr, result
     assert rows(supervisor)["1300"]["state"] == "fatal"
     marker.touch()
     begun = time.monotonic()
@@ -249,6 +253,26 @@ def test_restart_extension_clears_fatal_at_once_and_says_when_it_fails_again(tmp
     assert result.returncode == 0, result
     assert orjson.loads(result.stdout)["state"] == "running"
     assert time.monotonic() - begun < RestartPolicy().start_timeout, "at once, not on the 60 s timer"
+
+
+def test_a_playback_file_that_vanished_is_the_reason_of_fatal_and_of_the_refusal(tmp_path, started):
+    """The file was there when the extension was added; a worker restart finds it gone and exits 78.
+    Its reason (list, status, the restart-extension refusal) is the option error, not the exit code."""
+    base = free_port_block(20)
+    supervisor = launch(tmp_path, configure(tmp_path, base, [], extensions=1), base)
+    started.append(supervisor)
+    prompt = tmp_path / "prompt.wav"
+    with wave.open(str(prompt), "wb") as file:
+        file.setnchannels(1), file.setsampwidth(2), file.setframerate(8000), file.writeframes(b"\0\0" * 800)
+    result = ctl(supervisor, "add-extension", "1300", "--app", "playback", "--option", f"file={prompt}")
+    assert result.returncode == 0, result
+    prompt.unlink()
+    os.kill(rows(supervisor)["1300"]["pid"], signal.SIGKILL)  # its restart reads the options again
+    row = wait_for(lambda: (r := rows(supervisor)["1300"])["state"] == "fatal" and r, 15, what="1300 fatal")
+    assert str(prompt) in row["reason"] and "option file" in row["reason"] and "code 78" not in row["reason"], row
+    assert supervisor.ctl("status", {"id": "1300"})[0]["reason"] == row["reason"]
+    result = ctl(supervisor, "restart-extension", "1300")
+    assert result.returncode == 1 and row["reason"] in result.stderr, result
 
 
 def test_reload_of_an_extension_whose_port_is_busy_lists_it_failed_then_serves(tmp_path, started):

@@ -20,7 +20,7 @@ import uvloop
 
 from audiogw.shared.logs import configure_logging
 from audiogw.shared.proctitle import set_title, worker_title
-from audiogw.shared.messages import Drain, Ready, WorkerCommand
+from audiogw.shared.messages import Drain, Failed, Ready, WorkerCommand, encode_worker_message
 from audiogw.shared.worker_spec import DUMP_SIGNAL, WorkerSpec
 from audiogw.worker.apps import AppContext, AppOptionError, create_app
 from audiogw.worker.clock import clock_phase
@@ -106,6 +106,28 @@ async def serve_worker(spec: WorkerSpec, sockets: dict[str, socket.socket],
     return 0
 
 
+def report_failed(spec: WorkerSpec, reason: str) -> None:
+    """Tell the supervisor why this worker cannot start (``Failed``) before it exits 78, so its
+    reason is the option error itself. A socket of its own, no identity (the supervisor reads
+    extension and pid from the message): the link may never have been made, or not closed."""
+    if not spec.bus_endpoint:
+        return
+    import zmq
+
+    context = zmq.Context()
+    bus = context.socket(zmq.DEALER)
+    bus.setsockopt(zmq.LINGER, 500)  # the term below waits at most that for the message to leave
+    try:
+        bus.connect(spec.bus_endpoint)
+        bus.send(encode_worker_message(Failed(extension=spec.extension, pid=os.getpid(), stats={}, reason=reason)),
+                 zmq.NOBLOCK)
+    except zmq.ZMQError as error:
+        log.warning("worker extension=%s could not report its failure to the supervisor: %s", spec.extension, error)
+    finally:
+        bus.close()
+        context.term()
+
+
 def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket], records: RecordWriter | None = None) -> int:
     """Process entry point (the zygote calls this in a fresh child; `python -m audiogw.worker` with ``records``)."""
     set_parent_death_signal()
@@ -127,6 +149,7 @@ def run_worker(spec: WorkerSpec, sockets: dict[str, socket.socket], records: Rec
         return uvloop.run(serve_worker(spec, sockets, records))
     except AppOptionError as error:
         log.error("worker extension=%s cannot start: %s", spec.extension, error)
+        report_failed(spec, str(error))
         return 78  # EX_CONFIG: the supervisor must not restart it in a loop
     finally:
         if own_records is not None:

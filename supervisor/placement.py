@@ -1,0 +1,124 @@
+"""Which node serves which extension: rendezvous hashing, a standby each, epochs. Pure.
+
+Rendezvous (highest random weight) hashing ranks the live nodes for each extension by
+``hash(node, extension)``; every node computes the same ranking from the same inputs, with
+no table to share. :func:`plan_placement` turns the extensions, the live nodes and the
+placement now in etcd into the placement to write:
+
+- an extension whose node is alive stays where it is (``sticky``, the default): a move
+  happens only when its node's lease is gone, so there is never a live node to hand over
+  from and no moment when two hosts serve it. Only the lost node's extensions move, each to
+  its standby (the standby is the best-ranked live node other than the serving one, which
+  is exactly the node the ranking picks once the serving one is gone);
+- ``rebalance=True`` gives every extension its best-ranked live node (pure rendezvous): a
+  node that joins takes about 1/N of the extensions, each from the node that had it, and
+  nothing else moves. It needs a handover (the old node stops before the new one listens),
+  which the cluster agent does not do yet, so it is for tests and a later ``ctl rebalance``;
+- the epoch of an extension grows by one each time its serving node changes (a new
+  extension starts at 1; a standby change keeps it), so a node can tell the placement it
+  serves from a newer one, and a written value from a stale leader's.
+
+No clock, no I/O: the leader (``supervisor/cluster.py``) reads etcd, calls this, and writes
+:attr:`PlacementPlan.writes` / :attr:`PlacementPlan.deletes` with compare-and-swap.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from audiogw.shared.cluster_keys import Assignment
+
+__all__ = ["score", "ranking", "Move", "PlacementPlan", "plan_placement", "served_by", "batches"]
+
+
+def score(node: str, extension_id: str) -> int:
+    """The rendezvous weight of ``node`` for ``extension_id``: 64 bits of BLAKE2b, the same on
+    every host and Python (``hash()`` is salted per process)."""
+    digest = hashlib.blake2b(f"{node}\0{extension_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def ranking(extension_id: str, nodes: Iterable[str]) -> list[str]:
+    """The nodes best first for ``extension_id`` (ties, which 64 bits make unlikely, by name)."""
+    return sorted(set(nodes), key=lambda node: (-score(node, extension_id), node))
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """An extension whose serving node changes (``old`` None: it had none, or none alive)."""
+
+    extension: str
+    old: str | None
+    new: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPlan:
+    """The placement to have, and what changes to get there from ``current``."""
+
+    target: dict[str, Assignment]  # every placed extension
+    writes: dict[str, Assignment]  # the assignments whose node, standby or epoch differ from current
+    deletes: tuple[str, ...]  # placement keys of extensions no longer defined
+    moves: tuple[Move, ...]  # the writes whose serving node changes, by extension id
+    unplaced: tuple[str, ...] = field(default=())  # extensions with no live node to go to
+
+    def served_by(self, node: str) -> set[str]:
+        return served_by(self.target, node)
+
+
+def plan_placement(extensions: Iterable[str], nodes: Iterable[str], current: Mapping[str, Assignment], *,
+                   leader: str = "", rebalance: bool = False) -> PlacementPlan:
+    """The placement of ``extensions`` over the live ``nodes``, from the ``current`` one.
+
+    Deterministic: the same sets give the same plan whatever their order, on any node.
+    With no live node nothing is written (the current assignments stay as they are: nobody
+    can serve, and whoever comes back first is placed by the next plan)."""
+    live = sorted(set(nodes))
+    wanted = sorted(set(extensions))
+    target: dict[str, Assignment] = {}
+    writes: dict[str, Assignment] = {}
+    moves: list[Move] = []
+    unplaced: list[str] = []
+    for extension_id in wanted:
+        before = current.get(extension_id)
+        if not live:
+            unplaced.append(extension_id)
+            if before is not None:
+                target[extension_id] = before
+            continue
+        ranked = ranking(extension_id, live)
+        if not rebalance and before is not None and before.node in live:
+            node = before.node
+        else:
+            node = ranked[0]
+        standby = next((candidate for candidate in ranked if candidate != node), None)
+        if before is None:
+            epoch = 1
+        elif before.node != node:
+            epoch = before.epoch + 1
+        else:
+            epoch = before.epoch
+        assignment = Assignment(node=node, epoch=epoch, standby=standby, leader=leader)
+        target[extension_id] = assignment
+        if before is None or (before.node, before.standby, before.epoch) != (node, standby, epoch):
+            writes[extension_id] = assignment
+            if before is None or before.node != node:
+                moves.append(Move(extension_id, before.node if before is not None else None, node, epoch))
+    deletes = tuple(sorted(set(current) - set(wanted)))
+    return PlacementPlan(target, writes, deletes, tuple(moves), tuple(unplaced))
+
+
+def served_by(placement: Mapping[str, Assignment], node: str) -> set[str]:
+    """The extensions ``placement`` gives to ``node``: what its agent must serve."""
+    return {extension_id for extension_id, assignment in placement.items() if assignment.node == node}
+
+
+def batches(items: Iterable[str], size: int) -> list[list[str]]:
+    """``items`` in runs of at most ``size``: etcd caps the operations in one transaction
+    (``--max-txn-ops``, 128 by default), and a node's loss can move hundreds of extensions."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, not {size}")
+    listed = list(items)
+    return [listed[start:start + size] for start in range(0, len(listed), size)]

@@ -115,6 +115,7 @@ def test_a_node_whose_lease_expires_loses_only_its_extensions(etcd_cluster):
     async def scenario():
         agents = make_agents(etcd_cluster)
         client = await client_for(etcd_cluster)
+        back = None
         try:
             await start(agents)
             await define(client, EXTENSION_IDS)
@@ -147,9 +148,8 @@ def test_a_node_whose_lease_expires_loses_only_its_extensions(etcd_cluster):
             await until(lambda: all(victim.name in agent.view.nodes for agent in survivors), 10, "seen back")
             await asyncio.sleep(0.3)
             assert back.assigned == {} and not served_by(back.view.assignments(), victim.name)
-            survivors.append(back)
         finally:
-            await stop(agents + [locals().get("back")] if locals().get("back") else agents, client)
+            await stop(agents + ([back] if back is not None else []), client)
 
     run(scenario())
 

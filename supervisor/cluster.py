@@ -118,6 +118,22 @@ class ClusterView:
     def assignments(self) -> dict[str, Assignment]:
         return {extension_id: entry.record for extension_id, entry in self.placement.items()}
 
+    def route(self, extension_id: str) -> dict[str, Any] | None:
+        """``GET /route/ID``'s answer (SPEC "Beyond one host"): the serving node's advertised address
+        and the extension's ports; None (404) when it is not placed on a live node (Asterisk then
+        tries its next host, or the caller hears the failure at once)."""
+        placed, defined = self.placement.get(extension_id), self.extensions.get(extension_id)
+        node = self.nodes.get(placed.record.node) if placed is not None else None
+        if defined is None or node is None:
+            return None
+        return {"host": node.record.advertise, "ia_port": defined.record.ia_port,
+                "retorno_port": defined.record.retorno_port}
+
+    def http_sd(self) -> list[dict[str, Any]]:
+        """``GET /sd`` (Prometheus ``http_sd_configs``): every live node's HTTP listener, labelled with its name."""
+        return [{"targets": [entry.record.http], "labels": {"node": name}}
+                for name, entry in sorted(self.nodes.items()) if entry.record.http]
+
 
 class NodeAgent:
     """This node in the cluster: its lease, its part in the election, the placement it serves.

@@ -282,3 +282,25 @@ def test_the_view_follows_puts_and_deletes_without_a_socket():
     assert view.assignments()["1"].epoch == 2 and view.refused["value"] == 1
     start, end = prefix_range()
     assert start == b"/audiogw/" and end == b"/audiogw0"
+
+
+def test_route_and_service_discovery_answer_from_the_view():
+    view = ClusterView()
+    view.load([
+        _KV(key_for(NODES, "gw1"), encode_value(NodeRecord(name="gw1", advertise="10.0.0.1", http="10.0.0.1:9464")), 2),
+        _KV(key_for(NODES, "gw2"), encode_value(NodeRecord(name="gw2", advertise="10.0.0.2")), 3),
+        _KV(key_for(EXTENSIONS, "1201"), encode_value(ExtensionRecord(id="1201", ia_port=30000, retorno_port=30001,
+                                                                      app="echo")), 4),
+        _KV(key_for(PLACEMENT, "1201"), b'{"node": "gw1", "epoch": 1, "standby": "gw2"}', 5),
+        _KV(key_for(EXTENSIONS, "1202"), encode_value(ExtensionRecord(id="1202", ia_port=30002, retorno_port=30003,
+                                                                      app="echo")), 6),
+    ], revision=6)
+    assert view.route("1201") == {"host": "10.0.0.1", "ia_port": 30000, "retorno_port": 30001}
+    assert view.route("1202") is None  # defined, not placed yet
+    assert view.route("9999") is None
+    view.apply(False, _KV(key_for(NODES, "gw1"), b"", 7))  # its node's lease went: not routed there any more
+    assert view.route("1201") is None
+    assert view.http_sd() == []  # gw2 has no HTTP listener
+    view.apply(True, _KV(key_for(NODES, "gw1"), encode_value(NodeRecord(name="gw1", advertise="10.0.0.1",
+                                                                         http="10.0.0.1:9464")), 8))
+    assert view.http_sd() == [{"targets": ["10.0.0.1:9464"], "labels": {"node": "gw1"}}]

@@ -9,6 +9,10 @@ whose value type each holds, and whether it is tied to a lease (gone when its ho
 - ``/audiogw/placement/ID`` -> :class:`Assignment`: which node serves the extension, its
   standby, and the epoch (bumped each time the serving node changes).
 - ``/audiogw/leader`` -> :class:`LeaderRecord`, leased: the node that writes placement.
+- ``/audiogw/ports/PORT`` -> :class:`PortRecord`: which extension holds a TCP port. An extension
+  keeps its ports on whichever node serves it, so a port is unique in the whole cluster: the
+  definition and its two port keys are created in one transaction (``create_revision == 0``
+  on each), which refuses a second extension on a port however many nodes add at once.
 
 Values are JSON like every other message (``shared/messages.py``): orjson encodes and decodes,
 ``msgspec.convert`` checks the object against its struct, and a refusal is a
@@ -19,7 +23,7 @@ Pure: no client, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -28,8 +32,8 @@ from audiogw.shared.config import EXTENSION_ID_PATTERN
 from audiogw.shared.settings import NODE_NAME_PATTERN
 
 __all__ = [
-    "PREFIX", "ClusterValueError", "ExtensionRecord", "NodeRecord", "Assignment", "LeaderRecord",
-    "Family", "EXTENSIONS", "NODES", "PLACEMENT", "LEADER", "FAMILIES",
+    "PREFIX", "ClusterValueError", "ExtensionRecord", "NodeRecord", "Assignment", "LeaderRecord", "PortRecord",
+    "Family", "EXTENSIONS", "NODES", "PLACEMENT", "LEADER", "PORTS", "FAMILIES",
     "key_for", "parse_key", "encode_value", "decode_value", "prefix_range", "MAX_VALUE_BYTES",
 ]
 
@@ -89,6 +93,13 @@ class LeaderRecord(msgspec.Struct, frozen=True):
     name: NodeName
 
 
+class PortRecord(msgspec.Struct, frozen=True):
+    """The extension (and its leg) that holds the port the key names."""
+
+    extension: ExtensionId
+    leg: Literal["ia", "retorno"]
+
+
 @dataclass(frozen=True, slots=True)
 class Family:
     """One kind of key: a prefix and an id (``single``: the prefix is the whole key)."""
@@ -113,7 +124,8 @@ EXTENSIONS = Family("extensions", PREFIX + "extensions/", ExtensionRecord, lease
 NODES = Family("nodes", PREFIX + "nodes/", NodeRecord, leased=True)
 PLACEMENT = Family("placement", PREFIX + "placement/", Assignment, leased=False)
 LEADER = Family("leader", PREFIX + "leader", LeaderRecord, leased=True, single=True)
-FAMILIES: tuple[Family, ...] = (EXTENSIONS, NODES, PLACEMENT, LEADER)
+PORTS = Family("ports", PREFIX + "ports/", PortRecord, leased=False)
+FAMILIES: tuple[Family, ...] = (EXTENSIONS, NODES, PLACEMENT, LEADER, PORTS)
 
 
 def key_for(family: Family, item: str = "") -> bytes:
@@ -165,6 +177,9 @@ def decode_value(key: bytes | str, raw: bytes) -> Any:
         raise ClusterValueError(f"{where}: {error}") from None
     if family in (EXTENSIONS, PLACEMENT) and not EXTENSION_ID_PATTERN.match(item):
         raise ClusterValueError(f"{where}: {item!r} is not an extension id")
+    if family is PORTS and not (item.isascii() and item.isdigit() and 1 <= int(item) <= 65535
+                                and str(int(item)) == item):
+        raise ClusterValueError(f"{where}: {item!r} is not a TCP port")
     named = record.id if family is EXTENSIONS else record.name if family is NODES else item
     if named != item:
         raise ClusterValueError(f"{where}: the record names {named!r}, the key {item!r}")

@@ -37,14 +37,15 @@ from typing import Any
 import aetcd
 
 from audiogw.shared.cluster_keys import (
-    EXTENSIONS, LEADER, NODES, PLACEMENT, PREFIX, Assignment, ClusterValueError, ExtensionRecord, Family,
-    LeaderRecord, NodeRecord, decode_value, encode_value, key_for, parse_key,
+    EXTENSIONS, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord, Family,
+    LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key,
 )
 from audiogw.supervisor.placement import batches, plan_placement, score
 
 log = logging.getLogger("audiogw.supervisor.cluster")
 
-__all__ = ["Entry", "ClusterView", "NodeAgent", "parse_endpoint", "TXN_BATCH"]
+__all__ = ["Entry", "ClusterView", "NodeAgent", "parse_endpoint", "TXN_BATCH", "define_extension",
+           "undefine_extension"]
 
 TXN_BATCH = 100  # placement keys per transaction: etcd's --max-txn-ops is 128 (compares and ops alike)
 _LEADER_KEY = key_for(LEADER)
@@ -79,17 +80,19 @@ class ClusterView:
         self.extensions: dict[str, Entry] = {}
         self.nodes: dict[str, Entry] = {}
         self.placement: dict[str, Entry] = {}
+        self.ports: dict[str, Entry] = {}
         self.leader: Entry | None = None
         self.revision = 0
         self.refused: Counter[str] = Counter()  # bad values by family
         self._logged: set[tuple[bytes, int]] = set()
 
     def _table(self, family: Family) -> dict[str, Entry]:
-        return {EXTENSIONS.name: self.extensions, NODES.name: self.nodes, PLACEMENT.name: self.placement}[family.name]
+        return {EXTENSIONS.name: self.extensions, NODES.name: self.nodes, PLACEMENT.name: self.placement,
+                PORTS.name: self.ports}[family.name]
 
     def load(self, kvs: Sequence[Any], revision: int) -> None:
         """A full read (every key under the prefix, at ``revision``) replaces the view."""
-        self.extensions, self.nodes, self.placement, self.leader = {}, {}, {}, None
+        self.extensions, self.nodes, self.placement, self.ports, self.leader = {}, {}, {}, {}, None
         for kv in kvs:
             self.apply(True, kv)
         self.revision = revision
@@ -460,3 +463,56 @@ class NodeAgent:
                     self.on_change(self)
                 except Exception:
                     log.exception("cluster: on_change failed")
+
+
+# -- extension definitions (what `ctl add-extension` / `remove-extension` will call in cluster mode) --
+def _port_claims(record: ExtensionRecord) -> list[tuple[bytes, bytes]]:
+    return [(key_for(PORTS, str(port)), encode_value(PortRecord(extension=record.id, leg=leg)))
+            for leg, port in (("ia", record.ia_port), ("retorno", record.retorno_port))]
+
+
+async def define_extension(client: aetcd.Client, record: ExtensionRecord) -> str | None:
+    """Add ``record`` with its two ports claimed, in one transaction: None when written, else why not
+    (the id exists, or a port is another extension's). Any node may call it at the same time as
+    another: etcd orders the transactions, and the second finds the first's keys."""
+    if record.ia_port == record.retorno_port:
+        return f"ia_port and retorno_port are both {record.ia_port}"
+    tx = client.transactions
+    extension_key = key_for(EXTENSIONS, record.id)
+    claims = _port_claims(record)
+    written, responses = await client.transaction(
+        compare=[tx.create(extension_key) == 0, *(tx.create(key) == 0 for key, _ in claims)],
+        success=[tx.put(extension_key, encode_value(record)), *(tx.put(key, value) for key, value in claims)],
+        failure=[tx.get(extension_key), *(tx.get(key) for key, _ in claims)])
+    if written:
+        return None
+    found = [items[0] if items else None for items in responses]  # (value, meta) per get, or None
+    if found[0] is not None:
+        return f"extension {record.id} already exists"
+    for (key, _), item in zip(claims, found[1:]):
+        if item is not None:
+            try:
+                holder = decode_value(key, item[0])
+                return f"port {key.rsplit(b'/', 1)[1].decode()} is used by extension {holder.extension} ({holder.leg})"
+            except ClusterValueError:
+                return f"port {key.rsplit(b'/', 1)[1].decode()} is taken (unreadable claim)"
+    return "changed meanwhile; try again"
+
+
+async def undefine_extension(client: aetcd.Client, extension_id: str) -> bool:
+    """Remove an extension's definition and free its ports in one transaction (the leader then deletes
+    its placement; its node stops it). False when it did not exist."""
+    extension_key = key_for(EXTENSIONS, extension_id)
+    for _attempt in range(5):
+        current = await client.get(extension_key)
+        if current is None:
+            return False
+        record = decode_value(extension_key, current.value)
+        tx = client.transactions
+        claims = [key for key, _ in _port_claims(record)]
+        removed, _ = await client.transaction(
+            compare=[tx.mod(extension_key) == current.mod_revision],
+            success=[tx.delete(extension_key), *(tx.delete(key) for key in claims)], failure=[])
+        if removed:
+            return True
+    raise ConnectionError(f"extension {extension_id} kept changing during its removal")

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audiogw.shared.cluster_keys import (
-    EXTENSIONS, FAMILIES, LEADER, NODES, PLACEMENT, PREFIX, Assignment, ClusterValueError, ExtensionRecord,
-    LeaderRecord, NodeRecord, decode_value, encode_value, key_for, parse_key, prefix_range,
+    EXTENSIONS, FAMILIES, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord,
+    LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key, prefix_range,
 )
 from audiogw.shared.config import ExtensionConfig
 
@@ -20,13 +20,14 @@ RECORDS = [
                                        started=1.5)),
     (key_for(PLACEMENT, "1201"), Assignment(node="gw1", epoch=3, standby="gw2", leader="gw2")),
     (key_for(LEADER), LeaderRecord(name="gw2")),
+    (key_for(PORTS, "30001"), PortRecord(extension="1201", leg="retorno")),
 ]
 
 
 def test_the_layout():
-    assert [family.name for family in FAMILIES] == ["extensions", "nodes", "placement", "leader"]
+    assert [family.name for family in FAMILIES] == ["extensions", "nodes", "placement", "leader", "ports"]
     assert [key for key, _ in RECORDS] == [b"/audiogw/extensions/1201", b"/audiogw/nodes/gw1",
-                                          b"/audiogw/placement/1201", b"/audiogw/leader"]
+                                          b"/audiogw/placement/1201", b"/audiogw/leader", b"/audiogw/ports/30001"]
     assert {family.name for family in FAMILIES if family.leased} == {"nodes", "leader"}
     assert all(family.prefix.startswith(PREFIX) for family in FAMILIES)
 
@@ -61,6 +62,10 @@ def test_unknown_fields_from_another_version_are_ignored():
      "the record names '1202'"),
     (b"/audiogw/extensions/1201", b'{"id": "1201", "ia_port": 0, "retorno_port": 2, "app": "echo"}', "ia_port"),
     (b"/audiogw/leader", b"[]", "Expected `object`"),
+    (b"/audiogw/ports/030001", b'{"extension": "1201", "leg": "ia"}', "is not a TCP port"),
+    (b"/audiogw/ports/70000", b'{"extension": "1201", "leg": "ia"}', "is not a TCP port"),
+    (b"/audiogw/ports/x", b'{"extension": "1201", "leg": "ia"}', "is not a TCP port"),
+    (b"/audiogw/ports/30001", b'{"extension": "1201", "leg": "both"}', "leg"),
     (b"/audiogw/other/x", b"{}", "not in the audiogw layout"),
     (b"/audiogw/nodes/", b"{}", "not in the audiogw layout"),
     (b"/audiogw/nodes/a/b", b"{}", "not in the audiogw layout"),

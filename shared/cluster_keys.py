@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
-import orjson
 
 from audiogw.shared.config import EXTENSION_ID_PATTERN
+from audiogw.shared.messages import MAX_MESSAGE_BYTES, MessageError, _decode, _encode
 from audiogw.shared.settings import NODE_NAME_PATTERN
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 PREFIX = "/audiogw/"
-MAX_VALUE_BYTES = 1 << 20  # etcd's own default request limit is 1.5 MiB
+MAX_VALUE_BYTES = MAX_MESSAGE_BYTES  # 1 MiB, as every message (etcd's own request limit is 1.5 MiB)
 
 ExtensionId = Annotated[str, msgspec.Meta(pattern=EXTENSION_ID_PATTERN.pattern)]
 NodeName = Annotated[str, msgspec.Meta(pattern=NODE_NAME_PATTERN.pattern)]
@@ -157,7 +157,7 @@ def encode_value(record: msgspec.Struct) -> bytes:
     """A record as the JSON bytes stored under its key."""
     if type(record) not in {family.record for family in FAMILIES}:
         raise ClusterValueError(f"{type(record).__name__} is not a cluster record")
-    return orjson.dumps(msgspec.to_builtins(record))
+    return _encode(record)
 
 
 def decode_value(key: bytes | str, raw: bytes) -> Any:
@@ -165,16 +165,10 @@ def decode_value(key: bytes | str, raw: bytes) -> Any:
     node record must also name the id its key names (a value copied to the wrong key is refused)."""
     family, item = parse_key(key)
     where = family.key(item)
-    if len(raw) > MAX_VALUE_BYTES:
-        raise ClusterValueError(f"{where}: value of {len(raw)} bytes exceeds {MAX_VALUE_BYTES}")
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise ClusterValueError(f"{where}: not JSON: {error}") from None
-    try:
-        record = msgspec.convert(value, family.record)
-    except msgspec.ValidationError as error:
-        raise ClusterValueError(f"{where}: {error}") from None
+    try:  # the messages' own codec: size limit, orjson, msgspec.convert against the struct
+        record = _decode(family.record, raw, where)
+    except MessageError as error:
+        raise ClusterValueError(error.reason) from None
     if family in (EXTENSIONS, PLACEMENT) and not EXTENSION_ID_PATTERN.match(item):
         raise ClusterValueError(f"{where}: {item!r} is not an extension id")
     if family is PORTS and not (item.isascii() and item.isdigit() and 1 <= int(item) <= 65535

@@ -68,6 +68,13 @@ def placed_everywhere(agents, extension_ids, nodes) -> bool:
             and all(agent.view.placement[e].mod_revision is not None for agent in agents for e in first))
 
 
+async def placed(agents, client, extension_ids) -> None:
+    """Start the agents, define the extensions, wait until every agent sees them placed."""
+    await start(agents)
+    await define(client, extension_ids)
+    await until(lambda: placed_everywhere(agents, extension_ids, {agent.name for agent in agents}), 20, "placement")
+
+
 async def start(agents) -> None:
     for agent in agents:
         agent.start()
@@ -117,9 +124,7 @@ def test_a_node_whose_lease_expires_loses_only_its_extensions(etcd_cluster):
         client = await client_for(etcd_cluster)
         back = None
         try:
-            await start(agents)
-            await define(client, EXTENSION_IDS)
-            await until(lambda: placed_everywhere(agents, EXTENSION_IDS, {"gw1", "gw2", "gw3"}), 20, "placement")
+            await placed(agents, client, EXTENSION_IDS)
             before = agents[0].view.assignments()
             # The victim: a node that is not the leader and serves something (a crash: no revoke).
             victim = next(agent for agent in agents if not agent.is_leader and served_by(before, agent.name))
@@ -159,9 +164,7 @@ def test_the_leader_node_dying_elects_another_which_moves_its_extensions(etcd_cl
         agents = make_agents(etcd_cluster)
         client = await client_for(etcd_cluster)
         try:
-            await start(agents)
-            await define(client, EXTENSION_IDS)
-            await until(lambda: placed_everywhere(agents, EXTENSION_IDS, {"gw1", "gw2", "gw3"}), 20, "placement")
+            await placed(agents, client, EXTENSION_IDS)
             before = agents[0].view.assignments()
             leader = next(agent for agent in agents if agent.is_leader)
             survivors = [agent for agent in agents if agent is not leader]
@@ -184,9 +187,7 @@ def test_agents_carry_on_when_the_etcd_leader_is_killed(etcd_cluster):
         agents = make_agents(etcd_cluster, urls=[etcd_leader.client_url, *others])  # all on the leader
         client = await client_for(etcd_cluster)
         try:
-            await start(agents)
-            await define(client, EXTENSION_IDS[:6])
-            await until(lambda: placed_everywhere(agents, EXTENSION_IDS[:6], {"gw1", "gw2", "gw3"}), 20, "placement")
+            await placed(agents, client, EXTENSION_IDS[:6])
             before = agents[0].view.assignments()
             assigned = {agent.name: dict(agent.assigned) for agent in agents}
             leases = {agent.name: agent.lease_id for agent in agents}
@@ -220,9 +221,7 @@ def test_agents_keep_their_assignments_when_all_of_etcd_stops(etcd_cluster):
         agents = make_agents(etcd_cluster)
         client = await client_for(etcd_cluster)
         try:
-            await start(agents)
-            await define(client, EXTENSION_IDS[:6])
-            await until(lambda: placed_everywhere(agents, EXTENSION_IDS[:6], {"gw1", "gw2", "gw3"}), 20, "placement")
+            await placed(agents, client, EXTENSION_IDS[:6])
             await until(lambda: sum(len(agent.assigned) for agent in agents) == 6, 10, "assigned")
             assigned = {agent.name: dict(agent.assigned) for agent in agents}
             await client.close()

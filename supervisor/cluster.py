@@ -27,6 +27,7 @@ One :class:`NodeAgent` per supervisor:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -40,12 +41,14 @@ from audiogw.shared.cluster_keys import (
     EXTENSIONS, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord, Family,
     LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key,
 )
+from audiogw.shared.config import Config
+from audiogw.shared.version import audiogw_version
 from audiogw.supervisor.placement import batches, plan_placement, score
 
 log = logging.getLogger("audiogw.supervisor.cluster")
 
 __all__ = ["Entry", "ClusterView", "NodeAgent", "parse_endpoint", "TXN_BATCH", "define_extension",
-           "undefine_extension"]
+           "undefine_extension", "node_record", "agent_for"]
 
 TXN_BATCH = 100  # placement keys per transaction: etcd's --max-txn-ops is 128 (compares and ops alike)
 _LEADER_KEY = key_for(LEADER)
@@ -516,3 +519,26 @@ async def undefine_extension(client: aetcd.Client, extension_id: str) -> bool:
         if removed:
             return True
     raise ConnectionError(f"extension {extension_id} kept changing during its removal")
+
+
+# -- from the config (what Supervisor will call when [cluster] is set) ------------------
+def node_record(config: Config, started: float) -> NodeRecord:
+    """This node as the others see it: ``[cluster]`` name and advertise address, and its HTTP
+    listener (``supervisor.metrics``; an every-interface bind is reached at the advertise address)."""
+    cluster, supervisor = config.cluster, config.supervisor
+    if cluster.etcd is None or cluster.name is None or cluster.advertise is None:
+        raise ValueError("no [cluster] etcd in this config")
+    http = ""
+    if supervisor.metrics_port:
+        host = supervisor.metrics_host
+        if ipaddress.ip_address(host).is_unspecified:
+            host = cluster.advertise
+        http = f"[{host}]:{supervisor.metrics_port}" if ":" in host else f"{host}:{supervisor.metrics_port}"
+    return NodeRecord(name=cluster.name, advertise=cluster.advertise, http=http, version=audiogw_version(),
+                      started=started)
+
+
+def agent_for(config: Config, started: float, on_change: Callable[[NodeAgent], None] | None = None) -> NodeAgent:
+    """The node agent ``[cluster]`` describes (not started: ``agent.start()`` on the supervisor's loop)."""
+    assert config.cluster.etcd is not None
+    return NodeAgent(node_record(config, started), config.cluster.etcd, config.cluster.lease_ttl, on_change=on_change)

@@ -28,9 +28,11 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from audiogw.shared.cluster_keys import Assignment
+from audiogw.shared.cluster_keys import Assignment, ExtensionRecord
+from audiogw.shared.config import ConfigError, ExtensionConfig
 
-__all__ = ["score", "ranking", "Move", "PlacementPlan", "plan_placement", "served_by", "batches"]
+__all__ = ["score", "ranking", "Move", "PlacementPlan", "plan_placement", "served_by", "batches",
+           "ServingPlan", "plan_serving"]
 
 
 def score(node: str, extension_id: str) -> int:
@@ -142,3 +144,43 @@ def batches(items: Iterable[str], size: int) -> list[list[str]]:
         raise ValueError(f"batch size must be at least 1, not {size}")
     listed = list(items)
     return [listed[start:start + size] for start in range(0, len(listed), size)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPlan:
+    """What a node's supervisor does to serve what placement gives it (the cluster's reload plan)."""
+
+    start: tuple[ExtensionConfig, ...]  # assigned here, not running
+    stop: tuple[str, ...]  # running, no longer assigned here (moved, or removed from the cluster)
+    replace: tuple[ExtensionConfig, ...]  # running with another definition than etcd's
+    refused: tuple[tuple[str, str], ...]  # (id, reason): a definition this node cannot run; a running one goes on
+
+
+def plan_serving(assigned: Mapping[str, Assignment], definitions: Mapping[str, ExtensionRecord],
+                 running: Mapping[str, ExtensionConfig], base_dir: str) -> ServingPlan:
+    """Compare what placement assigns this node (with each definition from etcd) with what runs.
+
+    Each definition goes through ``ExtensionConfig.from_dict`` as a state file entry does (the
+    app's options, files next to this node's config file): one this node cannot run is refused
+    with the reason, and if it runs already it keeps its last good definition rather than stop
+    serving for a value a newer version (or a typo) wrote. Pure; ``NodeAgent.assigned`` and
+    ``NodeAgent.definition`` feed it, ``Supervisor`` carries it out (not wired yet)."""
+    wanted: dict[str, ExtensionConfig] = {}
+    refused: list[tuple[str, str]] = []
+    for extension_id in sorted(assigned):
+        record = definitions.get(extension_id)
+        if record is None:
+            continue  # placed, but its definition is gone: the leader deletes the placement next
+        try:
+            wanted[extension_id] = ExtensionConfig.from_dict(
+                {"id": record.id, "ia_port": record.ia_port, "retorno_port": record.retorno_port,
+                 "app": record.app, "options": record.options},
+                base_dir=base_dir, source=f"etcd /audiogw/extensions/{extension_id}", key="extension")
+        except ConfigError as error:
+            refused.append((extension_id, f"{error.key}: {error.reason}"))
+    kept = {extension_id for extension_id, _ in refused if extension_id in running}
+    start = tuple(config for extension_id, config in wanted.items() if extension_id not in running)
+    replace = tuple(config for extension_id, config in wanted.items()
+                    if extension_id in running and running[extension_id] != config)
+    stop = tuple(sorted(set(running) - set(wanted) - kept))
+    return ServingPlan(start, stop, replace, tuple(refused))

@@ -303,3 +303,22 @@ def test_route_and_service_discovery_answer_from_the_view():
     view.apply(True, _KV(key_for(NODES, "gw1"), encode_value(NodeRecord(name="gw1", advertise="10.0.0.1",
                                                                          http="10.0.0.1:9464")), 8))
     assert view.http_sd() == [{"targets": ["10.0.0.1:9464"], "labels": {"node": "gw1"}}]
+
+
+def test_the_agent_a_config_describes(tmp_path):
+    from audiogw.shared.config import load_config
+    from audiogw.supervisor.cluster import agent_for, node_record
+
+    path = tmp_path / "audiogw.toml"
+    path.write_text('[supervisor]\nmetrics = "0.0.0.0:9464"\n[audiosocket]\nbind = "10.1.2.3"\n'
+                    '[cluster]\netcd = ["http://10.0.0.1:2379", "http://[::1]:2379"]\nname = "gw7"\nlease_ttl = 5\n')
+    config = load_config(path)
+    record = node_record(config, 12.5)
+    assert (record.name, record.advertise, record.http, record.started) == ("gw7", "10.1.2.3", "10.1.2.3:9464", 12.5)
+    agent = agent_for(config, 12.5)
+    assert agent.urls == ["http://10.0.0.1:2379", "http://[::1]:2379"] and agent.lease_ttl == 5
+    assert parse_endpoint(agent.urls[1]) == ("[::1]", 2379)
+    assert not agent.connected and agent.assigned == {} and not agent.is_leader
+    path.write_text('[supervisor]\nmetrics = "127.0.0.1:0"\n')
+    with pytest.raises(ValueError):
+        node_record(load_config(path), 0.0)  # one host: no node

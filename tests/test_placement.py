@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiogw.shared.cluster_keys import Assignment
-from audiogw.supervisor.placement import batches, plan_placement, ranking, score, served_by
+from audiogw.shared.cluster_keys import Assignment, ExtensionRecord
+from audiogw.shared.config import ExtensionConfig
+from audiogw.supervisor.placement import batches, plan_placement, plan_serving, ranking, score, served_by
 
 NODE_NAMES = st.text("abcdefgh0123-", min_size=1, max_size=6).filter(lambda name: name[0] != "-")
 NODES = st.sets(NODE_NAMES, min_size=1, max_size=7)
@@ -142,3 +143,34 @@ def test_batches_cover_everything_in_order(items, size):
 def test_assignment_refuses_a_standby_that_is_the_node():
     with pytest.raises(ValueError):
         Assignment(node="a", epoch=1, standby="a")
+
+
+def _record(extension_id: str, ia_port: int, app: str = "echo", **options) -> ExtensionRecord:
+    return ExtensionRecord(id=extension_id, ia_port=ia_port, retorno_port=ia_port + 1, app=app, options=options)
+
+
+def test_serving_plan_starts_stops_and_replaces_what_placement_says(tmp_path):
+    definitions = {"1": _record("1", 30000), "2": _record("2", 30002), "3": _record("3", 30004, "bridge"),
+                   "4": _record("4", 30006)}
+    assigned = {extension_id: Assignment(node="me", epoch=1) for extension_id in ("1", "3", "4", "5")}
+    running = {"2": ExtensionConfig("2", 30002, 30003, "echo"),  # moved away
+               "3": ExtensionConfig("3", 30004, 30005, "echo"),  # redefined as a bridge
+               "4": ExtensionConfig("4", 30006, 30007, "echo")}  # unchanged
+    plan = plan_serving(assigned, definitions, running, str(tmp_path))
+    assert [config.id for config in plan.start] == ["1"]  # 5 has no definition (removed): nothing to start
+    assert plan.stop == ("2",)
+    assert [(config.id, config.app) for config in plan.replace] == [("3", "bridge")]
+    assert plan.refused == ()
+    # Nothing assigned (etcd says this node serves nothing): everything stops.
+    assert plan_serving({}, definitions, running, str(tmp_path)).stop == ("2", "3", "4")
+
+
+def test_a_definition_this_node_cannot_run_is_refused_and_a_running_one_goes_on(tmp_path):
+    definitions = {"1": _record("1", 30000, "playback", file="missing.wav"), "2": _record("2", 30002, "nosuchapp")}
+    assigned = {"1": Assignment(node="me", epoch=2), "2": Assignment(node="me", epoch=1)}
+    running = {"1": ExtensionConfig("1", 30000, 30001, "echo")}
+    plan = plan_serving(assigned, definitions, running, str(tmp_path))
+    assert not plan.start and not plan.stop and not plan.replace
+    reasons = dict(plan.refused)
+    assert set(reasons) == {"1", "2"}
+    assert "missing.wav" in reasons["1"] and "nosuchapp" in reasons["2"]

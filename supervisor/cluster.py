@@ -151,7 +151,7 @@ class NodeAgent:
 
     def __init__(self, record: NodeRecord, urls: Sequence[str], lease_ttl: int, *,
                  on_change: Callable[["NodeAgent"], None] | None = None, rebalance: bool = False,
-                 spread: bool = True) -> None:
+                 spread: bool = True, settle: float | None = None) -> None:
         if not urls:
             raise ValueError("no etcd URL")
         self.record = record
@@ -179,6 +179,12 @@ class NodeAgent:
         self._stopping = False
         self._failures = 0
         self._background: set[asyncio.Task] = set()
+        # A leader that joined less than ``settle`` s ago (default lease_ttl) places no new extension
+        # yet: at a cluster's start the nodes join one by one, and sticky placement would leave every
+        # extension on the first. Moves off a lost node never wait: those extensions are placed already.
+        self.settle = lease_ttl if settle is None else settle
+        self._joined_at: float | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -195,6 +201,9 @@ class NodeAgent:
         leader key with it), so the others move its extensions now rather than after the TTL.
         ``revoke=False`` leaves as a crash would (tests)."""
         self._stopping = True
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         client, lease_id = self._client, self.lease_id
         if revoke and client is not None and lease_id is not None:
             try:
@@ -253,6 +262,8 @@ class NodeAgent:
         watch = await client.watch_prefix(PREFIX.encode(), start_revision=self.view.revision + 1)
         self._failures = 0
         self.stats["sessions"] += 1
+        if self._joined_at is None:
+            self._joined_at = time.monotonic()
         self._check_leader()
         self._set(connected=True, assigned=self._mine())  # a reconnect's fresh read may have moved some
         if self.view.leader is None:
@@ -394,8 +405,14 @@ class NodeAgent:
         # 200 000 pairs (~0.4 s), which the supervisor's loop must not wait for. Each write compares the
         # mod revision the plan started from, so a view that moved meanwhile writes nothing stale.
         entries = dict(view.placement)
+        extensions = list(view.extensions)
+        settling = (self._joined_at or 0.0) + self.settle - time.monotonic()
+        if settling > 0 and any(extension_id not in entries for extension_id in extensions):
+            extensions = [extension_id for extension_id in extensions if extension_id in entries]
+            if self._settle_timer is None:
+                self._settle_timer = asyncio.get_running_loop().call_later(settling, self._settled)
         plan = await asyncio.to_thread(
-            plan_placement, list(view.extensions), list(view.nodes),
+            plan_placement, extensions, list(view.nodes),
             {extension_id: entry.record for extension_id, entry in entries.items()},
             leader=self.name, rebalance=self.rebalance)
         if self.term != term:
@@ -435,6 +452,10 @@ class NodeAgent:
             log.info("cluster: placement term %d: %s", term, ", ".join(
                 f"{move.extension} {move.old or '-'} -> {move.new} (epoch {move.epoch})" for move in plan.moves[:20])
                 + (f" and {len(plan.moves) - 20} more" if len(plan.moves) > 20 else ""))
+
+    def _settled(self) -> None:
+        self._settle_timer = None
+        self._plan_soon()
 
     # -- what this node serves ---------------------------------------------------
     def _mine(self) -> dict[str, Assignment]:

@@ -31,9 +31,9 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aetcd
 
@@ -47,12 +47,19 @@ from audiogw.supervisor.placement import batches, plan_placement, score
 
 log = logging.getLogger("audiogw.supervisor.cluster")
 
-__all__ = ["Entry", "ClusterView", "NodeAgent", "parse_endpoint", "TXN_BATCH", "define_extension",
-           "undefine_extension", "node_record", "agent_for"]
+__all__ = ["Entry", "ClusterView", "NodeAgent", "EtcdUnavailable", "parse_endpoint", "TXN_BATCH",
+           "define_extension", "undefine_extension", "node_record", "agent_for"]
 
 TXN_BATCH = 100  # placement keys per transaction: etcd's --max-txn-ops is 128 (compares and ops alike)
 _LEADER_KEY = key_for(LEADER)
 _RETRY_MAX = 1.0  # seconds between two rounds over every endpoint, at most
+
+
+T = TypeVar("T")
+
+
+class EtcdUnavailable(RuntimeError):
+    """No etcd session to run an operation on in time (a command in cluster mode is refused with this)."""
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:
@@ -190,6 +197,29 @@ class NodeAgent:
     def is_leader(self) -> bool:
         return self.term is not None
 
+    async def call(self, operation: Callable[[aetcd.Client], Awaitable[T]], timeout: float) -> T:
+        """Run ``operation(client)`` on this node's current etcd session (``ctl`` in cluster mode:
+        ``define_extension``...), waiting up to ``timeout`` s for one; EtcdUnavailable says why not."""
+        deadline = time.monotonic() + timeout
+        while self._client is None or not self.connected:
+            if self._stopping or time.monotonic() >= deadline:
+                raise EtcdUnavailable(f"etcd is unreachable from node {self.name} (tried {', '.join(self.urls)})")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), max(0.01, min(0.2, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+        try:
+            return await asyncio.wait_for(operation(self._client), max(0.01, deadline - time.monotonic()))
+        except (aetcd.ClientError, OSError, TimeoutError) as error:
+            raise EtcdUnavailable(f"etcd did not answer node {self.name}: {type(error).__name__}: {error}") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is cancelled
+            # gRPC cancels the calls in flight when the session closes its channel (an endpoint failed).
+            raise EtcdUnavailable(f"node {self.name}'s etcd session ended during the call; try again") from None
+
     # -- running ----------------------------------------------------------------
     def start(self) -> None:
         """Join the cluster in the background (the loop is never held: see ``connected``)."""
@@ -229,8 +259,11 @@ class NodeAgent:
             self._client = client
             try:
                 await self._session(client)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as error:
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    raise
+                self._session_failed(url, error)  # a gRPC call cancelled under us: not the agent's stop
             except Exception as error:  # aetcd's ClientError family, a timeout, a lost lease: next endpoint
                 self._session_failed(url, error)
             finally:

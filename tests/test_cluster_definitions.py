@@ -71,3 +71,28 @@ def test_concurrent_adds_of_one_port_from_three_nodes_let_exactly_one_win(etcd_c
                 await each.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_agent_runs_a_command_on_its_session_or_says_etcd_is_unreachable(etcd_cluster):
+    from audiogw.shared.cluster_keys import NodeRecord
+    from audiogw.supervisor.cluster import EtcdUnavailable, NodeAgent
+
+    async def scenario():
+        agent = NodeAgent(NodeRecord(name="gw1", advertise="127.0.0.1"), etcd_cluster.client_urls, 3)
+        agent.start()
+        try:
+            # Called before the agent is connected: it waits for the session, then runs.
+            assert await agent.call(lambda client: define_extension(client, record("1501", 33000, 33001)), 10) is None
+            assert await agent.call(lambda client: define_extension(client, record("1502", 33000, 33003)), 10) == \
+                "port 33000 is used by extension 1501 (ia)"
+            etcd_cluster.stop_all()
+            try:
+                await agent.call(lambda client: undefine_extension(client, "1501"), 2)
+            except EtcdUnavailable as error:
+                assert "gw1" in str(error)
+            else:
+                raise AssertionError("a command ran with all of etcd stopped")
+        finally:
+            await agent.stop(revoke=False)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -53,6 +53,9 @@ __all__ = ["Entry", "ClusterView", "NodeAgent", "EtcdUnavailable", "parse_endpoi
 TXN_BATCH = 100  # placement keys per transaction: etcd's --max-txn-ops is 128 (compares and ops alike)
 _LEADER_KEY = key_for(LEADER)
 _RETRY_MAX = 1.0  # seconds between two rounds over every endpoint, at most
+# The session's first read returns all of /audiogw/ at once: ~350 bytes an extension (definition,
+# placement, two port claims), so 10 000 extensions are ~3.5 MB, near gRPC's default 4 MiB limit.
+_CHANNEL_OPTIONS = {"grpc.max_receive_message_length": 64 << 20}
 
 
 T = TypeVar("T")
@@ -255,7 +258,7 @@ class NodeAgent:
         while not self._stopping:
             url = self.urls[self._endpoint]
             host, port = parse_endpoint(url)
-            client = aetcd.Client(host=host, port=port, timeout=self.rpc_timeout)
+            client = aetcd.Client(host=host, port=port, timeout=self.rpc_timeout, options=_CHANNEL_OPTIONS)
             self._client = client
             try:
                 await self._session(client)

@@ -24,6 +24,7 @@ from audiogw.shared.apps import AppOptionError, app_spec, parse_app_options
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.settings import (
     AudioSocketSettings,
+    ClusterSettings,
     ConfigError,
     ParseContext,
     SupervisorSettings,
@@ -37,6 +38,7 @@ from audiogw.shared.settings import (
     _type_name,
     SECTIONS,
     parse_section,
+    resolve_cluster,
     resolve_path,
     validate_port,
 )
@@ -346,6 +348,7 @@ class Config:
     audiosocket: AudioSocketSettings
     defaults: Defaults
     extensions: tuple[ExtensionConfig, ...]
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)  # etcd None: one host (#15)
 
     def extension(self, extension_id: str) -> ExtensionConfig | None:
         for extension in self.extensions:
@@ -356,7 +359,7 @@ class Config:
 
 # ------------------------------------------------------------------------ parsing
 
-_TOP_KEYS = ("supervisor", "audiosocket", "defaults", "extension")
+_TOP_KEYS = ("supervisor", "audiosocket", "cluster", "defaults", "extension")
 _DEFAULTS_KEYS = ("app", "options")
 
 
@@ -450,6 +453,9 @@ def parse_config(
         **parse_section("supervisor", _expect_table(table.get("supervisor", {}), file, "supervisor"), context))
     audiosocket = AudioSocketSettings(
         **parse_section("audiosocket", _expect_table(table.get("audiosocket", {}), file, "audiosocket"), context))
+    cluster_table = _expect_table(table.get("cluster", {}), file, "cluster")
+    cluster = resolve_cluster(ClusterSettings(**parse_section("cluster", cluster_table, context)), cluster_table,
+                              audiosocket.bind, file)
     defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), file)
 
     reserved = reserved_ports(supervisor, audiosocket, file)
@@ -461,6 +467,7 @@ def parse_config(
         audiosocket=audiosocket,
         defaults=defaults,
         extensions=extensions,
+        cluster=cluster,
     )
 
 

@@ -49,6 +49,10 @@ __all__ = [
     "CHECKS",
     "SupervisorSettings",
     "AudioSocketSettings",
+    "CLUSTER",
+    "ClusterSettings",
+    "NODE_NAME_PATTERN",
+    "resolve_cluster",
     "parse_section",
     "setting_names",
     "reference_text",
@@ -525,7 +529,76 @@ AUDIOSOCKET: tuple[Setting, ...] = (
             "kernel's net.core.somaxconn).", RESTART, minimum=1, maximum=65535),
 )
 
-SECTIONS: dict[str, tuple[Setting, ...]] = {_S: SUPERVISOR, _A: AUDIOSOCKET}
+# ------------------------------------------------------------------ [cluster] (#15)
+# A node's name is part of etcd keys (/audiogw/nodes/NAME, shared/cluster_keys.py) and of labels.
+NODE_NAME_PATTERN: re.Pattern[str] = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+NODE_NAME_RULE = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def _etcd_urls(value: object, context: ParseContext, key: str) -> tuple[str, ...]:
+    file = context.file
+    items = _expect_array(value, file, key)
+    if not items:
+        raise ConfigError(file, key, 'empty: list the etcd client URLs, e.g. ["http://10.0.0.1:2379"] '
+                          "(remove [cluster] for one host)")
+    urls: list[str] = []
+    for index, item in enumerate(items):
+        where = f"{key}[{index}]"
+        text = _expect_str(item, file, where)
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise ConfigError(file, where, f"{text!r} is not an etcd client URL (http://HOST:PORT)")
+        if scheme.lower() == "https":
+            raise ConfigError(file, where, f"{text!r}: TLS to etcd is not supported yet; use http:// on a private network")
+        if rest.endswith("/"):
+            rest = rest[:-1]
+        if "/" in rest or "?" in rest:
+            raise ConfigError(file, where, f"{text!r} has a path; etcd client URLs are http://HOST:PORT")
+        host, port = _parse_host_port(rest, file, where, allow_port_zero=False)
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if url in urls:
+            raise ConfigError(file, where, f"{url} is listed twice")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _node_name(value: object, context: ParseContext, key: str) -> str:
+    text = _expect_str(value, context.file, key)
+    if not NODE_NAME_PATTERN.match(text):
+        raise ConfigError(context.file, key, f"{text!r} is not a node name ({NODE_NAME_RULE})")
+    return text
+
+
+def _advertise(value: object, context: ParseContext, key: str) -> str:
+    text = _expect_str(value, context.file, key)
+    if _is_ip(text):
+        if ipaddress.ip_address(text).is_unspecified:
+            raise ConfigError(context.file, key, f"{text} is every interface, not an address Asterisk can reach")
+        return str(ipaddress.ip_address(text))
+    if not _HOSTNAME.match(text):
+        raise ConfigError(context.file, key, f"{text!r} is not an IP address or host name (no port: each "
+                          "extension keeps its own ports)")
+    return text
+
+
+_C = "cluster"
+
+CLUSTER: tuple[Setting, ...] = (
+    Setting(_C, "etcd", "etcd v3 client URLs (http://HOST:PORT, every member or a few): setting it turns cluster\n"
+            "mode on. Extension definitions, their placement and each node's liveness then live\n"
+            "in etcd; unset (the default): one host, the state file.", RESTART, _etcd_urls,
+            (("etcd", tuple[str, ...] | None),), example=["http://127.0.0.1:2379"], bounds="not empty"),
+    Setting(_C, "name", "This node's id in the cluster (its etcd key, the host `ctl list` shows); default: the\n"
+            "host name.", RESTART, _node_name, (("name", str | None),), example="gw1", bounds="1-63 of A-Z a-z 0-9 . _ -"),
+    Setting(_C, "advertise", "Address Asterisk reaches this node's AudioSocket ports at (/route answers it); default:\n"
+            "audiosocket.bind, which then must not be 0.0.0.0 or ::.", RESTART, _advertise,
+            (("advertise", str | None),), example="192.0.2.10"),
+    integer(_C, "lease_ttl", 3, "Seconds this node's etcd lease lives without a keepalive: a dead node's extensions\n"
+            "serve from another within lease_ttl + 2 s. etcd refuses leases shorter than its\n"
+            "election timeout allows (2 s with its defaults).", RESTART, minimum=2, maximum=60),
+)
+
+SECTIONS: dict[str, tuple[Setting, ...]] = {_S: SUPERVISOR, _A: AUDIOSOCKET, _C: CLUSTER}
 
 
 # ------------------------------------------------------------- cross-key checks
@@ -667,6 +740,38 @@ SupervisorSettings = _settings_class(
     "SupervisorSettings", _S, "The ``[supervisor]`` table, validated (attributes: see SUPERVISOR).")
 AudioSocketSettings = _settings_class(
     "AudioSocketSettings", _A, "The ``[audiosocket]`` table, validated (attributes: see AUDIOSOCKET).")
+ClusterSettings = _settings_class(
+    "ClusterSettings", _C, "The ``[cluster]`` table, validated (attributes: see CLUSTER); ``etcd`` None: one host.")
+
+
+def resolve_cluster(cluster: Any, table: Mapping[str, Any], bind: str, file: str | None,
+                    host_name: Callable[[], str] | None = None) -> Any:
+    """``[cluster]`` with the defaults that depend on the host and on ``audiosocket.bind`` filled in.
+
+    A key set away from its default does nothing without ``etcd``: refused rather than ignored
+    (an empty ``[cluster]``, as the reference file has, or its defaults written out, is one host)."""
+    if cluster.etcd is None:
+        defaults = ClusterSettings()
+        useless = sorted(name for name in table if getattr(cluster, name) != getattr(defaults, name))
+        if useless:
+            raise ConfigError(file, "cluster.etcd", f"required when [cluster] sets {', '.join(useless)} "
+                              "(the etcd client URLs; remove [cluster] for one host)")
+        return cluster
+    name = cluster.name
+    if name is None:
+        import socket
+
+        name = (host_name or socket.gethostname)()
+        if not NODE_NAME_PATTERN.match(name):
+            raise ConfigError(file, "cluster.name", f"the host name {name!r} is not a node name ({NODE_NAME_RULE}); "
+                              "set cluster.name")
+    advertise = cluster.advertise
+    if advertise is None:
+        if ipaddress.ip_address(bind).is_unspecified:
+            raise ConfigError(file, "cluster.advertise", f"required: audiosocket.bind is {bind} (every interface), "
+                              "so say which address Asterisk reaches this node at")
+        advertise = bind
+    return dataclasses.replace(cluster, name=name, advertise=advertise)
 
 
 # ------------------------------------------------------------ the reference file

@@ -32,7 +32,7 @@ from audiogw.shared.config import (
     validate_extension_id,
     validate_port,
 )
-from audiogw.shared.settings import REFERENCE_VALUES, RELOAD_NOTES, SECTIONS, reference_text, toml_value
+from audiogw.shared.settings import REFERENCE_VALUES, RELOAD_NOTES, SECTIONS, ClusterSettings, reference_text, toml_value
 from audiogw.shared.settings import main as settings_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1045,7 +1045,8 @@ def test_dataclass_defaults_are_the_declared_defaults(tmp_path: Path) -> None:
     assert built == empty.supervisor
     declared = [name for settings_ in SECTIONS.values() for setting in settings_ for name, _ in setting.fields]
     assert declared == [f.name for f in dataclasses.fields(SupervisorSettings)] + [
-        f.name for f in dataclasses.fields(AudioSocketSettings)]
+        f.name for f in dataclasses.fields(AudioSocketSettings)] + [f.name for f in dataclasses.fields(ClusterSettings)]
+    assert empty.cluster == ClusterSettings()
 
 
 def test_known_keys_come_from_the_declarations(tmp_path: Path) -> None:

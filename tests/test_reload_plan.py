@@ -30,6 +30,8 @@ BASE = """
 {supervisor}
 [audiosocket]
 {audiosocket}
+[cluster]
+{cluster}
 {extensions}
 """
 
@@ -49,13 +51,14 @@ app = "bridge"
 
 
 def config(tmp_path: Path, *, supervisor: str = "", audiosocket: str = "", extensions: str = TWO,
-           name: str = "audiogw.toml") -> Config:
+           name: str = "audiogw.toml", cluster: str = "") -> Config:
     """The same file (same path) each time, as a reload re-reads it."""
     path = tmp_path / name
     supervisor = _with_base(supervisor, control='"ipc://run/control.sock"', metrics='"127.0.0.1:9464"',
                             state_dir='"var"')
     audiosocket = _with_base(audiosocket, bind='"127.0.0.1"')
-    path.write_text(textwrap.dedent(BASE.format(supervisor=supervisor, audiosocket=audiosocket,
+    cluster = _with_base(cluster, etcd='["http://127.0.0.1:2379"]', name='"gw1"') if cluster else ""
+    path.write_text(textwrap.dedent(BASE.format(supervisor=supervisor, audiosocket=audiosocket, cluster=cluster,
                                                 extensions=extensions)))
     return load_config(path)
 
@@ -149,7 +152,8 @@ NUMERIC = [setting for settings in SECTIONS.values() for setting in settings if 
 @pytest.mark.parametrize("setting", NUMERIC, ids=lambda setting: setting.key)
 def test_each_changed_key_lands_in_its_policy(tmp_path: Path, setting: Setting) -> None:
     assert len(NUMERIC) >= 10  # the generic test covers most keys
-    old = config(tmp_path)
+    # [cluster] keys change within cluster mode (its etcd list and name come from config()).
+    old = config(tmp_path, **({"cluster": f"{setting.name} = {setting.default}"} if setting.section == "cluster" else {}))
     line = f"{setting.name} = {_changed_value(setting)}"
     new = config(tmp_path, **{setting.section: line})
     plan = plan_reload(old, new, running_of(old))

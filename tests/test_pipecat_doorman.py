@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from doorman_gateway import (  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipecat_doorman.py"
 from doorman_gateway import RATE, VISITOR_HZ  # noqa: E402
 
-ACCOUNT_SID, AUTH_TOKEN = "AC" + "1" * 32, "secret-token"
+ACCOUNT_SID, AUTH_TOKEN = "AC" + "1" * 32, "secret-token-0123456789"  # audiogw wants >= 16 characters
 START_SECONDS = 60.0  # importing pipecat (numba, onnxruntime) is slow on a loaded 2-core machine
 
 
@@ -74,25 +75,20 @@ class Bot:
     by_rest: bool  # TWILIO_* set: auto_hang_up (REST) ends calls; else audiogw.hangup events
 
 
-@pytest.fixture(scope="module", params=["rest", "events"])
-def pipecat_bot(request, tmp_path_factory, rest):
-    """One bot per hang-up mode for the module (starting Pipecat takes seconds); each test
-    clears ``rest.requests``."""
-    tmp_path = tmp_path_factory.mktemp("pipecat")
+@contextlib.contextmanager
+def running_bot(folder: Path, twilio: dict[str, str]):
+    """examples/pipecat_doorman.py under Pipecat's runner on a free port, with these TWILIO_* only."""
     port = free_port_block(1)
-    log_path = tmp_path / "pipecat.log"
+    log_path = folder / "pipecat.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("TWILIO_")}
-    env["NO_COLOR"] = "1"
-    if request.param == "rest":
-        env.update(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
-                   TWILIO_BASE_URL=f"http://127.0.0.1:{rest.server_address[1]}")
+    env.update(twilio, NO_COLOR="1")
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(EXAMPLE), "-t", "twilio", "--host", "127.0.0.1",
                                     "--port", str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   env=env, cwd=tmp_path)
+                                   env=env, cwd=folder)
     try:
         asyncio.run(_wait_listening(port, process, log_path))
-        yield Bot(f"ws://127.0.0.1:{port}/ws", log_path, request.param == "rest")
+        yield Bot(f"ws://127.0.0.1:{port}/ws", log_path, bool(twilio))
     finally:
         process.terminate()
         try:
@@ -100,6 +96,18 @@ def pipecat_bot(request, tmp_path_factory, rest):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module", params=["rest", "events"])
+def pipecat_bot(request, tmp_path_factory, rest):
+    """One bot per hang-up mode for the module (starting Pipecat takes seconds); each test
+    clears ``rest.requests``."""
+    twilio = {}
+    if request.param == "rest":
+        twilio = dict(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+                      TWILIO_BASE_URL=f"http://127.0.0.1:{rest.server_address[1]}")
+    with running_bot(tmp_path_factory.mktemp("pipecat"), twilio) as bot:
+        yield bot
 
 
 async def _wait_listening(port: int, process: subprocess.Popen, log_path: Path) -> None:

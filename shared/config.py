@@ -23,6 +23,8 @@ from typing import Any
 from audiogw.shared.apps import AppOptionError, app_spec, parse_app_options
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.settings import (
+    AgentSettings,
+    AsteriskSettings,
     AudioSocketSettings,
     ConfigError,
     ParseContext,
@@ -48,6 +50,8 @@ __all__ = [
     "ExtensionConfig",
     "SupervisorSettings",
     "AudioSocketSettings",
+    "AsteriskSettings",
+    "AgentSettings",
     "Defaults",
     "Config",
     "validate_extension_id",
@@ -346,6 +350,8 @@ class Config:
     audiosocket: AudioSocketSettings
     defaults: Defaults
     extensions: tuple[ExtensionConfig, ...]
+    asterisk: AsteriskSettings = AsteriskSettings()
+    agent: AgentSettings = AgentSettings()
 
     def extension(self, extension_id: str) -> ExtensionConfig | None:
         for extension in self.extensions:
@@ -356,7 +362,7 @@ class Config:
 
 # ------------------------------------------------------------------------ parsing
 
-_TOP_KEYS = ("supervisor", "audiosocket", "defaults", "extension")
+_TOP_KEYS = ("supervisor", "audiosocket", "asterisk", "agent", "defaults", "extension")
 _DEFAULTS_KEYS = ("app", "options")
 
 
@@ -450,6 +456,9 @@ def parse_config(
         **parse_section("supervisor", _expect_table(table.get("supervisor", {}), file, "supervisor"), context))
     audiosocket = AudioSocketSettings(
         **parse_section("audiosocket", _expect_table(table.get("audiosocket", {}), file, "audiosocket"), context))
+    asterisk = AsteriskSettings(
+        **parse_section("asterisk", _expect_table(table.get("asterisk", {}), file, "asterisk"), context))
+    agent = AgentSettings(**parse_section("agent", _expect_table(table.get("agent", {}), file, "agent"), context))
     defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), file)
 
     reserved = reserved_ports(supervisor, audiosocket, file)
@@ -461,6 +470,8 @@ def parse_config(
         audiosocket=audiosocket,
         defaults=defaults,
         extensions=extensions,
+        asterisk=asterisk,
+        agent=agent,
     )
 
 

@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from audiogw.shared.logs import register_secret
@@ -41,6 +42,9 @@ CONNECT_TIMEOUT = 5.0
 LOGIN_TIMEOUT = 5.0
 ACTION_TIMEOUT = 5.0
 KEEPALIVE = 20.0
+# A session shorter than this does not reset the backoff: a peer that accepts and drops at
+# once (a proxy, a manager.conf that refuses the address) is retried less and less often.
+STABLE_SESSION = 10.0
 # The event classes the supervisor needs: call (DialBegin/DialState/DialEnd, Hangup,
 # OriginateResponse) and user (the dialplan's UserEvent AudiogwLeg).
 ASTERISK_EVENT_CLASSES = "call,user"
@@ -96,7 +100,7 @@ class AmiClient:
         self._pending: dict[str, tuple[str, asyncio.Future[AmiMessage]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task | None = None
-        self._wakeup = asyncio.Event()
+        self.connected_since: float | None = None
 
     @property
     def address(self) -> str:
@@ -133,7 +137,6 @@ class AmiClient:
             refused_login = False
             try:
                 await self._session()
-                delay = self.backoff_initial  # a session that logged in and then ended: retry soon
             except asyncio.CancelledError:
                 raise
             except _LoginRefused as error:
@@ -151,13 +154,14 @@ class AmiClient:
                 self._set_state("down", reason)
             finally:
                 self._drop(f"AMI connection lost ({self.reason})")
+                if self.connected_since is not None and time.monotonic() - self.connected_since >= STABLE_SESSION:
+                    delay = self.backoff_initial  # it served a while: this is a new outage, retry soon
+                self.connected_since = None
+            if self.state == "connected":
+                self._set_state("down", "Asterisk closed the connection")
             wait = self.backoff_max if refused_login else delay
             delay = min(self.backoff_max, max(delay * 2, self.backoff_initial))
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), wait)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(wait)
 
     async def _session(self) -> None:
         if self.state != "login_failed":
@@ -189,6 +193,7 @@ class AmiClient:
             log.info("ami %s: logged in as %r (%s)", self.address, self.username, self.banner,
                      extra={"event": "ami_connected"})
             self._set_state("connected", "")
+            self.connected_since = time.monotonic()
             while True:
                 try:
                     await asyncio.wait_for(asyncio.shield(reading), self.keepalive)

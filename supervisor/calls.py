@@ -397,6 +397,8 @@ class CallControl:
 
     def _on_leg_event(self, event: AmiMessage) -> None:
         call_uuid, leg, channel = event.get("Uuid").lower(), event.get("Leg"), event.get("Channel")
+        if event.get("Extension") not in self.supervisor.extensions:
+            return  # another gateway's extension on the same PBX
         if not _UUID.match(call_uuid) or leg not in ("ia", "retorno") or not channel:
             log.debug("calls: ignored UserEvent AudiogwLeg %s", event.as_dict())
             return

@@ -144,6 +144,7 @@ def test_hangup_remote_cancels_a_resident_still_ringing(calls_setup):
     events = setup.worker.statuses({"answered", "hangup", "busy", "no_answer", "failed"}, timeout=10)
     assert events[-1].status == "hangup", events
     assert time.monotonic() - started < 10  # not the dial's 30 s
+    assert counter(setup.supervisor, "audiogw_calls_refused") == 0  # Asterisk took the Hangup
     assert setup.asterisk.wait_no_channels(5), setup.asterisk.channels()
     assert_no_asterisk_errors(setup.asterisk)
 

@@ -17,6 +17,8 @@ request is handled the moment it arrives (the heartbeat bus stays batched).
   ``failed``, the ``Hangup`` of the originated channel -> ``hangup``. Each status goes
   to the worker that asked, as a ``DialStatus``. No AMI, AMI down, a refused
   Originate, no outcome in time: ``failed`` with the reason, never a hang.
+- The conversation's last ``LegEnded`` (or a REST hangup) while the resident still rings
+  hangs the ringing resident up: nobody is left to talk to.
 - ``SendDtmf`` / ``HangupRemote``: AMI ``PlayDTMF`` / ``Hangup`` on that leg's channel,
   learned from the dialplan's ``UserEvent(AudiogwLeg, Uuid: ..., Leg: ...)``; a resident
   still ringing is hung up through the originated channel's id.
@@ -232,6 +234,7 @@ class CallControl:
                 if not legs:
                     del self.legs[message.uuid]
                     self.extension_of.pop(message.uuid, None)
+                    self._cancel_ringing(message.uuid, "the conversation's last leg ended")
         elif isinstance(message, Dial):
             self._in_task(self._dial(identity, message))
         elif isinstance(message, SendDtmf):
@@ -477,11 +480,19 @@ class CallControl:
         if legs and extension is not None:
             for identity in set(legs.values()):
                 delivered |= self.send(identity, HangupLeg(extension=extension, uuid=call_uuid, leg=None))
-        dial = self.dials.get(call_uuid)
-        if dial is not None and not dial.answered and self.ami is not None and self.ami.connected:
-            self._in_task(self._ami_hangup(dial.identity, dial.channel_id))
-            delivered = True
+        if call_uuid in self.dials and self.ami is not None and self.ami.connected:
+            delivered |= not self.dials[call_uuid].answered
+            self._cancel_ringing(call_uuid, "REST hangup")
         return delivered
+
+    def _cancel_ringing(self, call_uuid: str, why: str) -> None:
+        """Hang up a resident still ringing for a conversation that is over (nobody to talk to)."""
+        dial = self.dials.get(call_uuid)
+        if dial is None or dial.answered or dial.final or self.ami is None or not self.ami.connected:
+            return
+        log.info("calls: dial %s extension=%s: %s, hanging up the resident still ringing", call_uuid,
+                 dial.extension, why)
+        self._in_task(self._ami_hangup(dial.identity, dial.channel_id))
 
     def _forget_identity(self, identity: bytes) -> None:
         for call_uuid in [u for u, legs in self.legs.items() if identity in legs.values()]:

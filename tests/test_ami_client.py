@@ -259,3 +259,26 @@ def test_a_refused_originate_and_a_lost_connection_fail_the_dial(tmp_path):
     worker.close(0)
     calls.socket.close(0)
     context.term()
+
+
+def test_the_visitor_leaving_hangs_up_the_resident_still_ringing(tmp_path):
+    from audiogw.shared.messages import LegEnded, LegStarted
+
+    context, ami, calls, worker = dial_setup(tmp_path)
+    call = str(uuid.uuid4())
+
+    async def main() -> None:
+        calls.handle(b"1201:7", encode_call_message(LegStarted(extension="1201", uuid=call, leg="ia")))
+        calls.handle(b"1201:7", encode_call_message(Dial(extension="1201", uuid=call)))
+        await until(lambda: ami.sent)
+        dial = calls.dials[call]
+        calls.on_ami_event(event(Event="DialBegin", Uniqueid=dial.other_id))
+        calls.handle(b"1201:7", encode_call_message(LegEnded(extension="1201", uuid=call, leg="ia")))
+        await until(lambda: len(ami.sent) == 2)
+        assert ami.sent[1] == ("Hangup", [("Channel", dial.channel_id), ("Cause", "16")])
+
+    asyncio.run(main())
+    assert statuses(worker) == ["ringing"]
+    worker.close(0)
+    calls.socket.close(0)
+    context.term()

@@ -488,7 +488,10 @@ class CallControl:
     def _cancel_ringing(self, call_uuid: str, why: str) -> None:
         """Hang up a resident still ringing for a conversation that is over (nobody to talk to)."""
         dial = self.dials.get(call_uuid)
-        if dial is None or dial.answered or dial.final or self.ami is None or not self.ami.connected:
+        if dial is not None and dial.answered:
+            self._forget(dial)  # its Hangup event matters to no leg any more: never kept for ever
+            return
+        if dial is None or dial.final or self.ami is None or not self.ami.connected:
             return
         log.info("calls: dial %s extension=%s: %s, hanging up the resident still ringing", call_uuid,
                  dial.extension, why)

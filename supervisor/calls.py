@@ -50,7 +50,7 @@ from audiogw.supervisor.control import RefusalLog
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
 
-__all__ = ["CallControl", "PendingDial", "REFUSAL_REASONS", "ami_client_for", "calls_endpoint"]
+__all__ = ["CallControl", "PendingDial", "REFUSAL_REASONS", "ami_client_for"]
 
 log = logging.getLogger("audiogw.supervisor.calls")
 
@@ -69,10 +69,6 @@ _DIAL_END = {"BUSY": "busy", "NOANSWER": "no_answer", "CANCEL": "hangup"}
 # OriginateResponse Reason (Asterisk's control frame codes) when Dial() never said.
 _ORIGINATE_REASONS = {0: "cannot create the channel (no such extension or context?)", 1: "hung up",
                       3: "rang with no answer", 5: "busy", 8: "congestion"}
-
-
-def calls_endpoint(state_dir: str) -> str:
-    return f"ipc://{state_dir}/run/calls.sock"
 
 
 def ami_client_for(config: Any, on_event=None, on_state=None) -> AmiClient | None:
@@ -98,6 +94,7 @@ class PendingDial:
     peers: int = 0  # Dial() destinations still ringing
     answered: bool = False
     final: bool = False
+    cancelled: bool = False  # audiogw hung it up while ringing (HangupRemote, REST, the visitor left)
     guard: asyncio.TimerHandle | None = None
 
 
@@ -256,6 +253,10 @@ class CallControl:
     def _status(self, dial: PendingDial, status: str, reason: str = "") -> None:
         if status in dial.sent and status == "ringing":
             return
+        if status == "answered" and "ringing" not in dial.sent:
+            # Asterisk's event streams are not ordered with each other: OriginateResponse may overtake
+            # DialBegin. A resident who answered was rung: the agent always sees ringing first.
+            self._status(dial, "ringing")
         dial.sent.append(status)
         self.outcomes[status] += 1
         log.info("calls: dial %s extension=%s: %s%s", dial.uuid, dial.extension, status,
@@ -360,6 +361,9 @@ class CallControl:
             dial = self.dial_by_id.get(event.action_id) or self.dial_by_id.get(event.get("Uniqueid"))
             if dial is None or dial.final:
                 return
+            if dial.cancelled and event.get("Response").lower() != "success":
+                self._status(dial, "hangup", "cancelled")
+                return
             if event.get("Response").lower() == "success":
                 if not dial.answered:
                     self._status(dial, "answered")
@@ -392,11 +396,11 @@ class CallControl:
             if status == "ANSWER":
                 self._status(dial, "answered")
             elif dial.peers <= 0:
-                mapped = _DIAL_END.get(status)
+                mapped = "hangup" if dial.cancelled else _DIAL_END.get(status)
                 if mapped is None:
                     self._status(dial, "failed", f"Dial: {status or 'no DIALSTATUS'}")
                 else:
-                    self._status(dial, mapped, "cancelled" if status == "CANCEL" else "")
+                    self._status(dial, mapped, "cancelled" if status == "CANCEL" or dial.cancelled else "")
 
     def _on_leg_event(self, event: AmiMessage) -> None:
         call_uuid, leg, channel = event.get("Uuid").lower(), event.get("Leg"), event.get("Channel")
@@ -422,7 +426,7 @@ class CallControl:
         if dial.final:
             self._forget(dial)
             return
-        cause = event.get("Cause-txt") or event.get("Cause")
+        cause = "cancelled" if dial.cancelled else event.get("Cause-txt") or event.get("Cause")
         self._status(dial, "hangup", cause if not dial.answered else "")
 
     # -- DTMF and remote hang-up ------------------------------------------------
@@ -459,6 +463,7 @@ class CallControl:
         channel = self.channels.get((message.uuid, message.leg))
         if channel is None and message.leg == "retorno" and (dial := self.dials.get(message.uuid)) is not None:
             channel = dial.channel_id  # still ringing: the originated channel, by its uniqueid
+            dial.cancelled = True
         if channel is None:
             self._channel(identity, message.uuid, message.leg, "hangup_remote")  # refuses, says why
             return
@@ -495,6 +500,7 @@ class CallControl:
             return
         log.info("calls: dial %s extension=%s: %s, hanging up the resident still ringing", call_uuid,
                  dial.extension, why)
+        dial.cancelled = True
         self._in_task(self._ami_hangup(dial.identity, dial.channel_id))
 
     def _forget_identity(self, identity: bytes) -> None:

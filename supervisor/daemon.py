@@ -82,11 +82,9 @@ class Supervisor:
         self._bus_timer: asyncio.TimerHandle | None = None
         self.control = None  # the ControlServer, once run() starts it (its refusals go to /metrics)
         self.metrics_server = None
-        from audiogw.supervisor.calls import CallControl, ami_client_for, calls_endpoint
-
-        # Call control (audiogw.dial, DTMF, REST hangup): the workers' calls socket, and AMI.
-        self.calls_endpoint = calls_endpoint(config.supervisor.state_dir)
-        self.calls = CallControl(self, self._zmq, self.calls_endpoint, ami_client_for(config))
+        # Call control (audiogw.dial, DTMF, REST hangup): the workers' calls socket and AMI, from run() on.
+        self.calls_endpoint = f"ipc://{run_dir}/calls.sock"
+        self.calls = None
 
     # -- lifecycle of one extension -------------------------------------
     def worker_spec(self, extension: ExtensionConfig) -> WorkerSpec:
@@ -609,9 +607,12 @@ class Supervisor:
         from audiogw.supervisor.metrics import MetricsServer
 
         control = self.control = ControlServer(self, self._zmq)
+        from audiogw.supervisor.calls import CallControl, ami_client_for
+
+        self.calls = CallControl(self, self._zmq, self.calls_endpoint, ami_client_for(self.config))
+        self.calls.start()
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
-        self.calls.start()
         for extension in self.store.effective(self.config.extensions).values():
             try:
                 self.add_runtime(extension)

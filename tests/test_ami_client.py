@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
-from audiogw.shared.messages import Dial, DialStatus, decode_call_event, encode_call_message
+from audiogw.shared.messages import Dial, DialStatus, LegStarted, decode_call_event, encode_call_message
 from audiogw.supervisor.ami import AmiClient, AmiError, AmiUnavailable, read_secret
 from audiogw.supervisor.ami_protocol import AmiMessage, AmiParser
 from audiogw.supervisor.calls import CallControl
@@ -189,6 +189,11 @@ def dial_setup(tmp_path):
     worker = context.socket(zmq.DEALER)
     worker.setsockopt(zmq.IDENTITY, b"1201:7")
     worker.connect(f"ipc://{tmp_path}/calls.sock")
+    # The ROUTER knows a peer once it has heard from it (ROUTER_MANDATORY: before that, an event
+    # to it is undeliverable): the worker speaks first, as a real one does (LegStarted).
+    worker.send(encode_call_message(LegStarted(extension="1201", uuid=str(uuid.uuid4()), leg="ia")))
+    assert calls.socket.poll(5000)
+    calls._read()
     return context, ami, calls, worker
 
 
@@ -262,7 +267,7 @@ def test_a_refused_originate_and_a_lost_connection_fail_the_dial(tmp_path):
 
 
 def test_the_visitor_leaving_hangs_up_the_resident_still_ringing(tmp_path):
-    from audiogw.shared.messages import LegEnded, LegStarted
+    from audiogw.shared.messages import LegEnded
 
     context, ami, calls, worker = dial_setup(tmp_path)
     call = str(uuid.uuid4())

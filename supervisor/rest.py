@@ -39,6 +39,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from audiogw.shared.logs import register_secret
+
 __all__ = ["PREFIX", "MAX_BODY", "RestReply", "RestApi", "handle", "call_sid", "on_loop"]
 
 log = logging.getLogger("audiogw.supervisor.rest")
@@ -162,9 +164,13 @@ class RestApi:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self._logged: dict[str, float] = {}
+        self._registered: str | None = None
 
     def serve(self, method: str, path: str, authorization: str, body: bytes, peer: str = "") -> RestReply:
         agent = self.settings()
+        if agent.auth_token and agent.auth_token != self._registered:
+            register_secret(agent.auth_token)  # never in a log line, whoever writes it
+            self._registered = agent.auth_token
         try:
             reply = handle(method, path, authorization, body, account_sid=agent.account_sid,
                            auth_token=agent.auth_token, hangup=self.hangup)

@@ -25,8 +25,9 @@ AMI_SECRET = "s3cret-for-tests"
 
 
 def write_calls_config(folder: Path, base_port: int, *, manager: str | None, resident: str = "Local/s@fake-resident",
-                       secret: str = AMI_SECRET, auth_token: str | None = TOKEN) -> Path:
-    """One agent extension (its agent unreachable: the legs live, in silence) with call control."""
+                       secret: str = AMI_SECRET, auth_token: str | None = TOKEN,
+                       url: str = "ws://127.0.0.1:9/") -> Path:
+    """One agent extension with call control (by default its agent is unreachable: the legs live, in silence)."""
     secret_file = folder / "ami.secret"
     secret_file.write_text(secret + "\n")
     os.chmod(secret_file, 0o600)
@@ -41,7 +42,7 @@ def write_calls_config(folder: Path, base_port: int, *, manager: str | None, res
     if manager is not None:
         lines += ["[asterisk]", f'manager = "{manager}"', f'username = "{AMI_USER}"', 'secret_file = "ami.secret"']
     lines += ["[[extension]]", f'id = "{EXTENSION}"', f"ia_port = {base_port}", f"retorno_port = {base_port + 1}",
-              'app = "agent"', f'options = {{ url = "ws://127.0.0.1:9/", resident = "{resident}" }}']
+              'app = "agent"', f'options = {{ url = "{url}", resident = "{resident}" }}']
     path = folder / "audiogw.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -59,6 +59,7 @@ READ_BATCH = 64  # messages taken per wake-up before yielding to the loop once
 MAX_CONVERSATIONS = 100_000  # registry bound: a worker flooding LegStarted cannot grow it forever
 ORIGINATE_MARGIN = 5.0  # the Originate waits this much longer than Dial(), so Dial's NOANSWER wins
 GUARD_MARGIN = 15.0  # no final status this long after the dial's timeout: failed
+FORGET_AFTER = 30.0  # an answered dial whose conversation has no leg left is forgotten this much later
 DTMF_DURATION_MS = 250
 DTMF_PAUSE = 0.5  # a 'w' in the digits
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -494,7 +495,10 @@ class CallControl:
         """Hang up a resident still ringing for a conversation that is over (nobody to talk to)."""
         dial = self.dials.get(call_uuid)
         if dial is not None and dial.answered:
-            self._forget(dial)  # its Hangup event matters to no leg any more: never kept for ever
+            # Its Hangup event (and the "hangup" status) normally follows within moments; should it
+            # never come (an eventfilter without Hangup), the dial is not kept for ever.
+            if dial.guard is None:
+                dial.guard = asyncio.get_running_loop().call_later(FORGET_AFTER, self._forget, dial)
             return
         if dial is None or dial.final or self.ami is None or not self.ami.connected:
             return

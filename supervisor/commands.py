@@ -242,7 +242,8 @@ async def stop(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     runtime = _runtime(supervisor, args["id"])
-    return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
+    return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind,
+                                 manager_user=supervisor.config.asterisk.username)}
 
 
 async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:

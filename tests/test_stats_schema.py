@@ -72,10 +72,16 @@ def sample(extension: str, totals: dict) -> ExtensionSample:
                            rss=1 << 20, cpu_seconds=2.0, realtime_priority=10)
 
 
+# Call control's figures as the supervisor's CallControl/RestApi report them.
+CALL_FIGURES = {"ami_connected": 1, "dial_outcomes": {"answered": 2}, "calls_refused": {"malformed": 1},
+                "rest_requests": {"200": 1}}
+
+
 def om_families(samples, refusals=None) -> dict:
     class Fixed:
         def collect(self):
-            return build_families(samples, now=1000.0, heartbeat_timeout=3.0, control_refusals=refusals)
+            return build_families(samples, now=1000.0, heartbeat_timeout=3.0, control_refusals=refusals,
+                                  figures=CALL_FIGURES)
 
     registry = CollectorRegistry()
     registry.register(Fixed())
@@ -223,7 +229,8 @@ def test_supervisor_figures_are_declared_in_the_schema():
     assert {"audiogw_extension_up", "audiogw_worker_restarts", "audiogw_worker_fatal_retries",
             "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
-            "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info"} == names
+            "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info",
+            "audiogw_ami_connected", "audiogw_dial_outcomes", "audiogw_calls_refused", "audiogw_rest_requests"} == names
 
 
 def test_the_scrape_thread_formats_only_the_published_snapshot():

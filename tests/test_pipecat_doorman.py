@@ -20,11 +20,12 @@ import pytest
 
 pytest.importorskip("pipecat.runner.run", reason="pipecat-ai[websocket,runner] is not installed (extra `pipecat`)")
 
+from audiogw.client.softphone import place_call  # noqa: E402
 from audiogw.shared.net import free_port_block  # noqa: E402
 from audiogw.shared.wav import tone  # noqa: E402
 
 from doorman_gateway import (  # noqa: E402
-    FakeLeg, assert_told_bridged_and_hung_up, call_sid, heard_tone, tone_power, visitor_and_resident, write_config,
+    FakeLeg, assert_told_bridged_and_hung_up, at, call_sid, heard_tone, tone_power, visitor_and_resident, write_config,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pipecat_doorman.py"
@@ -213,3 +214,45 @@ def test_pipecat_doorman_through_a_real_supervisor_and_worker(pipecat_bot, rest,
         assert rest.requests and all(form == {"Status": "completed"} for _, _, form in rest.requests)
     else:
         assert "agent hangs up leg=ia" in log and not rest.requests  # the bot's audiogw.hangup
+
+
+@pytest.mark.parametrize("token", [AUTH_TOKEN, "not-the-token-0123456789"], ids=["right", "wrong"])
+def test_pipecat_doorman_auto_hang_up_against_audiogws_rest_subset(tmp_path, token):
+    """TWILIO_* pointed at a real supervisor's REST subset: the bot's auto_hang_up ends the call.
+
+    A lone visitor: the dial fails (no [asterisk] here), "nobody answers", then the bot's pipeline
+    ends and Pipecat posts Status=completed with basic auth to audiogw, which hangs the call up.
+    With a wrong token audiogw answers 401 (Pipecat logs it) and the bot's close ends the leg."""
+    from supervisor_fixture import SupervisorProcess, kill_tree
+
+    base = free_port_block(4)
+    metrics = base + 3
+    with running_bot(tmp_path, dict(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=token,
+                                     TWILIO_BASE_URL=f"http://127.0.0.1:{metrics}")) as bot:
+        (tmp_path / "audiogw.toml").write_text(
+            '[supervisor]\ncontrol = "ipc://run/control.sock"\n'
+            f'metrics = "127.0.0.1:{metrics}"\nstate_dir = "state"\n'
+            f'[audiosocket]\nbind = "127.0.0.1"\nport_range = [{base}, {base + 2}]\n'
+            f'[agent]\naccount_sid = "{ACCOUNT_SID}"\nauth_token = "{AUTH_TOKEN}"\n'
+            f'[[extension]]\nid = "1201"\nia_port = {base}\nretorno_port = {base + 1}\napp = "agent"\n'
+            f'options = {{ url = "{bot.url}" }}\n'
+        )
+        supervisor = SupervisorProcess(tmp_path, tmp_path / "audiogw.toml", base).start()
+        seconds = 20.0
+        try:
+            visitor = asyncio.run(place_call("127.0.0.1", base, source=at(1.6, VISITOR_HZ, 1.0, seconds),
+                                             seconds=seconds))
+        finally:
+            kill_tree(supervisor.process.pid)
+            supervisor.stop()
+        bot_log = bot.log_path.read_text(errors="replace")
+    log = supervisor.log()
+    call = "CA" + visitor.call_uuid.hex
+    if token == AUTH_TOKEN:
+        assert f"Successfully terminated Twilio call {call}" in bot_log, bot_log[-3000:]  # audiogw answered 200
+        assert "reason=rest_hangup" in log, log[-3000:]
+    else:
+        assert f"Failed to terminate Twilio call {call}: Status 401" in bot_log, bot_log[-3000:]
+        assert "reason=rest_hangup" not in log and "reason=agent_hangup" in log, log[-3000:]
+    assert visitor.hung_up_by == "server" and visitor.duration < seconds, (visitor.hung_up_by, log[-3000:])
+    assert heard_tone(visitor.recorded[int(2.6 * RATE) :], 392.0, RATE) > 0.8  # "nobody answers" first

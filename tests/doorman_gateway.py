@@ -204,17 +204,19 @@ def at(seconds: float, frequency: float, length: float, total: float) -> numpy.n
     return samples
 
 
-def write_config(tmp_path, url: str | None = None) -> int:
+def write_config(tmp_path, url: str | None = None, *, base: int | None = None, metrics: str = "127.0.0.1:0",
+                 account: tuple[str, str] | None = None) -> int:
     """A config with one agent extension on ``url`` (default: the supervisor's reference agent,
-    path /doorman); its base port."""
-    base = free_port_block(4)
+    path /doorman) and ``account`` as ``[agent]`` account_sid / auth_token; its base port."""
+    base = base if base is not None else free_port_block(4)
     demo_port = base + 3
     url = url or f"ws://127.0.0.1:{demo_port}/doorman"
+    agent = f'[agent]\naccount_sid = "{account[0]}"\nauth_token = "{account[1]}"\n' if account else ""
     config = tmp_path / "audiogw.toml"
     config.write_text(
-        '[supervisor]\ncontrol = "ipc://run/control.sock"\nmetrics = "127.0.0.1:0"\nstate_dir = "state"\n'
+        f'[supervisor]\ncontrol = "ipc://run/control.sock"\nmetrics = "{metrics}"\nstate_dir = "state"\n'
         f'demo_agent = "127.0.0.1:{demo_port}"\n'
-        f'[audiosocket]\nbind = "127.0.0.1"\nport_range = [{base}, {base + 2}]\n'
+        f'[audiosocket]\nbind = "127.0.0.1"\nport_range = [{base}, {base + 2}]\n{agent}'
         f'[[extension]]\nid = "1201"\nia_port = {base}\nretorno_port = {base + 1}\napp = "agent"\n'
         f'options = {{ url = "{url}" }}\n'
     )

@@ -225,18 +225,11 @@ def test_pipecat_doorman_auto_hang_up_against_audiogws_rest_subset(tmp_path, tok
     With a wrong token audiogw answers 401 (Pipecat logs it) and the bot's close ends the leg."""
     from supervisor_fixture import SupervisorProcess, kill_tree
 
-    base = free_port_block(4)
-    metrics = base + 3
+    base = free_port_block(5)
+    metrics = base + 4  # base + 3: the (unused) reference agent's
     with running_bot(tmp_path, dict(TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=token,
                                      TWILIO_BASE_URL=f"http://127.0.0.1:{metrics}")) as bot:
-        (tmp_path / "audiogw.toml").write_text(
-            '[supervisor]\ncontrol = "ipc://run/control.sock"\n'
-            f'metrics = "127.0.0.1:{metrics}"\nstate_dir = "state"\n'
-            f'[audiosocket]\nbind = "127.0.0.1"\nport_range = [{base}, {base + 2}]\n'
-            f'[agent]\naccount_sid = "{ACCOUNT_SID}"\nauth_token = "{AUTH_TOKEN}"\n'
-            f'[[extension]]\nid = "1201"\nia_port = {base}\nretorno_port = {base + 1}\napp = "agent"\n'
-            f'options = {{ url = "{bot.url}" }}\n'
-        )
+        write_config(tmp_path, bot.url, base=base, metrics=f"127.0.0.1:{metrics}", account=(ACCOUNT_SID, AUTH_TOKEN))
         supervisor = SupervisorProcess(tmp_path, tmp_path / "audiogw.toml", base).start()
         seconds = 20.0
         try:

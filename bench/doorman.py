@@ -245,10 +245,15 @@ async def run_asterisk_part(asterisk: PrivateAsterisk, agent: Agent, visitor: Ph
             f"Local/{EXTENSION}@audiogw-{EXTENSION}", extension="s@visitor-phone"))
         try:
             conversation = await _new_conversation(agent, known, 10.0)
+        except TimeoutError:
+            failures.append(f"conversation {index}: the visitor's stream never started")
+            await loop.run_in_executor(None, _hang_up_all, asterisk)
+            continue
+        try:
             await asyncio.wait_for(conversation.retorno_started, 15.0)
         except TimeoutError:
-            statuses = [status for conv in agent.conversations.values() for _, status in conv.statuses]
-            failures.append(f"conversation {index}: resident never started (statuses {statuses[-3:]})")
+            statuses = [status for _, status in conversation.statuses]
+            failures.append(f"conversation {index}: the resident's stream never started (dial statuses {statuses})")
             await loop.run_in_executor(None, _hang_up_all, asterisk)
             continue
         dial_to_start.append(conversation.retorno_start_at - conversation.dial_sent_at)
@@ -466,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pacing-conversations", type=int, default=10)
     parser.add_argument("--pacing-seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, configs) and say where")
     settings = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="audiogw-bench-doorman-"))
     try:
@@ -474,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if settings.keep:
+            print(f"kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(report, indent=2) if settings.json else format_report(report))
     return 0
 

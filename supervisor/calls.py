@@ -193,6 +193,9 @@ class CallControl:
 
     def send(self, identity: bytes, event: CallEvent) -> bool:
         """One event to one worker; False (counted, the identity forgotten) when it is gone."""
+        # A ZeroMQ socket's FD is edge-triggered and a send processes its pending commands: a
+        # request that arrived meanwhile may then never wake the reader. Look again right after.
+        asyncio.get_running_loop().call_soon(self._read)
         try:
             self.socket.send_multipart([identity, encode_call_message(event)], _NOBLOCK)
             return True

@@ -756,6 +756,8 @@ def declared_param(arg: Arg) -> click.Parameter:
 
     if not arg.is_option:
         return click.Argument([arg.name], metavar=arg.cli, required=arg.required, type=arg.type, callback=check)
+    if arg.type is bool:
+        return click.Option([arg.cli, arg.name], is_flag=True, default=None, help=arg.help_text(), callback=check)
     if arg.from_cli is not None:
         return click.Option([arg.cli, arg.name], multiple=True, metavar=arg.metavar, help=arg.help_text(),
                             callback=check)

@@ -217,6 +217,17 @@ SUPERVISOR_FIGURES: tuple[Field, ...] = (
           "Control requests refused: malformed, bad_request, internal_error, busy (too many in flight), "
           "unauthorized (a tcp client whose CURVE key is not in curve_authorized_clients) or handshake_failed "
           "(a tcp client with no CURVE key or the wrong server key).", by="reason"),
+    # [cluster] mode (#15): empty on one host. supervisor/cluster_wiring.py fills them.
+    Field("cluster_connected", "audiogw_cluster_connected", "gauge",
+          "1 while this node has an etcd session; 0: it serves its cached assignments (degraded)."),
+    Field("cluster_leader", "audiogw_cluster_leader", "gauge", "1 while this node is the elected placement leader."),
+    Field("cluster_assigned", "audiogw_cluster_assigned_extensions", "gauge",
+          "Extensions placement gives this node (what it serves)."),
+    Field("cluster_nodes", "audiogw_cluster_nodes", "gauge", "Live nodes this node sees in etcd."),
+    Field("cluster_refused", "audiogw_cluster_refused", "counter",
+          "Assigned extensions whose etcd definition this node cannot run (refused with the reason, logged)."),
+    Field("cluster_session_failures", "audiogw_cluster_session_failures", "counter",
+          "etcd sessions that ended on an error (the agent then tries the next endpoint)."),
 )
 
 # ctl status columns that are not worker figures, before and after the sections' columns.

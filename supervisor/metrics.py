@@ -96,6 +96,9 @@ class MetricsSnapshot:
     control_refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     heartbeat_timeout: float = 3.0
     heartbeat_interval: float | None = None  # None: no lateness check (see heartbeat_late_after)
+    # [cluster] mode: (family, labels, value) of the supervisor's cluster figures, and /healthz's "cluster"
+    supervisor_rows: tuple[tuple[str, tuple[str, ...], float], ...] = ()
+    cluster: Mapping[str, Any] | None = None
 
 
 # ----------------------------------------------------------------- pure conversion
@@ -196,7 +199,8 @@ def new_families() -> dict[str, Metric]:
 
 
 def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
-                   control_refusals: Mapping[str, int] | None = None) -> list[Metric]:
+                   control_refusals: Mapping[str, int] | None = None,
+                   supervisor_rows: Iterable[tuple[str, tuple[str, ...], float]] = ()) -> list[Metric]:
     """Every metric family for these extensions, and the control socket's refusals.
 
     An extension whose data cannot be converted is logged and left out; the
@@ -207,6 +211,8 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
     families[BUILD_INFO.name].add_metric([info[label] for label in BUILD_INFO.labels], 1)
     for reason, count in sorted((control_refusals or {}).items()):
         families["audiogw_control_refused"].add_metric([str(reason)], _number(count))
+    for name, labels, value in supervisor_rows:
+        families[name].add_metric(list(labels), value)
     for sample in samples:
         try:
             rows = extension_rows(sample, now, heartbeat_timeout)
@@ -295,8 +301,11 @@ def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_
             log.exception("metrics: skipping extension %s", getattr(getattr(runtime, "config", None), "id", "?"))
     control = getattr(supervisor, "control", None)
     refusals = control.refusals() if control is not None else {}
+    cluster = getattr(supervisor, "cluster", None)
+    published = cluster.published if cluster is not None else None
     return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor),
-                           heartbeat_interval_of(supervisor))
+                           heartbeat_interval_of(supervisor), published.rows if published is not None else (),
+                           published.health if published is not None else None)
 
 
 class SupervisorCollector(Collector):
@@ -313,7 +322,8 @@ class SupervisorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshot()
         yield from build_families(snapshot.samples, now=self.clock(), heartbeat_timeout=snapshot.heartbeat_timeout,
-                                  control_refusals=snapshot.control_refusals)
+                                  control_refusals=snapshot.control_refusals,
+                                  supervisor_rows=snapshot.supervisor_rows)
 
 
 def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
@@ -423,6 +433,8 @@ class MetricsServer:
         snapshot = self.snapshot
         code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout,
                             heartbeat_interval=snapshot.heartbeat_interval)
+        if snapshot.cluster is not None:  # etcd lost: still 200 while serving (cached assignments), "cluster" says so
+            body["cluster"] = dict(snapshot.cluster)
         status = "200 OK" if code == 200 else "503 Service Unavailable"
         return self._reply(start_response, status, orjson.dumps(body), content_type="application/json")
 
@@ -432,6 +444,23 @@ class MetricsServer:
             self.snapshot = take_snapshot(self.supervisor)
         except Exception:
             log.exception("metrics: cannot read the extensions")
+
+    def add_routes(self, routes: Callable[[dict[str, Any], Callable], Iterable[bytes] | None]) -> None:
+        """Paths answered before the built-in ones ([cluster] mode's ``/route/ID``, ``/sd``): ``routes``
+        returns None for a path it does not serve. Works before or after :meth:`start`."""
+        inner = self.app
+
+        def app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            try:
+                answered = routes(environ, start_response)
+            except Exception:
+                log.exception("metrics: %s failed", environ.get("PATH_INFO"))
+                return self._reply(start_response, "500 Internal Server Error", b"internal error\n")
+            return inner(environ, start_response) if answered is None else answered
+
+        self.app = app  # type: ignore[method-assign]
+        if self._server is not None:
+            self._server.set_app(app)
 
     @staticmethod
     def _reply(start_response: Callable, status: str, body: bytes, headers: list | None = None,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
+from audiogw.shared.stats_schema import CLUSTER_FIGURES
 from audiogw.supervisor.cluster import NodeAgent, agent_for
 from audiogw.supervisor.placement import plan_serving
 
@@ -40,6 +41,7 @@ log = logging.getLogger("audiogw.supervisor.cluster")
 SOURCE_CLUSTER = "cluster"  # ctl list's source of an extension defined in etcd
 PUBLISH_DELAY = 0.02  # seconds: a burst of watch events (a node's loss moves hundreds) publishes once
 _REFUSED_LOGGED_MAX = 1000
+_FIGURE = {field.key: field.name for field in CLUSTER_FIGURES}
 
 
 @dataclass(frozen=True)
@@ -171,14 +173,11 @@ class ClusterServing:
         }
         if not agent.connected:
             health["why"] = "etcd unreachable: serving the cached assignments"
-        rows = (
-            ("audiogw_cluster_connected", (), 1.0 if agent.connected else 0.0),
-            ("audiogw_cluster_leader", (), 1.0 if agent.is_leader else 0.0),
-            ("audiogw_cluster_assigned_extensions", (), float(len(agent.assigned))),
-            ("audiogw_cluster_nodes", (), float(len(view.nodes))),
-            ("audiogw_cluster_refused", (), float(self.stats["refused"])),
-            ("audiogw_cluster_session_failures", (), float(agent.stats["session_failures"])),
-        )
+        figures = {"cluster_connected": agent.connected, "cluster_leader": agent.is_leader,
+                   "cluster_assigned": len(agent.assigned), "cluster_nodes": len(view.nodes),
+                   "cluster_refused": self.stats["refused"],
+                   "cluster_session_failures": agent.stats["session_failures"]}
+        rows = tuple((_FIGURE[key], (), float(value)) for key, value in figures.items())
         self.published = Published(MappingProxyType(routes), tuple(view.http_sd()), MappingProxyType(health), rows)
         self.supervisor.metrics_publish()
 

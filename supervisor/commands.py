@@ -116,7 +116,7 @@ def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
 async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     """Start the extension and answer only with the truth: it serves (then it is saved), or
     the reason it failed (then it is not saved, not listed, and its ports are free)."""
-    if supervisor.cluster is not None:  # [cluster] mode: etcd's definitions (supervisor/cluster_commands.py)
+    if getattr(supervisor, "cluster", None) is not None:  # [cluster] mode: etcd's definitions (supervisor/cluster_commands.py)
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.add_extension(supervisor, args)
     deadline = _deadline(ADD_EXTENSION)
@@ -186,7 +186,7 @@ def explicit_ports(args: dict[str, Any]) -> set[int]:
 async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     """Forget the extension (persisted) and refuse new calls at once; the calls in progress finish
     in the background for ``drain`` s, so the reply never waits for a drain ctl's timeout cannot cover."""
-    if supervisor.cluster is not None:
+    if getattr(supervisor, "cluster", None) is not None:
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.remove_extension(supervisor, args)
     runtime = _runtime(supervisor, args["id"])
@@ -209,7 +209,7 @@ async def restart_extension(supervisor: "Supervisor", args: dict[str, Any]) -> A
 
 
 async def list_extensions(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
-    if supervisor.cluster is not None:
+    if getattr(supervisor, "cluster", None) is not None:
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.list_extensions(supervisor, args)
     return [_summary(runtime) for runtime in supervisor.extensions.values()]
@@ -251,7 +251,7 @@ async def stop(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     if args.get("cluster"):
-        if supervisor.cluster is None:
+        if getattr(supervisor, "cluster", None) is None:
             raise CommandRefused("--cluster: this supervisor is not in cluster mode (no [cluster] etcd)")
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.dialplan(supervisor, args)

@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -165,3 +166,62 @@ def test_etcd_leader_killed_then_all_etcd_stopped_nodes_keep_serving(nodes, etcd
     assert result.error is None and result.frames_received >= 10, result
     with pytest.raises(CtlRefused, match="etcd"):
         nodes[0].ctl("remove-extension", {"id": extension_id}, timeout=10)
+
+
+# -- through the real Asterisk (tests/asterisk_fixture.py): the --cluster dialplan -------------------------
+def test_cluster_dialplan_reaches_the_routed_host_and_again_after_it_is_killed(nodes, private_asterisk, phone):
+    from asterisk_fixture import assert_no_asterisk_errors
+    from asterisk_phone import Script, noise
+
+    extension_id = IDS[0]
+    nodes[0].ctl("add-extension", {"id": extension_id, "app": "echo"}, timeout=20)
+    host = wait_for(lambda: serving(nodes, [extension_id]), 20, what="the extension served")[extension_id]
+    text = nodes[1].ctl("dialplan", {"id": extension_id, "cluster": True})["text"]
+    visitor = phone()
+    asterisk = private_asterisk("[general]\n[globals]\n"
+                                f"AUDIOGW_RESIDENT_{extension_id} = Local/s@fake-resident\n\n" + text + "\n"
+                                "[visitor-phone]\nexten => _[0-9a-f].,1,Answer()\n"
+                                f" same => n,AudioSocket(${{EXTEN}},{visitor.address})\n same => n,Hangup()\n\n"
+                                "[fake-resident]\nexten => s,1,Answer()\n same => n,Wait(3)\n same => n,Hangup()\n")
+    assert "func_curl.so" in asterisk.cli("module show like curl")
+
+    def call_through_cluster() -> tuple[str, float]:
+        """One visitor call through the --cluster dialplan: the node whose worker took its ia leg, and the
+        seconds from the originate to the echo."""
+        call_uuid = str(uuid.uuid4())
+        # The visitor stays on the line long enough for a failover (lease_ttl + 2 s) and the echo after it.
+        visitor.expect(call_uuid, Script(rate=8000, audio=noise(TTL + 5.0, 8000, seed=5), seconds=TTL + 5.0))
+        before = {node.name: ia_calls(node, extension_id) for node in nodes if node.process.poll() is None}
+        asterisk.originate(f"Local/{extension_id}@audiogw-{extension_id}", extension=f"{call_uuid}@visitor-phone")
+        placed = time.monotonic()
+        try:
+            heard = visitor.wait_call(call_uuid, 20)
+            wait_for(lambda: len(heard.audio_frames()) >= 25, 20, what="the echo through the routed host")
+            echoed = time.monotonic() - placed
+            visitor.wait_ended(call_uuid)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nAsterisk's log:\n{asterisk.log_text()[-4000:]}") from None
+        after = {node.name: ia_calls(node, extension_id) for node in nodes if node.name in before}
+        served = [name for name in before if after[name] > before[name]]
+        assert len(served) == 1, (before, after)
+        return served[0], echoed
+
+    assert call_through_cluster()[0] == host
+    victim = next(node for node in nodes if node.name == host)
+    victim.kill()
+    killed = time.monotonic()
+    moved, echoed = call_through_cluster()  # at once: the dialplan retries (next node, rounds) until the standby serves
+    print(f"a call through the --cluster dialplan placed right after kill -9 of its host ({host}): echoed by "
+          f"{moved} {echoed:.2f} s later ({time.monotonic() - killed:.2f} s after the kill, the call included)")
+    assert moved != host
+    assert asterisk.wait_no_channels(10), asterisk.channels()
+    # While the killed host's lease runs out, /route/ID still names it: each try there is CHANUNAVAIL.
+    assert_no_asterisk_errors(asterisk, expected=("Failed to connect to AudioSocket service",))
+
+
+def ia_calls(node: ClusterNode, extension_id: str) -> int:
+    """Calls accepted on the extension's ia leg by this node's worker (0: it does not serve it)."""
+    for line in scrape(node).splitlines():
+        if line.startswith("audiogw_calls_total{") and f'extension="{extension_id}"' in line and 'leg="ia"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0

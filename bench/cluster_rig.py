@@ -197,6 +197,7 @@ class ClusterNode:
     base_port: int
     etcd: list[str]
     lease_ttl: int = 3
+    drain_seconds: float = 1.0
     process: subprocess.Popen | None = None
 
     @property
@@ -211,7 +212,7 @@ class ClusterNode:
         self.folder.mkdir(parents=True, exist_ok=True)
         lines = [
             "[supervisor]", 'control = "ipc://run/control.sock"', f'metrics = "{self.http}"', 'state_dir = "state"',
-            "heartbeat_interval = 0.2", "heartbeat_timeout = 1.0", "drain_seconds = 1.0",
+            "heartbeat_interval = 0.2", "heartbeat_timeout = 1.0", f"drain_seconds = {self.drain_seconds}",
             "[audiosocket]", f'bind = "{self.address}"',
             f"port_range = [{self.base_port}, {self.base_port + METRICS_OFFSET - 1}]",
             "[cluster]", "etcd = [" + ", ".join(json.dumps(url) for url in self.etcd) + "]",

@@ -137,6 +137,29 @@ def test_kill_9_of_a_node_moves_its_extensions_and_it_rejoins_without_double_ser
     assert victim.local() == {}
 
 
+def test_a_stopping_node_hands_over_once_its_listeners_close_not_after_its_drain(nodes):
+    add_all(nodes)
+    before = wait_for(lambda: serving(nodes, IDS), 20, what="every extension running on exactly one node")
+    victim = max(nodes, key=lambda node: sum(1 for name in before.values() if name == node.name))
+    lost = sorted(e for e, name in before.items() if name == victim.name)
+    survivors = [node for node in nodes if node is not victim]
+    async def scenario():
+        row = victim.local()[lost[0]]
+        call = asyncio.ensure_future(place_call(victim.address, row["ia_port"], seconds=4 * TTL))
+        await asyncio.sleep(1.0)
+        victim.ctl("stop", {"drain": 5 * TTL})  # the call in progress keeps it draining longer than a lease lasts
+        moved = await asyncio.to_thread(wait_for, lambda: serving(survivors, IDS), 2 * TTL, 0.05,
+                                        "the stopping node's extensions running elsewhere")
+        alive = victim.process.poll() is None
+        return await call, moved, alive
+
+    result, moved, alive = asyncio.run(scenario())
+    assert alive, "the standby took over only after the stopping node's drain: its lease was revoked too late"
+    assert all(moved[e] != victim.name for e in lost)
+    assert result.error is None and result.hung_up_by == "client", "the call in progress drained to its end"
+    victim.process.wait(30)
+
+
 def test_etcd_leader_killed_then_all_etcd_stopped_nodes_keep_serving(nodes, etcd_cluster):
     add_all(nodes)
     before = wait_for(lambda: serving(nodes, IDS), 20, what="every extension running on exactly one node")

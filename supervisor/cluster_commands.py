@@ -105,8 +105,13 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     failure = await _served(supervisor, extension_id, deadline)
     row = _row(supervisor, extension_id)
     if failure is not None or row is None:
-        # Defined in etcd (it stays: placement serves it when it can); the reply says it does not serve yet.
-        raise CommandRefused(f"extension {extension_id} is defined in the cluster but {failure or 'was removed'}")
+        # As on one host: an add that does not serve leaves nothing behind (its definition and ports go).
+        try:
+            await supervisor.cluster.agent.call(lambda client: undefine_extension(client, extension_id), ETCD_WAIT)
+        except EtcdUnavailable as error:
+            raise CommandRefused(f"extension {extension_id} failed: {failure}; and it is still defined in the "
+                                 f"cluster ({error}): remove-extension {extension_id}") from None
+        raise CommandRefused(f"extension {extension_id} failed: {failure or 'removed meanwhile'}; not added")
     return row
 
 

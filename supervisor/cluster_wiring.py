@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -161,7 +160,6 @@ class ClusterServing:
             route = view.route(extension_id)
             if route is not None:
                 routes[extension_id] = route
-        last = agent.last_contact
         health = {
             "node": self.name,
             "status": "ok" if agent.connected else "degraded",
@@ -169,7 +167,6 @@ class ClusterServing:
             "leader": agent.is_leader,
             "assigned": len(agent.assigned),
             "nodes": sorted(view.nodes),
-            "seconds_since_etcd": round(time.monotonic() - last, 3) if last is not None else None,
         }
         if not agent.connected:
             health["why"] = "etcd unreachable: serving the cached assignments"

@@ -23,6 +23,8 @@ from typing import Any
 from audiogw.shared.apps import AppOptionError, app_spec, parse_app_options
 from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.settings import (
+    AgentSettings,
+    AsteriskSettings,
     AudioSocketSettings,
     ClusterSettings,
     ConfigError,
@@ -50,6 +52,8 @@ __all__ = [
     "ExtensionConfig",
     "SupervisorSettings",
     "AudioSocketSettings",
+    "AsteriskSettings",
+    "AgentSettings",
     "Defaults",
     "Config",
     "validate_extension_id",
@@ -349,6 +353,8 @@ class Config:
     defaults: Defaults
     extensions: tuple[ExtensionConfig, ...]
     cluster: ClusterSettings = field(default_factory=ClusterSettings)  # etcd None: one host (#15)
+    asterisk: AsteriskSettings = AsteriskSettings()
+    agent: AgentSettings = AgentSettings()
 
     def extension(self, extension_id: str) -> ExtensionConfig | None:
         for extension in self.extensions:
@@ -359,7 +365,7 @@ class Config:
 
 # ------------------------------------------------------------------------ parsing
 
-_TOP_KEYS = ("supervisor", "audiosocket", "cluster", "defaults", "extension")
+_TOP_KEYS = ("supervisor", "audiosocket", "cluster", "asterisk", "agent", "defaults", "extension")
 _DEFAULTS_KEYS = ("app", "options")
 
 
@@ -456,6 +462,9 @@ def parse_config(
     cluster_table = _expect_table(table.get("cluster", {}), file, "cluster")
     cluster = resolve_cluster(ClusterSettings(**parse_section("cluster", cluster_table, context)), cluster_table,
                               audiosocket.bind, file)
+    asterisk = AsteriskSettings(
+        **parse_section("asterisk", _expect_table(table.get("asterisk", {}), file, "asterisk"), context))
+    agent = AgentSettings(**parse_section("agent", _expect_table(table.get("agent", {}), file, "agent"), context))
     defaults = _parse_defaults(_expect_table(table.get("defaults", {}), file, "defaults"), file)
 
     reserved = reserved_ports(supervisor, audiosocket, file)
@@ -468,6 +477,8 @@ def parse_config(
         defaults=defaults,
         extensions=extensions,
         cluster=cluster,
+        asterisk=asterisk,
+        agent=agent,
     )
 
 

@@ -53,6 +53,10 @@ __all__ = [
     "ClusterSettings",
     "NODE_NAME_PATTERN",
     "resolve_cluster",
+    "ASTERISK",
+    "AGENT",
+    "AsteriskSettings",
+    "AgentSettings",
     "parse_section",
     "setting_names",
     "reference_text",
@@ -598,7 +602,49 @@ CLUSTER: tuple[Setting, ...] = (
             "election timeout allows (2 s with its defaults).", RESTART, minimum=2, maximum=60),
 )
 
-SECTIONS: dict[str, tuple[Setting, ...]] = {_S: SUPERVISOR, _A: AUDIOSOCKET, _C: CLUSTER}
+
+def _text(*, pattern: str | None = None, meaning: str = "", min_length: int = 0) -> Parser:
+    """A one-line string (no line break: it goes into AMI and HTTP headers), optionally matching ``pattern``."""
+
+    def parse(value: object, context: ParseContext, key: str) -> str:
+        text = _expect_str(value, context.file, key)
+        if any(character in text for character in "\r\n\0"):
+            raise ConfigError(context.file, key, "must be one line")
+        if pattern is not None and not re.fullmatch(pattern, text):
+            raise ConfigError(context.file, key, f"{text!r} is not {meaning}")
+        if len(text) < min_length:
+            raise ConfigError(context.file, key, f"must be at least {min_length} characters, got {len(text)}")
+        return text
+
+    return parse
+
+
+_AST, _AG = "asterisk", "agent"
+ASTERISK: tuple[Setting, ...] = (
+    Setting(_AST, "manager", "HOST:PORT of Asterisk's manager interface (AMI, manager.conf), through which the\n"
+            "agent rings the resident (audiogw.dial), sends DTMF and hangs legs up; unset: no AMI\n"
+            "(audiogw.dial answers dial_status failed). `ctl dialplan ID` prints the manager.conf lines.",
+            RESTART, _host_port(allow_port_zero=False), (("manager", tuple[str, int] | None),),
+            example="127.0.0.1:5038"),
+    Setting(_AST, "username", "The AMI user (a [section] of manager.conf).", RESTART,
+            _text(pattern=r"[A-Za-z0-9_.@-]+", meaning="a manager.conf user name (letters, digits, _.@-)"),
+            (("username", str),), "audiogw"),
+    path(_AST, "secret_file", "File holding that user's secret (its first line), readable by its owner only;\n"
+         "read again at each (re)connection. Required with manager.", RESTART, example="ami.secret"),
+)
+AGENT: tuple[Setting, ...] = (
+    Setting(_AG, "account_sid", "The Twilio-style accountSid the agent app's start message carries (AC + 32 hex\n"
+            "digits), and the account of the REST subset (POST /2010-04-01/Accounts/SID/Calls/CALL.json);\n"
+            'empty: accountSid "".', NEW_WORKERS,
+            _text(pattern=r"(AC[0-9a-fA-F]{32})?", meaning="empty or AC followed by 32 hex digits"),
+            (("account_sid", str),), ""),
+    Setting(_AG, "auth_token", "Password of the REST subset (HTTP basic auth account_sid:auth_token, as Twilio's\n"
+            "API; at least 16 characters) on the supervisor.metrics listener, so an agent that hangs up\n"
+            "through Twilio's API (Pipecat's auto_hang_up) can; unset: the REST subset answers 403.", LIVE,
+            _text(min_length=16), (("auth_token", str | None),), example="a-long-random-token"),
+)
+
+SECTIONS: dict[str, tuple[Setting, ...]] = {_S: SUPERVISOR, _A: AUDIOSOCKET, _C: CLUSTER, _AST: ASTERISK, _AG: AGENT}
 
 
 # ------------------------------------------------------------- cross-key checks
@@ -657,6 +703,17 @@ def _curve_check(values: Mapping[str, Any], context: ParseContext) -> None:
         _check_folder(values["curve_authorized_clients"], context.file, "supervisor.curve_authorized_clients")
 
 
+def _manager_check(values: Mapping[str, Any], context: ParseContext) -> None:
+    if values["manager"] is not None and values["secret_file"] is None:
+        raise ConfigError(context.file, "asterisk.secret_file", "required with asterisk.manager "
+                          "(a file holding the AMI user's secret)")
+
+
+def _account_check(values: Mapping[str, Any], context: ParseContext) -> None:
+    if values["auth_token"] is not None and not values["account_sid"]:
+        raise ConfigError(context.file, "agent.auth_token", "needs agent.account_sid (the REST user name)")
+
+
 def _lead_check(values: Mapping[str, Any], context: ParseContext) -> None:
     lead_frames, buffer_seconds = values["lead_frames"], values["outbound_buffer_seconds"]
     if lead_frames * FRAME_PERIOD > buffer_seconds + 1e-9:
@@ -681,6 +738,8 @@ CHECKS: tuple[Check, ...] = (
     Check(_S, ("control", *CURVE_KEYS), _curve_check),
     Check(_A, ("lead_frames", "outbound_buffer_seconds"), _lead_check),
     Check(_A, ("outbound_buffer_seconds", "max_latency_ms"), _latency_check),
+    Check(_AST, ("manager", "secret_file"), _manager_check),
+    Check(_AG, ("account_sid", "auth_token"), _account_check),
 )
 
 
@@ -740,6 +799,9 @@ SupervisorSettings = _settings_class(
     "SupervisorSettings", _S, "The ``[supervisor]`` table, validated (attributes: see SUPERVISOR).")
 AudioSocketSettings = _settings_class(
     "AudioSocketSettings", _A, "The ``[audiosocket]`` table, validated (attributes: see AUDIOSOCKET).")
+AsteriskSettings = _settings_class(
+    "AsteriskSettings", _AST, "The ``[asterisk]`` table, validated (attributes: see ASTERISK).")
+AgentSettings = _settings_class("AgentSettings", _AG, "The ``[agent]`` table, validated (attributes: see AGENT).")
 ClusterSettings = _settings_class(
     "ClusterSettings", _C, "The ``[cluster]`` table, validated (attributes: see CLUSTER); ``etcd`` None: one host.")
 

@@ -231,6 +231,19 @@ SUPERVISOR_FIGURES: tuple[Field, ...] = (
           "unauthorized (a tcp client whose CURVE key is not in curve_authorized_clients) or handshake_failed "
           "(a tcp client with no CURVE key or the wrong server key).", by="reason"),
     *CLUSTER_FIGURES,
+    # Call control (supervisor/calls.py, supervisor/ami.py, supervisor/rest.py).
+    Field("ami_connected", "audiogw_ami_connected", "gauge",
+          "1 while the AMI connection ([asterisk] manager) is logged in, 0 while it is down or its login is "
+          "refused; absent without [asterisk] manager."),
+    Field("dial_outcomes", "audiogw_dial_outcomes", "counter",
+          "Dial statuses sent to workers (audiogw.dial): ringing, answered, busy, no_answer, failed, hangup.",
+          by="status"),
+    Field("calls_refused", "audiogw_calls_refused", "counter",
+          "Call-control requests refused or not carried out: malformed, wrong_extension, unknown_extension, "
+          "registry_full, no_channel (no Asterisk channel known for that leg), ami_error, undeliverable "
+          "(the worker is gone).", by="reason"),
+    Field("rest_requests", "audiogw_rest_requests", "counter",
+          "Requests to the Twilio REST subset (/2010-04-01/...), by HTTP status code.", by="code"),
 )
 
 # ctl status columns that are not worker figures, before and after the sections' columns.

@@ -40,7 +40,6 @@ log = logging.getLogger("audiogw.supervisor.cluster")
 SOURCE_CLUSTER = "cluster"  # ctl list's source of an extension defined in etcd
 PUBLISH_DELAY = 0.02  # seconds: a burst of watch events (a node's loss moves hundreds) publishes once
 _REFUSED_LOGGED_MAX = 1000
-_FIGURE = {field.key: field.name for field in CLUSTER_FIGURES}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Published:
     routes: Mapping[str, dict[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     sd: tuple[dict[str, Any], ...] = ()
     health: Mapping[str, Any] | None = None
-    rows: tuple[tuple[str, tuple[str, ...], float], ...] = ()  # (metric family, labels, value)
+    figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # CLUSTER_FIGURES, by key
 
 
 class ClusterServing:
@@ -174,9 +173,18 @@ class ClusterServing:
                    "cluster_assigned": len(agent.assigned), "cluster_nodes": len(view.nodes),
                    "cluster_refused": self.stats["refused"],
                    "cluster_session_failures": agent.stats["session_failures"]}
-        rows = tuple((_FIGURE[key], (), float(value)) for key, value in figures.items())
-        self.published = Published(MappingProxyType(routes), tuple(view.http_sd()), MappingProxyType(health), rows)
+        assert set(figures) == {spec.key for spec in CLUSTER_FIGURES}
+        self.published = Published(MappingProxyType(routes), tuple(view.http_sd()), MappingProxyType(health),
+                                   MappingProxyType({key: float(value) for key, value in figures.items()}))
         self.supervisor.metrics_publish()
+
+    def figures(self) -> Mapping[str, float]:
+        """The ``CLUSTER_FIGURES`` (by key) for the metrics snapshot, as last published."""
+        return self.published.figures
+
+    def health(self) -> Mapping[str, Any] | None:
+        """``/healthz``'s ``cluster`` part, as last published."""
+        return self.published.health
 
     def route(self, extension_id: str) -> dict[str, Any] | None:
         """``GET /route/ID`` from the published view (any thread)."""

@@ -256,7 +256,8 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.dialplan(supervisor, args)
     runtime = _runtime(supervisor, args["id"])
-    return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind)}
+    return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind,
+                                 manager_user=supervisor.config.asterisk.username)}
 
 
 async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:

@@ -86,6 +86,9 @@ class Supervisor:
         self.control = None  # the ControlServer, once run() starts it (its refusals go to /metrics)
         self.metrics_server = None
         self.cluster = None  # ClusterServing once run() starts [cluster] mode (supervisor/cluster_wiring.py)
+        # Call control (audiogw.dial, DTMF, REST hangup): the workers' calls socket and AMI, from run() on.
+        self.calls_endpoint = f"ipc://{run_dir}/calls.sock"
+        self.calls = None
 
     # -- lifecycle of one extension -------------------------------------
     def worker_spec(self, extension: ExtensionConfig) -> WorkerSpec:
@@ -104,6 +107,8 @@ class Supervisor:
             clock_slot=self._clock_slots.setdefault(extension.id, len(self._clock_slots)),
             supervisor_pid=os.getpid(),
             leg_records=self._leg_records_file(extension.id),
+            calls_endpoint=self.calls_endpoint,
+            account_sid=self.config.agent.account_sid,
         )
 
     def _leg_records_file(self, extension_id: str) -> str | None:
@@ -661,6 +666,10 @@ class Supervisor:
         from audiogw.supervisor.metrics import MetricsServer
 
         control = self.control = ControlServer(self, self._zmq)
+        from audiogw.supervisor.calls import CallControl, ami_client_for
+
+        self.calls = CallControl(self, self._zmq, self.calls_endpoint, ami_client_for(self.config))
+        self.calls.start()
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
         for extension in (self.store.effective(self.config.extensions).values() if not self._start_cluster() else ()):
@@ -689,6 +698,7 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         control.close()
+        await self.calls.close()
         self.metrics_server.close()
         if self._bus_watched:
             loop.remove_reader(self._bus.FD)

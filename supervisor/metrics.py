@@ -42,6 +42,7 @@ from audiogw.shared.version import build_info
 from audiogw.shared.stats_schema import (
     BUILD_INFO,
     EXTENSION_FIGURES,
+    SUPERVISOR_FIGURES,
     Field,
     legs_of,
     mapping as _mapping,
@@ -51,6 +52,7 @@ from audiogw.shared.stats_schema import (
     sections,
 )
 from audiogw.supervisor.lifecycle import WorkerState
+from audiogw.supervisor.rest import MAX_BODY as REST_MAX_BODY, PREFIX as REST_PREFIX, RestApi, on_loop
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -96,9 +98,9 @@ class MetricsSnapshot:
     control_refusals: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     heartbeat_timeout: float = 3.0
     heartbeat_interval: float | None = None  # None: no lateness check (see heartbeat_late_after)
-    # [cluster] mode: (family, labels, value) of the supervisor's cluster figures, and /healthz's "cluster"
-    supervisor_rows: tuple[tuple[str, tuple[str, ...], float], ...] = ()
-    cluster: Mapping[str, Any] | None = None
+    figures: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # call control's
+    ami: Mapping[str, str] | None = None  # /healthz detail: AMI configured but not logged in
+    cluster: Mapping[str, Any] | None = None  # [cluster] mode: /healthz's "cluster" (cluster_wiring.py)
 
 
 # ----------------------------------------------------------------- pure conversion
@@ -200,7 +202,7 @@ def new_families() -> dict[str, Metric]:
 
 def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
                    control_refusals: Mapping[str, int] | None = None,
-                   supervisor_rows: Iterable[tuple[str, tuple[str, ...], float]] = ()) -> list[Metric]:
+                   figures: Mapping[str, Any] | None = None) -> list[Metric]:
     """Every metric family for these extensions, and the control socket's refusals.
 
     An extension whose data cannot be converted is logged and left out; the
@@ -211,8 +213,14 @@ def build_families(samples: Iterable[ExtensionSample], *, now: float, heartbeat_
     families[BUILD_INFO.name].add_metric([info[label] for label in BUILD_INFO.labels], 1)
     for reason, count in sorted((control_refusals or {}).items()):
         families["audiogw_control_refused"].add_metric([str(reason)], _number(count))
-    for name, labels, value in supervisor_rows:
-        families[name].add_metric(list(labels), value)
+    for spec in SUPERVISOR_FIGURES:  # call control's figures (absent ones: no series)
+        if figures and spec.key in figures:
+            value = figures[spec.key]
+            if spec.by is None:
+                families[spec.name].add_metric([], _number(value))
+            else:
+                for key, count in sorted(_mapping(value).items()):
+                    families[spec.name].add_metric([str(key)], _number(count))
     for sample in samples:
         try:
             rows = extension_rows(sample, now, heartbeat_timeout)
@@ -301,11 +309,17 @@ def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_
             log.exception("metrics: skipping extension %s", getattr(getattr(runtime, "config", None), "id", "?"))
     control = getattr(supervisor, "control", None)
     refusals = control.refusals() if control is not None else {}
-    cluster = getattr(supervisor, "cluster", None)
-    published = cluster.published if cluster is not None else None
+    figures: dict[str, Any] = {}
+    calls = getattr(supervisor, "calls", None)
+    rest = getattr(getattr(supervisor, "metrics_server", None), "rest", None)
+    cluster = getattr(supervisor, "cluster", None)  # [cluster] mode (supervisor/cluster_wiring.py)
+    for source in (calls, rest, cluster):
+        if source is not None:
+            figures.update(source.figures())
     return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor),
-                           heartbeat_interval_of(supervisor), published.rows if published is not None else (),
-                           published.health if published is not None else None)
+                           heartbeat_interval_of(supervisor), MappingProxyType(figures),
+                           calls.health() if calls is not None else None,
+                           cluster.health() if cluster is not None else None)
 
 
 class SupervisorCollector(Collector):
@@ -322,8 +336,7 @@ class SupervisorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshot()
         yield from build_families(snapshot.samples, now=self.clock(), heartbeat_timeout=snapshot.heartbeat_timeout,
-                                  control_refusals=snapshot.control_refusals,
-                                  supervisor_rows=snapshot.supervisor_rows)
+                                  control_refusals=snapshot.control_refusals, figures=snapshot.figures)
 
 
 def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout: float,
@@ -410,12 +423,15 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
         self.host: str = supervisor.config.supervisor.metrics_host
         self.port: int | None = None
+        self.rest = None  # the Twilio REST subset (supervisor/rest.py), once start() runs on the loop
 
     # -- WSGI -----------------------------------------------------------------
     def app(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         try:
+            if path.startswith(REST_PREFIX) and self.rest is not None:
+                return self._rest(environ, start_response, method, path)
             if path not in ("/metrics", "/healthz"):
                 return self._reply(start_response, "404 Not Found", b"not found: try /metrics or /healthz\n")
             if method not in ("GET", "HEAD"):
@@ -429,12 +445,29 @@ class MetricsServer:
             log.exception("metrics: %s %s failed", method, path)
             return self._reply(start_response, "500 Internal Server Error", b"internal error\n")
 
+    def _rest(self, environ: dict[str, Any], start_response: Callable, method: str, path: str) -> Iterable[bytes]:
+        """The Twilio REST subset (supervisor/rest.py); the hangup itself runs on the event loop."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length > REST_MAX_BODY or length < 0:
+            reply = self.rest.too_large()
+        else:
+            body = environ["wsgi.input"].read(length) if length else b""
+            reply = self.rest.serve(method, path, environ.get("HTTP_AUTHORIZATION", ""), body,
+                                    str(environ.get("REMOTE_ADDR", "")))
+        return self._reply(start_response, reply.status_line, reply.encoded(), list(reply.headers),
+                           content_type="application/json")
+
     def _healthz(self, start_response: Callable) -> Iterable[bytes]:
         snapshot = self.snapshot
         code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout,
                             heartbeat_interval=snapshot.heartbeat_interval)
         if snapshot.cluster is not None:  # etcd lost: still 200 while serving (cached assignments), "cluster" says so
             body["cluster"] = dict(snapshot.cluster)
+        if snapshot.ami is not None:  # AMI down costs dial/DTMF, not the audio: detail, not a 503
+            body = {**body, "ami": dict(snapshot.ami)}
         status = "200 OK" if code == 200 else "503 Service Unavailable"
         return self._reply(start_response, status, orjson.dumps(body), content_type="application/json")
 
@@ -471,6 +504,12 @@ class MetricsServer:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
+        calls = getattr(self.supervisor, "calls", None)
+        if calls is not None:
+            import asyncio
+
+            self.rest = RestApi(lambda: self.supervisor.config.agent,
+                                on_loop(asyncio.get_running_loop(), calls.hangup_conversation))
         self.publish()
         settings = self.supervisor.config.supervisor
         host, port = settings.metrics_host, settings.metrics_port

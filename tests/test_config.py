@@ -18,6 +18,8 @@ from audiogw.shared.apps import BUILTIN_APPS
 from audiogw.shared.config import (
     EXTENSION_ID_PATTERN,
     AudioSocketSettings,
+    AsteriskSettings,
+    AgentSettings,
     Config,
     ConfigError,
     Defaults,
@@ -1045,7 +1047,8 @@ def test_dataclass_defaults_are_the_declared_defaults(tmp_path: Path) -> None:
     assert built == empty.supervisor
     declared = [name for settings_ in SECTIONS.values() for setting in settings_ for name, _ in setting.fields]
     assert declared == [f.name for f in dataclasses.fields(SupervisorSettings)] + [
-        f.name for f in dataclasses.fields(AudioSocketSettings)] + [f.name for f in dataclasses.fields(ClusterSettings)]
+        f.name for f in dataclasses.fields(AudioSocketSettings)] + [f.name for f in dataclasses.fields(ClusterSettings)] + [
+        f.name for f in dataclasses.fields(AsteriskSettings)] + [f.name for f in dataclasses.fields(AgentSettings)]
     assert empty.cluster == ClusterSettings()
 
 

@@ -71,6 +71,10 @@ EXPECTED = {
     "audiogw_worker_cpu_seconds": ("counter", {"extension"}),
     "audiogw_worker_realtime_priority": ("gauge", {"extension"}),
     "audiogw_control_refused": ("counter", {"reason"}),
+    "audiogw_ami_connected": ("gauge", set()),
+    "audiogw_dial_outcomes": ("counter", {"status"}),
+    "audiogw_calls_refused": ("counter", {"reason"}),
+    "audiogw_rest_requests": ("counter", {"code"}),
     "audiogw_build_info": ("gauge", {"version", "python"}),
     **{field.name: (field.kind, set()) for field in CLUSTER_FIGURES},  # [cluster] mode's (empty on one host)
     "audiogw_last_heartbeat_timestamp_seconds": ("gauge", {"extension"}),

@@ -73,11 +73,16 @@ def sample(extension: str, totals: dict) -> ExtensionSample:
                            rss=1 << 20, cpu_seconds=2.0, realtime_priority=10)
 
 
+# Call control's figures as the supervisor's CallControl/RestApi report them.
+CALL_FIGURES = {"ami_connected": 1, "dial_outcomes": {"answered": 2}, "calls_refused": {"malformed": 1},
+                "rest_requests": {"200": 1}}
+
+
 def om_families(samples, refusals=None) -> dict:
     class Fixed:
         def collect(self):
             return build_families(samples, now=1000.0, heartbeat_timeout=3.0, control_refusals=refusals,
-                                  supervisor_rows=[(field.name, (), 1.0) for field in CLUSTER_FIGURES])
+                                  figures={**CALL_FIGURES, **{field.key: 1 for field in CLUSTER_FIGURES}})
 
     registry = CollectorRegistry()
     registry.register(Fixed())
@@ -226,6 +231,7 @@ def test_supervisor_figures_are_declared_in_the_schema():
             "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
             "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info",
+            "audiogw_ami_connected", "audiogw_dial_outcomes", "audiogw_calls_refused", "audiogw_rest_requests",
             "audiogw_cluster_connected", "audiogw_cluster_leader", "audiogw_cluster_assigned_extensions",
             "audiogw_cluster_nodes", "audiogw_cluster_refused", "audiogw_cluster_session_failures"} == names
 

@@ -198,6 +198,7 @@ class ClusterNode:
     etcd: list[str]
     lease_ttl: int = 3
     drain_seconds: float = 1.0
+    extra_config: str = ""  # more TOML after the [cluster] table (tests: an [[extension]] of the file)
     process: subprocess.Popen | None = None
 
     @property
@@ -219,7 +220,7 @@ class ClusterNode:
             f'name = "{self.name}"', f"lease_ttl = {self.lease_ttl}",
         ]
         path = self.folder / "audiogw.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n" + self.extra_config)
         return path
 
     def start(self, wait: float = 20.0) -> "ClusterNode":

@@ -109,6 +109,20 @@ def test_placement_ctl_route_call_and_removal_from_any_node(nodes):
         nodes[0].ctl("remove-extension", {"id": extension_id})
 
 
+def test_the_files_extensions_are_not_served_in_cluster_mode_not_even_by_a_reload(etcd_cluster, tmp_path):
+    [node] = make_nodes(tmp_path, etcd_cluster.client_urls, free_port_block(40), count=1, lease_ttl=TTL)
+    node.extra_config = f"[[extension]]\nid = \"1201\"\nia_port = {node.base_port + 37}\nretorno_port = {node.base_port + 38}\n"
+    try:
+        node.start()
+        assert "cluster mode: the 1 extension(s) of the config file and state file are not served (1201)" in node.log()
+        node.ctl("add-extension", {"id": "1202", "app": "echo"}, timeout=20)
+        node.ctl("reload", timeout=20)
+        assert sorted(node.local()) == ["1202"] and [row["id"] for row in node.ctl("list")] == ["1202"]
+        assert not listening(node.address, node.base_port + 37)
+    finally:
+        node.stop()
+
+
 def test_kill_9_of_a_node_moves_its_extensions_and_it_rejoins_without_double_serving(nodes):
     add_all(nodes)
     before = wait_for(lambda: serving(nodes, IDS), 20, what="every extension running on exactly one node")

@@ -5,7 +5,10 @@ all of etcd stopped."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -85,6 +88,11 @@ def test_placement_ctl_route_call_and_removal_from_any_node(nodes):
         status, sd = node.get("/sd")
         assert status == 200 and sorted(target for entry in sd for target in entry["targets"]) == sorted(
             n.http for n in nodes)
+    printed = subprocess.run([sys.executable, "-c", "from audiogw.client.cli import main; main()", "ctl", "--config",
+                              str(nodes[2].folder / "audiogw.toml"), "list", "--json"],
+                             capture_output=True, text=True, timeout=20, cwd=nodes[2].folder)
+    assert printed.returncode == 0, printed.stderr
+    assert {row["id"]: row["host"] for row in json.loads(printed.stdout)} == by_node  # `ctl list --json` rows
     assert sum("audiogw_cluster_leader 1.0" in scrape(node) for node in nodes) == 1
     assert all("audiogw_cluster_connected 1.0" in scrape(node) for node in nodes)
     extension_id = IDS[0]

@@ -1,4 +1,6 @@
-"""A real 3-member etcd cluster on loopback, for the cluster tests (issue #15).
+"""A real 3-member etcd cluster on loopback, for the cluster tests (issue #15). The members and what
+a test does to them live in ``audiogw.bench.cluster_rig`` (the cluster benchmark starts them too);
+this module adds the skip (or failure) without an etcd binary and the pytest fixture.
 
 Each member is an ``etcd`` process (Debian's ``etcd-server``, 3.4) on 127.0.0.1 with
 free client and peer ports and its own data folder under the test's ``tmp_path``;

@@ -13,12 +13,15 @@ import time
 import urllib.request
 import uuid
 
+import aetcd
 import pytest
 
 from audiogw.bench.cluster_rig import ClusterNode, make_nodes
 from audiogw.client.ctl import CtlRefused
 from audiogw.client.softphone import place_call
+from audiogw.shared.cluster_keys import EXTENSIONS, ExtensionRecord, encode_value, key_for
 from audiogw.shared.net import free_port_block
+from audiogw.supervisor.cluster import parse_endpoint
 from conftest import wait_for
 from etcd_fixture import etcd_cluster  # noqa: F401  (the fixture)
 
@@ -115,6 +118,20 @@ def test_placement_ctl_route_call_and_removal_from_any_node(nodes):
     wait_for(lambda: not listening(route["host"], route["ia_port"]), 10, what="its port closed on its host")
     with pytest.raises(CtlRefused, match="unknown extension"):
         nodes[0].ctl("remove-extension", {"id": extension_id})
+    # A definition no node can run (written past ctl, say by a newer version): refused, logged, counted.
+    asyncio.run(put_definition(nodes[0].etcd[0], ExtensionRecord(id="1598", ia_port=route["ia_port"],
+                                                                 retorno_port=route["retorno_port"], app="no-such-app")))
+    wait_for(lambda: any("extension 1598 not served on node" in node.log() for node in nodes), 10,
+             what="the bad definition refused")
+    assert any(float(line.split()[1]) >= 1 for node in nodes for line in scrape(node).splitlines()
+               if line.startswith("audiogw_cluster_refused_total "))
+    assert all("1598" not in node.local() for node in nodes)
+
+
+async def put_definition(url: str, record: ExtensionRecord) -> None:
+    host, port = parse_endpoint(url)
+    async with aetcd.Client(host=host, port=port, timeout=2) as client:
+        await client.put(key_for(EXTENSIONS, record.id), encode_value(record))
 
 
 def test_the_files_extensions_are_not_served_in_cluster_mode_not_even_by_a_reload(etcd_cluster, tmp_path):

@@ -64,3 +64,13 @@ def test_an_extension_that_is_not_up_fires_the_extension_down_alert():
     firing = {sample.labels["extension"] for sample in families[metric].samples if sample.value == float(value)}
     assert firing == {"1202", "1203"}
     assert down["labels"]["severity"] == "critical" and "extension" in down["annotations"]["summary"]
+
+
+def test_the_ami_down_alert_watches_a_gauge_the_supervisor_exports_only_with_a_manager():
+    """Without [asterisk] manager the gauge is absent, so the alert cannot fire on a host without AMI."""
+    from audiogw.shared.stats_schema import metric_fields
+
+    rule = next(rule for rule in rules() if rule["alert"] == "AudiogwAmiDown")
+    metric, value = re.fullmatch(r"(\w+) == (\d+)", rule["expr"].strip()).groups()
+    assert metric in {field.name for _labels, field in metric_fields()} and value == "0"
+    assert DURATION.match(rule["for"])

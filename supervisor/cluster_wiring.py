@@ -112,7 +112,7 @@ class ClusterServing:
             except Exception:
                 log.exception("cluster: reconcile failed; trying again at the next change")
                 self.stats["reconcile_failures"] += 1
-        self.supervisor.metrics_publish()
+        self._view_changed()  # its counters (refused) reach /metrics
 
     async def _apply_once(self) -> None:
         supervisor, agent = self.supervisor, self.agent

@@ -123,8 +123,8 @@ def test_placement_ctl_route_call_and_removal_from_any_node(nodes):
                                                                  retorno_port=route["retorno_port"], app="no-such-app")))
     wait_for(lambda: any("extension 1598 not served on node" in node.log() for node in nodes), 10,
              what="the bad definition refused")
-    assert any(float(line.split()[1]) >= 1 for node in nodes for line in scrape(node).splitlines()
-               if line.startswith("audiogw_cluster_refused_total "))
+    wait_for(lambda: any(float(line.split()[1]) >= 1 for node in nodes for line in scrape(node).splitlines()
+                         if line.startswith("audiogw_cluster_refused_total ")), 5, what="the refusal counted")
     assert all("1598" not in node.local() for node in nodes)
 
 

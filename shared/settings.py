@@ -886,6 +886,16 @@ id = "1202"
 ia_port = 30002
 retorno_port = 30003
 app = "bridge"
+
+[[extension]]
+id = "1210"
+ia_port = 30004
+retorno_port = 30005
+app = "agent"
+# The reference agent as the virtual doorman (README "The doorman demo"): greets the visitor,
+# records who is there, rings the resident (with [asterisk] and a `resident` option, e.g.
+# resident = "PJSIP/apt1210"), tells them, bridges on DTMF 1, opens the door on 9, goodbye on 2.
+options = { url = "ws://127.0.0.1:8765/doorman" }
 """
 
 

@@ -315,6 +315,8 @@ def test_shipped_config_loads() -> None:
         {"id": "1201", "ia_port": 30000, "retorno_port": 30001, "app": "agent",
          "options": {"url": "ws://127.0.0.1:8765/media", "barge_in": True}},
         {"id": "1202", "ia_port": 30002, "retorno_port": 30003, "app": "bridge", "options": {}},
+        {"id": "1210", "ia_port": 30004, "retorno_port": 30005, "app": "agent",
+         "options": {"url": "ws://127.0.0.1:8765/doorman"}},
     ]
 
 

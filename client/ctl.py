@@ -432,6 +432,10 @@ def format_list_table(rows: Sequence[Mapping[str, Any]]) -> str:
         ]
         for row in rows
     ]
+    if any(row.get("host") for row in rows):  # [cluster] mode: the node that serves each extension
+        return format_table((*LIST_HEADERS[:7], "HOST", LIST_HEADERS[7]),
+                            [[*cell[:7], _plain(row.get("host")), cell[7]] for cell, row in zip(cells, rows)],
+                            right=(1, 2, 6))
     return format_table(LIST_HEADERS, cells, right=(1, 2, 6))
 
 
@@ -756,6 +760,8 @@ def declared_param(arg: Arg) -> click.Parameter:
 
     if not arg.is_option:
         return click.Argument([arg.name], metavar=arg.cli, required=arg.required, type=arg.type, callback=check)
+    if arg.type is bool:
+        return click.Option([arg.cli, arg.name], is_flag=True, default=None, help=arg.help_text(), callback=check)
     if arg.from_cli is not None:
         return click.Option([arg.cli, arg.name], multiple=True, metavar=arg.metavar, help=arg.help_text(),
                             callback=check)

@@ -83,6 +83,13 @@ def app_name(value: Any) -> str:
     return value
 
 
+def flag(value: Any) -> bool:
+    """An on/off switch (``ctl`` spells it as a flag)."""
+    if not isinstance(value, bool):
+        raise ArgumentInvalid(f"expected true or false, got {value!r}")
+    return value
+
+
 def options(value: Any) -> dict[str, Any]:
     """App options as KEY: VALUE; their meaning is the app's to check (in the supervisor)."""
     if not isinstance(value, dict):
@@ -237,6 +244,7 @@ class Extension(msgspec.Struct):
     pid: int | None
     source: str = "file"  # "file" (the config file) or "runtime" (ctl add-extension), see ctl reset
     reason: str | None = None  # the last failure: exit status or signal, missed heartbeats, a busy port...
+    host: str | None = None  # [cluster] mode: the node that serves it (None: one host, or not placed)
 
 
 class Removed(msgspec.Struct):
@@ -332,7 +340,11 @@ RELOAD = CommandSpec(
     reply_timeout=START_REPLY_TIMEOUT,  # answers once the replaced and added workers serve (or failed)
 )
 STOP = CommandSpec("stop", "Stop the supervisor and every worker, gracefully.", (_DRAIN,), Stopping)
-DIALPLAN = CommandSpec("dialplan", "Print the Asterisk dialplan lines for extension ID.", (_ID,), Dialplan)
+DIALPLAN = CommandSpec(
+    "dialplan", "Print the Asterisk dialplan lines for extension ID.",
+    (_ID, Arg("cluster", bool, flag, "--cluster", "[cluster] mode: ask GET /route/ID of every node (CURL()) and "
+              "dial the host it names, the next node on CHANUNAVAIL")),
+    Dialplan)
 RESET = CommandSpec(
     "reset", "Drop ID's runtime change: the file's definition counts again.", (_ID,), Reset,
     help="Drop the runtime change of extension ID (ctl add-extension / remove-extension) so the config "

@@ -211,12 +211,26 @@ CONTROL_REFUSAL_REASONS: tuple[str, ...] = (
 BUILD_INFO = Field("build_info", "audiogw_build_info", "gauge",
                    "Always 1: the labels say which audiogw version serves, on which Python.",
                    labels=("version", "python"))
+# [cluster] mode (#15), measured by the supervisor (supervisor/cluster_wiring.py, by key); empty on one host.
+CLUSTER_FIGURES: tuple[Field, ...] = (
+    Field("cluster_connected", "audiogw_cluster_connected", "gauge",
+          "1 while this node has an etcd session; 0: it serves its cached assignments (degraded)."),
+    Field("cluster_leader", "audiogw_cluster_leader", "gauge", "1 while this node is the elected placement leader."),
+    Field("cluster_assigned", "audiogw_cluster_assigned_extensions", "gauge",
+          "Extensions placement gives this node (what it serves)."),
+    Field("cluster_nodes", "audiogw_cluster_nodes", "gauge", "Live nodes this node sees in etcd."),
+    Field("cluster_refused", "audiogw_cluster_refused", "counter",
+          "Assigned extensions whose etcd definition this node cannot run (refused with the reason, logged)."),
+    Field("cluster_session_failures", "audiogw_cluster_session_failures", "counter",
+          "etcd sessions that ended on an error (the agent then tries the next endpoint)."),
+)
 SUPERVISOR_FIGURES: tuple[Field, ...] = (
     BUILD_INFO,
     Field("control_refused", "audiogw_control_refused", "counter",
           "Control requests refused: malformed, bad_request, internal_error, busy (too many in flight), "
           "unauthorized (a tcp client whose CURVE key is not in curve_authorized_clients) or handshake_failed "
           "(a tcp client with no CURVE key or the wrong server key).", by="reason"),
+    *CLUSTER_FIGURES,
     # Call control (supervisor/calls.py, supervisor/ami.py, supervisor/rest.py).
     Field("ami_connected", "audiogw_ami_connected", "gauge",
           "1 while the AMI connection ([asterisk] manager) is logged in, 0 while it is down or its login is "
@@ -454,7 +468,7 @@ def status_figures(totals: Mapping[str, Any], live: Mapping[str, Any]) -> dict[s
 
 
 __all__ = [
-    "APP_SECTIONS", "BUILD_INFO", "CORE_SECTIONS", "Column", "EXTENSION_FIGURES", "Field", "HEAD_COLUMNS", "LEGS",
+    "APP_SECTIONS", "BUILD_INFO", "CLUSTER_FIGURES", "CORE_SECTIONS", "Column", "EXTENSION_FIGURES", "Field", "HEAD_COLUMNS", "LEGS",
     "SUPERVISOR_FIGURES", "Section", "TAIL_COLUMNS", "WORKER", "combine", "legs_of", "mapping", "metric_fields",
     "number", "register_section", "section_data", "sections", "status_columns", "status_figures",
     "unregister_section",

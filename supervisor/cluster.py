@@ -2,7 +2,7 @@
 
 Runs on the supervisor's loop (never a worker's): every etcd call is an aetcd coroutine with
 a timeout, so nothing here blocks the loop. Imported only when ``[cluster]`` is set (aetcd
-brings gRPC; single-host mode pays nothing). Not wired into ``Supervisor`` yet.
+brings gRPC; single-host mode pays nothing). ``supervisor/cluster_wiring.py`` drives it.
 
 One :class:`NodeAgent` per supervisor:
 
@@ -170,6 +170,7 @@ class NodeAgent:
         self.lease_ttl = lease_ttl
         self.rpc_timeout = max(0.2, lease_ttl / 3)
         self.on_change = on_change
+        self.on_view: Callable[[], None] | None = None  # after every change of :attr:`view` (routes, /sd)
         self.rebalance = rebalance
         self.view = ClusterView()
         self.assigned: dict[str, Assignment] = {}
@@ -279,6 +280,13 @@ class NodeAgent:
             if self._endpoint == round_start:  # every endpoint failed once: wait a little, growing
                 await asyncio.sleep(min(_RETRY_MAX, 0.1 * 2 ** min(self._failures, 4)))
 
+    def _view_changed(self) -> None:
+        if self.on_view is not None:
+            try:
+                self.on_view()
+            except Exception:
+                log.exception("cluster: on_view failed")
+
     def _session_failed(self, url: str, error: BaseException) -> None:
         self.stats["session_failures"] += 1
         self._failures += 1
@@ -295,6 +303,7 @@ class NodeAgent:
         snapshot = await client.get_prefix(PREFIX.encode())
         self.view.load(list(snapshot), snapshot.header.revision)
         self.last_contact = time.monotonic()
+        self._view_changed()
         watch = await client.watch_prefix(PREFIX.encode(), start_revision=self.view.revision + 1)
         self._failures = 0
         self.stats["sessions"] += 1
@@ -357,6 +366,7 @@ class NodeAgent:
             family = self.view.apply(event.kind == "PUT", event.kv)
             if family is None:
                 continue
+            self._view_changed()
             if family is LEADER:
                 self._check_leader()
                 if self.view.leader is None and not self._stopping:

@@ -116,6 +116,9 @@ def _summary(runtime: "ExtensionRuntime") -> dict[str, Any]:
 async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     """Start the extension and answer only with the truth: it serves (then it is saved), or
     the reason it failed (then it is not saved, not listed, and its ports are free)."""
+    if getattr(supervisor, "cluster", None) is not None:  # [cluster] mode: etcd's definitions (supervisor/cluster_commands.py)
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.add_extension(supervisor, args)
     deadline = _deadline(ADD_EXTENSION)
     extension_id = args["id"]
     if extension_id in supervisor.extensions:
@@ -183,6 +186,9 @@ def explicit_ports(args: dict[str, Any]) -> set[int]:
 async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     """Forget the extension (persisted) and refuse new calls at once; the calls in progress finish
     in the background for ``drain`` s, so the reply never waits for a drain ctl's timeout cannot cover."""
+    if getattr(supervisor, "cluster", None) is not None:
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.remove_extension(supervisor, args)
     runtime = _runtime(supervisor, args["id"])
     async with runtime.lock:
         supervisor.forget_extension(runtime.id)
@@ -203,6 +209,9 @@ async def restart_extension(supervisor: "Supervisor", args: dict[str, Any]) -> A
 
 
 async def list_extensions(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    if getattr(supervisor, "cluster", None) is not None:
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.list_extensions(supervisor, args)
     return [_summary(runtime) for runtime in supervisor.extensions.values()]
 
 
@@ -241,6 +250,11 @@ async def stop(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 
 async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    if args.get("cluster"):
+        if getattr(supervisor, "cluster", None) is None:
+            raise CommandRefused("--cluster: this supervisor is not in cluster mode (no [cluster] etcd)")
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.dialplan(supervisor, args)
     runtime = _runtime(supervisor, args["id"])
     return {"text": dialplan_for(runtime.config, supervisor.config.audiosocket.bind,
                                  manager_user=supervisor.config.asterisk.username)}

@@ -85,6 +85,7 @@ class Supervisor:
         self._bus_timer: asyncio.TimerHandle | None = None
         self.control = None  # the ControlServer, once run() starts it (its refusals go to /metrics)
         self.metrics_server = None
+        self.cluster = None  # ClusterServing once run() starts [cluster] mode (supervisor/cluster_wiring.py)
         # Call control (audiogw.dial, DTMF, REST hangup): the workers' calls socket and AMI, from run() on.
         self.calls_endpoint = f"ipc://{run_dir}/calls.sock"
         self.calls = None
@@ -485,8 +486,10 @@ class Supervisor:
     async def shutdown(self, drain: float) -> None:
         log.info("supervisor stopping: draining %d extension(s) for up to %.1fs", len(self.extensions), drain)
         systemd.notify(f"STOPPING=1\nSTATUS=stopping: draining {len(self.extensions)} extension(s) for up to {drain:g} s")
-        await asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
-                             *self._background, return_exceptions=True)
+        stopping = asyncio.gather(*(self.stop_extension(r, drain, remove=True) for r in list(self.extensions.values())),
+                                  *self._background, return_exceptions=True)
+        await self._leave_cluster()
+        await stopping
 
     def remove_in_background(self, runtime: ExtensionRuntime, drain: float) -> None:
         """A removal: gone from the table and refusing new calls now; its calls drain in the background."""
@@ -522,7 +525,7 @@ class Supervisor:
             raise ConfigError(None, "", "no config file to reload")
         new_config = load_config(self.config.path)
         plan = plan_reload(self.config, new_config, {i: r.config for i, r in self.extensions.items()},
-                           self.store.effective, self.store.overrides())
+                           self.store.effective if self.cluster is None else (lambda _file: {}), self.store.overrides())
         for level, line in plan.log_lines():
             log.log(level, line)
         old_logging = (self.config.supervisor.log_format, self.config.supervisor.log_level)
@@ -594,6 +597,35 @@ class Supervisor:
         if runtime.predecessor is predecessor and predecessor.process.exitcode is None:
             self.kill_worker(runtime, predecessor.process, "(replaced) did not end its drain in time")
 
+    # -- [cluster] mode (supervisor/cluster_wiring.py) --------------------------------
+    def _start_cluster(self) -> bool:
+        """With ``[cluster] etcd``: join the cluster (in the background) and serve what placement gives
+        this node; the file's and the state file's extensions are not served (named in a warning)."""
+        if self.config.cluster.etcd is None:
+            return False
+        from audiogw.supervisor.cluster_wiring import ClusterServing, not_served_warning
+
+        if (warning := not_served_warning(self)) is not None:
+            log.warning(warning)
+        self.cluster = ClusterServing(self)
+        if self.metrics_server is not None:
+            from audiogw.supervisor.routes import cluster_routes
+
+            self.metrics_server.add_routes(cluster_routes(self.cluster))
+        self.cluster.start()
+        return True
+
+    async def _leave_cluster(self) -> None:
+        """After every listener closed (the stop's first step), revoke the lease: the standbys take over
+        now, while this node's calls in progress drain."""
+        if self.cluster is not None:
+            await asyncio.sleep(0)
+            await self.cluster.stop()
+
+    def metrics_publish(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.publish()
+
     # -- readiness ------------------------------------------------------------
     def all_serving(self) -> bool:
         return all(r.lifecycle.state == WorkerState.RUNNING for r in self.extensions.values())
@@ -640,7 +672,7 @@ class Supervisor:
         self.calls.start()
         self.metrics_server = MetricsServer(self)
         self.metrics_server.start()
-        for extension in self.store.effective(self.config.extensions).values():
+        for extension in (self.store.effective(self.config.extensions).values() if not self._start_cluster() else ()):
             try:
                 self.add_runtime(extension)
             except OSError as error:

@@ -100,6 +100,7 @@ class MetricsSnapshot:
     heartbeat_interval: float | None = None  # None: no lateness check (see heartbeat_late_after)
     figures: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # call control's
     ami: Mapping[str, str] | None = None  # /healthz detail: AMI configured but not logged in
+    cluster: Mapping[str, Any] | None = None  # [cluster] mode: /healthz's "cluster" (cluster_wiring.py)
 
 
 # ----------------------------------------------------------------- pure conversion
@@ -311,12 +312,14 @@ def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_
     figures: dict[str, Any] = {}
     calls = getattr(supervisor, "calls", None)
     rest = getattr(getattr(supervisor, "metrics_server", None), "rest", None)
-    for source in (calls, rest):
+    cluster = getattr(supervisor, "cluster", None)  # [cluster] mode (supervisor/cluster_wiring.py)
+    for source in (calls, rest, cluster):
         if source is not None:
             figures.update(source.figures())
     return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor),
                            heartbeat_interval_of(supervisor), MappingProxyType(figures),
-                           calls.health() if calls is not None else None)
+                           calls.health() if calls is not None else None,
+                           cluster.health() if cluster is not None else None)
 
 
 class SupervisorCollector(Collector):
@@ -461,6 +464,8 @@ class MetricsServer:
         snapshot = self.snapshot
         code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout,
                             heartbeat_interval=snapshot.heartbeat_interval)
+        if snapshot.cluster is not None:  # etcd lost: still 200 while serving (cached assignments), "cluster" says so
+            body["cluster"] = dict(snapshot.cluster)
         if snapshot.ami is not None:  # AMI down costs dial/DTMF, not the audio: detail, not a 503
             body = {**body, "ami": dict(snapshot.ami)}
         status = "200 OK" if code == 200 else "503 Service Unavailable"
@@ -472,6 +477,23 @@ class MetricsServer:
             self.snapshot = take_snapshot(self.supervisor)
         except Exception:
             log.exception("metrics: cannot read the extensions")
+
+    def add_routes(self, routes: Callable[[dict[str, Any], Callable], Iterable[bytes] | None]) -> None:
+        """Paths answered before the built-in ones ([cluster] mode's ``/route/ID``, ``/sd``): ``routes``
+        returns None for a path it does not serve. Works before or after :meth:`start`."""
+        inner = self.app
+
+        def app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            try:
+                answered = routes(environ, start_response)
+            except Exception:
+                log.exception("metrics: %s failed", environ.get("PATH_INFO"))
+                return self._reply(start_response, "500 Internal Server Error", b"internal error\n")
+            return inner(environ, start_response) if answered is None else answered
+
+        self.app = app  # type: ignore[method-assign]
+        if self._server is not None:
+            self._server.set_app(app)
 
     @staticmethod
     def _reply(start_response: Callable, status: str, body: bytes, headers: list | None = None,

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from audiogw.client.ctl import CtlRefused, request
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.histogram import LATENCY_BUCKETS, Histogram
-from audiogw.shared.stats_schema import CONTROL_REFUSAL_REASONS
+from audiogw.shared.stats_schema import CLUSTER_FIGURES, CONTROL_REFUSAL_REASONS
 from audiogw.shared.version import audiogw_version
 from audiogw.supervisor.extension import ExtensionRuntime
 from audiogw.supervisor.lifecycle import RestartPolicy
@@ -76,6 +76,7 @@ EXPECTED = {
     "audiogw_calls_refused": ("counter", {"reason"}),
     "audiogw_rest_requests": ("counter", {"code"}),
     "audiogw_build_info": ("gauge", {"version", "python"}),
+    **{field.name: (field.kind, set()) for field in CLUSTER_FIGURES},  # [cluster] mode's (empty on one host)
     "audiogw_last_heartbeat_timestamp_seconds": ("gauge", {"extension"}),
     "audiogw_app_events": ("counter", {"extension", "event"}),
 }

@@ -17,6 +17,7 @@ from audiogw.shared.audiosocket import LEG_KINDS
 from audiogw.shared.config import ExtensionConfig
 from audiogw.shared.histogram import Histogram
 from audiogw.shared.stats_schema import (
+    CLUSTER_FIGURES,
     EXTENSION_FIGURES,
     LEGS,
     SUPERVISOR_FIGURES,
@@ -81,7 +82,7 @@ def om_families(samples, refusals=None) -> dict:
     class Fixed:
         def collect(self):
             return build_families(samples, now=1000.0, heartbeat_timeout=3.0, control_refusals=refusals,
-                                  figures=CALL_FIGURES)
+                                  figures={**CALL_FIGURES, **{field.key: 1 for field in CLUSTER_FIGURES}})
 
     registry = CollectorRegistry()
     registry.register(Fixed())
@@ -230,7 +231,9 @@ def test_supervisor_figures_are_declared_in_the_schema():
             "audiogw_worker_resident_memory_bytes",
             "audiogw_worker_cpu_seconds", "audiogw_worker_realtime_priority",
             "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info",
-            "audiogw_ami_connected", "audiogw_dial_outcomes", "audiogw_calls_refused", "audiogw_rest_requests"} == names
+            "audiogw_ami_connected", "audiogw_dial_outcomes", "audiogw_calls_refused", "audiogw_rest_requests",
+            "audiogw_cluster_connected", "audiogw_cluster_leader", "audiogw_cluster_assigned_extensions",
+            "audiogw_cluster_nodes", "audiogw_cluster_refused", "audiogw_cluster_session_failures"} == names
 
 
 def test_the_scrape_thread_formats_only_the_published_snapshot():

@@ -342,7 +342,9 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
     now = 1000.0
     sample = ExtensionSample(id="1", running=True, last_heartbeat=now, totals=worker_totals(), rss=1, cpu_seconds=1,
                              realtime_priority=0)
-    families = build_families([sample], now=now, heartbeat_timeout=3.0, control_refusals={"unauthorized": 0})
+    # A supervisor with AMI configured (audiogw_ami_connected is exported only then).
+    families = build_families([sample], now=now, heartbeat_timeout=3.0, control_refusals={"unauthorized": 0},
+                              figures={"ami_connected": 1})
     exposed = {s.name for family in families for s in family.samples}
     dashboard = orjson.loads((root / "grafana" / "audiogw-dashboard.json").read_bytes())
     assert dashboard["uid"] and dashboard["panels"]
@@ -352,7 +354,7 @@ def test_dashboard_and_alerts_use_only_exposed_metric_names():
     used = set(re.findall(r"\baudiogw_[a-z_]+", " ".join(exprs) + alerts))
     assert used and used <= exposed, used - exposed
     for name in ("AudiogwExtensionDown", "AudiogwWorkerRestarting", "AudiogwUnderruns", "AudiogwSendLatenessHigh",
-                 "AudiogwWorkerNotRealtime", "AudiogwControlUnauthorized"):
+                 "AudiogwWorkerNotRealtime", "AudiogwControlUnauthorized", "AudiogwAmiDown"):
         assert f"alert: {name}" in alerts
     assert '"127.0.0.1:9464"' in (root / "prometheus" / "prometheus.yml").read_text()
 

@@ -495,6 +495,7 @@ class Supervisor:
         """A removal: gone from the table and refusing new calls now; its calls drain in the background."""
         self.extensions.pop(runtime.id, None)
         runtime.close_sockets()
+        self.metrics_publish()  # gone from /metrics and /healthz by the time the reply is read
         self._in_background(self._remove(runtime, drain))
 
     async def _remove(self, runtime: ExtensionRuntime, drain: float) -> None:

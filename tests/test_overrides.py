@@ -13,6 +13,7 @@ import pytest
 from audiogw.client.ctl import CtlRefused
 from audiogw.shared.config import load_config
 from audiogw.supervisor.reload_plan import hidden_by_overrides
+from conftest import wait_for
 from supervisor_fixture import supervisor_process
 
 gateway = pytest.fixture(name="gateway")(supervisor_process)
@@ -138,7 +139,15 @@ def test_reset_whose_port_another_program_holds_changes_nothing(gateway) -> None
     config = load_config(gateway.config_path)
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("127.0.0.1", config.extension("1202").ia_port))
+
+    def bound() -> bool:  # the removal answers at once; the draining worker closes its copy on Drain
+        try:
+            holder.bind(("127.0.0.1", config.extension("1202").ia_port))
+            return True
+        except OSError:
+            return False
+
+    wait_for(bound, 5, what="the removed extension's port to be free")
     holder.listen()
     try:
         with pytest.raises(CtlRefused, match="reset of 1202 failed"):

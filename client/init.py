@@ -4,7 +4,7 @@ The text is the generated reference (``shared/settings.py`` ``reference_text``: 
 with its doc, bounds, reload note and default) with the starter's own values: paths left
 at their defaults, which are relative to the file's folder and so work from DIR; loopback
 only; one echo extension on the first two ports of the default range; the demo agent
-only with ``--demo-agent``.
+only with ``--demo-agent`` (then 1201 is its greeting demo and 1210 its doorman).
 """
 from __future__ import annotations
 
@@ -42,7 +42,11 @@ def starter_text(demo_agent: bool = False) -> str:
     if demo_agent:
         values["supervisor.demo_agent"] = DEMO_AGENT
         lines += ['app = "agent"', "# The reference agent above: greets, plays back what the caller said, confirms DTMF 1.",
-                  f"options = {{ url = {toml_value(f'ws://{DEMO_AGENT}/media')}, barge_in = true }}"]
+                  f"options = {{ url = {toml_value(f'ws://{DEMO_AGENT}/media')}, barge_in = true }}", "",
+                  # The same id and ports as in etc/audiogw.toml, so the README's doorman steps fit both.
+                  "[[extension]]", 'id = "1210"', f"ia_port = {ia_port + 4}", f"retorno_port = {retorno_port + 4}",
+                  'app = "agent"', "# The reference agent as the virtual doorman (README \"The doorman demo\").",
+                  f"options = {{ url = {toml_value(f'ws://{DEMO_AGENT}/doorman')} }}"]
     else:
         lines += ['app = "echo"  # plays the caller back: dial it to hear yourself']
     return reference_text(values=values, header=HEADER, extensions="\n".join(lines) + "\n")

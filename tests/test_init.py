@@ -37,6 +37,11 @@ def test_init_writes_refuses_and_forces(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     config = load_config(path)
     assert config.supervisor.demo_agent is not None and config.extensions[0].app == "agent"
+    shipped = {ext.id: ext for ext in load_config(Path(__file__).resolve().parent.parent / "etc" / "audiogw.toml").extensions}
+    doorman = config.extension("1210")  # the doorman, on the same ports as in etc/audiogw.toml (README's steps)
+    assert doorman.options["url"].endswith("/doorman")
+    assert (doorman.ia_port, doorman.retorno_port, doorman.options) == (
+        shipped["1210"].ia_port, shipped["1210"].retorno_port, shipped["1210"].options)
     result = init(cwd=tmp_path)  # default: the current folder, where discovery looks first
     assert result.returncode == 0 and (tmp_path / "audiogw.toml").is_file()
 

@@ -37,7 +37,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -53,12 +52,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from audiogw.bench.asterisk import BenchError, Supervisor
-from audiogw.client.asterisk import PrivateAsterisk, find_asterisk, free_tcp_port, manager_conf
+from audiogw.client.asterisk import PrivateAsterisk, find_asterisk, manager_conf
 from audiogw.client.softphone import place_call
 from audiogw.shared.audiosocket import FRAME_PERIOD, KIND_FOR_RATE, Kind, encode_header, frame_bytes
 from audiogw.shared.config import load_config
 from audiogw.shared.pacing import pacing_stats_many
+from audiogw.shared.twilio_ids import call_sid_for
 from audiogw.shared.mulaw import encode_mulaw
+from audiogw.shared.net import free_port_block
 from audiogw.supervisor.dialplan import dialplan_for
 
 EXTENSION = "1201"
@@ -304,7 +305,7 @@ async def run_pacing_part(agent: Agent, ports: dict[str, int], conversations: in
         await asyncio.sleep(0.2)
         resident = asyncio.create_task(place_call("127.0.0.1", ports["retorno"], call_uuid=call_uuid,
                                                   source=tone(RESIDENT_HZ, seconds - 0.2), seconds=seconds - 0.2))
-        speaker = asyncio.create_task(_bridge_and_speak(agent, call_sid(call_uuid), seconds))
+        speaker = asyncio.create_task(_bridge_and_speak(agent, call_sid_for(call_uuid), seconds))
         results = await asyncio.gather(visitor, resident)
         speaker.cancel()
         await asyncio.gather(speaker, return_exceptions=True)
@@ -320,10 +321,6 @@ async def run_pacing_part(agent: Agent, ports: dict[str, int], conversations: in
                         "late_reads": sum(result.late_reads for result in results),
                         "errors": [result.error for result in results if result.error]}
     return report
-
-
-def call_sid(call_uuid: uuid.UUID) -> str:
-    return "CA" + call_uuid.hex
 
 
 async def _bridge_and_speak(agent: Agent, sid: str, seconds: float) -> None:
@@ -373,21 +370,6 @@ def write_config(folder: Path, agent_port: int, ami_port: int, base_port: int) -
     return path
 
 
-def free_port_pair() -> int:
-    """Two consecutive free ports on 127.0.0.1 (the extension's ia and retorno)."""
-    for _ in range(50):
-        port = free_tcp_port()
-        if port < 65535:
-            try:
-                with socket.socket() as first, socket.socket() as second:
-                    first.bind(("127.0.0.1", port))
-                    second.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise BenchError("no two consecutive free ports")
-
-
 async def _run(settings: argparse.Namespace, folder: Path) -> dict[str, Any]:
     binary = find_asterisk()
     if binary is None:
@@ -398,7 +380,7 @@ async def _run(settings: argparse.Namespace, folder: Path) -> dict[str, Any]:
     visitor, resident = Phone(VISITOR_HZ), Phone(RESIDENT_HZ)
     await visitor.start()
     await resident.start()
-    base_port = free_port_pair()
+    base_port = free_port_block(2)  # the extension's ia and retorno
     asterisk = PrivateAsterisk(binary, folder / "asterisk", "[general]\n",
                                manager_conf(AMI_USER, AMI_SECRET, "{ami_port}"))
     loop = asyncio.get_running_loop()

@@ -679,6 +679,7 @@ class Supervisor:
             except OSError as error:
                 log.error("extension %s not started: %s", extension.id, error)
         self._started = True
+        self.metrics_publish()  # /healthz: no longer "starting"
         self._read_bus()
         tasks = [
             loop.create_task(self._timers(), name="timers"),

@@ -101,6 +101,9 @@ class MetricsSnapshot:
     figures: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # call control's
     ami: Mapping[str, str] | None = None  # /healthz detail: AMI configured but not logged in
     cluster: Mapping[str, Any] | None = None  # [cluster] mode: /healthz's "cluster" (cluster_wiring.py)
+    # The supervisor is still adding its extensions (run() before its first pass): /healthz says
+    # "starting" (503) rather than "ok" for a table that is not filled yet.
+    starting: bool = False
 
 
 # ----------------------------------------------------------------- pure conversion
@@ -319,7 +322,8 @@ def take_snapshot(supervisor: "Supervisor", max_age: float = KERNEL_FIGURES_MAX_
     return MetricsSnapshot(tuple(samples), MappingProxyType(dict(refusals or {})), heartbeat_timeout_of(supervisor),
                            heartbeat_interval_of(supervisor), MappingProxyType(figures),
                            calls.health() if calls is not None else None,
-                           cluster.health() if cluster is not None else None)
+                           cluster.health() if cluster is not None else None,
+                           starting=not getattr(supervisor, "_started", True))
 
 
 class SupervisorCollector(Collector):
@@ -464,6 +468,8 @@ class MetricsServer:
         snapshot = self.snapshot
         code, body = health(snapshot.samples, now=time.time(), heartbeat_timeout=snapshot.heartbeat_timeout,
                             heartbeat_interval=snapshot.heartbeat_interval)
+        if snapshot.starting and code == 200:
+            code, body = 503, {"status": "starting", "extensions": len(snapshot.samples)}
         if snapshot.cluster is not None:  # etcd lost: still 200 while serving (cached assignments), "cluster" says so
             body["cluster"] = dict(snapshot.cluster)
         if snapshot.ami is not None:  # AMI down costs dial/DTMF, not the audio: detail, not a 503

@@ -40,6 +40,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from audiogw.shared.logs import register_secret
+from audiogw.shared.twilio_ids import call_sid_for, uuid_for_call_sid
 
 __all__ = ["PREFIX", "MAX_BODY", "RestReply", "RestApi", "handle", "call_sid", "on_loop"]
 
@@ -49,7 +50,6 @@ PREFIX = "/2010-04-01/"
 MAX_BODY = 64 * 1024
 REALM = 'Basic realm="Twilio API"'
 _CALL_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Calls/(?P<call>[^/]+)\.json$")
-_CALL_SID = re.compile(r"^CA(?P<hex>[0-9a-fA-F]{32})$")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -57,7 +57,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 def call_sid(call_uuid: str) -> str:
     """The Twilio CallSid of a conversation: ``CA`` + its UUID's 32 hex digits."""
-    return "CA" + uuid_module.UUID(call_uuid).hex
+    return call_sid_for(uuid_module.UUID(call_uuid))
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def handle(method: str, path: str, authorization: str, body: bytes, *, account_s
     account, sid = match["account"], match["call"]
     if not _same(account, account_sid):
         return _error(404, 20404, f"The requested resource {path} was not found", "unknown_account")
-    call = _CALL_SID.match(sid)
-    if call is None:
+    conversation = uuid_for_call_sid(sid[:2] + sid[2:].lower())  # Twilio's hex is case-blind here
+    if conversation is None:
         return _error(404, 20404, f"The requested resource {path} was not found", "bad_call_sid")
     try:
         form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
@@ -126,10 +126,10 @@ def handle(method: str, path: str, authorization: str, body: bytes, *, account_s
     status = form.get("Status", [""])
     if len(status) != 1 or status[0] != "completed":
         return _error(400, 21218, f"Invalid Status {status!r}: only 'completed' is supported", "bad_status")
-    call_uuid = str(uuid_module.UUID(hex=call["hex"].lower()))
+    call_uuid = str(conversation)
     if not hangup(call_uuid):
         return _error(404, 20404, f"The requested resource {path} was not found", "unknown_call")
-    sid = "CA" + call["hex"].lower()
+    sid = call_sid_for(conversation)
     return RestReply(200, {
         "sid": sid, "account_sid": account_sid, "status": "completed", "api_version": "2010-04-01",
         "date_updated": formatdate(usegmt=True), "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{sid}.json",

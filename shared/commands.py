@@ -21,7 +21,7 @@ from audiogw.shared.config import ConfigError, parse_option, validate_extension_
 __all__ = [
     "ArgumentInvalid", "ConfigDefault", "Arg", "CommandSpec", "DECLARATIONS",
     "ADD_EXTENSION", "REMOVE_EXTENSION", "RESTART_EXTENSION", "LIST", "STATUS", "RELOAD", "STOP", "DIALPLAN",
-    "RESET", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
+    "RESET", "REMOTE_COMMANDS", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
 ]
 
 MAX_DRAIN_SECONDS = 86400
@@ -184,6 +184,9 @@ class CommandSpec:
     help: str | None = None
     check: Check | None = None
     reply_timeout: float | None = None  # ctl waits at least this long for the reply (see server_wait)
+    # [cluster] mode: asked on any node about an extension another node serves, the command is carried to
+    # that node through etcd (supervisor/cluster_commands.py) and answers with that node's result.
+    remote: bool = False
 
     @property
     def server_wait(self) -> float | None:
@@ -321,18 +324,23 @@ REMOVE_EXTENSION = CommandSpec(
     "remove-extension", "Stop extension ID's worker and forget it. Persisted.", (_ID, _DRAIN), Removed,
     help="Forget extension ID (persisted) and refuse new calls at once; the calls in progress go on for "
          "up to --drain seconds (default supervisor.drain_seconds) in the background, then are hung up. "
-         "Answers at once.",
+         "Answers at once. In cluster mode the node serving it drains for --drain seconds.",
 )
 RESTART_EXTENSION = CommandSpec(
     "restart-extension", "Restart extension ID's worker (its calls are dropped).", (_ID,), Extension,
     help="Restart extension ID's worker (its calls are dropped); clears failed and fatal at once.\n\n"
          "Answers once the worker serves, or refuses with the reason it failed (ctl waits at least "
-         f"{START_REPLY_TIMEOUT:g} s for it).",
+         f"{START_REPLY_TIMEOUT:g} s for it). In cluster mode any node restarts it on the node serving it.",
     reply_timeout=START_REPLY_TIMEOUT,
+    remote=True,
 )
 LIST = CommandSpec("list", "List the extensions: ports, app, worker state and pid.", (), list[Extension])
 STATUS = CommandSpec(
-    "status", "Health and audio timing of all extensions, or of ID.", (_OPTIONAL_ID,), list[dict[str, Any]]
+    "status", "Health and audio timing of all extensions, or of ID.", (_OPTIONAL_ID,), list[dict[str, Any]],
+    help="Health and audio timing of all extensions, or of ID.\n\n"
+         "In cluster mode: ID is asked of the node serving it, wherever it is; without ID, the rows are "
+         "this node's own extensions (each row's host names it).",
+    remote=True,
 )
 RELOAD = CommandSpec(
     "reload", "Re-read the config file (like SIGHUP).", (), Reloaded,
@@ -348,7 +356,8 @@ DIALPLAN = CommandSpec(
 RESET = CommandSpec(
     "reset", "Drop ID's runtime change: the file's definition counts again.", (_ID,), Reset,
     help="Drop the runtime change of extension ID (ctl add-extension / remove-extension) so the config "
-         "file's definition, or its absence, counts again; applied at once, like a reload of ID. Persisted.",
+         "file's definition, or its absence, counts again; applied at once, like a reload of ID. Persisted. "
+         "Refused in cluster mode (the definitions are etcd's, not the file's).",
     reply_timeout=START_REPLY_TIMEOUT,
 )
 
@@ -356,3 +365,4 @@ DECLARATIONS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (ADD_EXTENSION, REMOVE_EXTENSION, RESTART_EXTENSION, LIST, STATUS, RELOAD, STOP, DIALPLAN, RESET)
 }
+REMOTE_COMMANDS: frozenset[str] = frozenset(spec.name for spec in DECLARATIONS.values() if spec.remote)

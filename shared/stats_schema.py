@@ -221,6 +221,11 @@ CLUSTER_FIGURES: tuple[Field, ...] = (
     Field("cluster_nodes", "audiogw_cluster_nodes", "gauge", "Live nodes this node sees in etcd."),
     Field("cluster_refused", "audiogw_cluster_refused", "counter",
           "Assigned extensions whose etcd definition this node cannot run (refused with the reason, logged)."),
+    Field("cluster_values_refused", "audiogw_cluster_values_refused", "counter",
+          "Values under /audiogw/ that are not their key's record (ignored, logged with the reason)."),
+    Field("cluster_requests_refused", "audiogw_cluster_requests_refused", "counter",
+          "Commands carried through etcd (status, restart-extension) refused: a bad request to this node, or a bad "
+          "reply to one of its own (logged with the reason)."),
     Field("cluster_session_failures", "audiogw_cluster_session_failures", "counter",
           "etcd sessions that ended on an error (the agent then tries the next endpoint)."),
 )

@@ -41,6 +41,7 @@ from audiogw.shared.cluster_keys import (
     EXTENSIONS, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord, Family,
     LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key,
 )
+from audiogw.shared.cluster_keys import REMOVALS, REPLIES, REQUESTS, STATUS
 from audiogw.shared.config import Config
 from audiogw.shared.version import audiogw_version
 from audiogw.supervisor.placement import batches, plan_placement, score
@@ -85,6 +86,12 @@ class Entry:
     lease: int
 
 
+# The families the agent itself does not act on (no placement, no route): the control plane's
+# (supervisor/cluster_commands.py, supervisor/cluster_status.py). ClusterView keeps them and tells
+# ``on_side``; ``apply`` returns None for them, so a status write never makes the leader plan again.
+SIDE_FAMILIES: tuple[Family, ...] = (STATUS, REQUESTS, REPLIES, REMOVALS)
+
+
 class ClusterView:
     """Everything under ``/audiogw/`` as this node last saw it. Pure (fed key-values, no client):
     a value that is not its family's shape is skipped, logged once per key and value, counted."""
@@ -94,6 +101,14 @@ class ClusterView:
         self.nodes: dict[str, Entry] = {}
         self.placement: dict[str, Entry] = {}
         self.ports: dict[str, Entry] = {}
+        self.status: dict[str, Entry] = {}  # extension id -> its serving node's ServingStatus
+        self.requests: dict[str, Entry] = {}  # "NODE/REQID" -> CommandRequest
+        self.replies: dict[str, Entry] = {}  # REQID -> CommandReply
+        self.removals: dict[str, Entry] = {}  # extension id -> Removal
+        # Called (on the loop, synchronously: only note and schedule) after each change of a side family:
+        # (family, id, the new entry or None for a delete).
+        self.on_side: Callable[[Family, str, Entry | None], None] | None = None
+        self.on_side_refused: Callable[[Family, str, str], None] | None = None  # (family, id, the reason)
         self.leader: Entry | None = None
         self.revision = 0
         self.refused: Counter[str] = Counter()  # bad values by family
@@ -101,17 +116,20 @@ class ClusterView:
 
     def _table(self, family: Family) -> dict[str, Entry]:
         return {EXTENSIONS.name: self.extensions, NODES.name: self.nodes, PLACEMENT.name: self.placement,
-                PORTS.name: self.ports}[family.name]
+                PORTS.name: self.ports, STATUS.name: self.status, REQUESTS.name: self.requests,
+                REPLIES.name: self.replies, REMOVALS.name: self.removals}[family.name]
 
     def load(self, kvs: Sequence[Any], revision: int) -> None:
         """A full read (every key under the prefix, at ``revision``) replaces the view."""
         self.extensions, self.nodes, self.placement, self.ports, self.leader = {}, {}, {}, {}, None
+        self.status, self.requests, self.replies, self.removals = {}, {}, {}, {}
         for kv in kvs:
             self.apply(True, kv)
         self.revision = revision
 
     def apply(self, put: bool, kv: Any) -> Family | None:
-        """One put or delete; returns the family it changed (None: outside the layout, or refused)."""
+        """One put or delete; returns the family it changed (None: outside the layout, refused, or one
+        of the ``SIDE_FAMILIES``, which ``on_side`` hears of instead)."""
         self.revision = max(self.revision, kv.mod_revision)
         try:
             family, item = parse_key(kv.key)
@@ -121,8 +139,11 @@ class ClusterView:
             if (kv.key, kv.mod_revision) not in self._logged and len(self._logged) < 1000:
                 self._logged.add((kv.key, kv.mod_revision))
                 log.warning("cluster: ignored %s", error)
+            self._side_refused(kv.key, str(error))
             return None
         entry = Entry(record, kv.mod_revision, kv.create_revision, kv.lease) if put else None
+        if family in SIDE_FAMILIES:
+            return self._side(family, item, entry)
         if family is LEADER:
             self.leader = entry
         elif entry is None:
@@ -130,6 +151,37 @@ class ClusterView:
         else:
             self._table(family)[item] = entry
         return family
+
+    def _side(self, family: Family, item: str, entry: Entry | None) -> None:
+        if entry is None:
+            self._table(family).pop(item, None)
+        else:
+            self._table(family)[item] = entry
+        if self.on_side is not None:
+            try:
+                self.on_side(family, item, entry)
+            except Exception:
+                log.exception("cluster: on_side failed")
+        return None
+
+    def _side_refused(self, key: bytes, reason: str) -> None:
+        """A refused value under a side family's key: ``on_side_refused`` may answer it (a bad request)."""
+        try:
+            family, item = parse_key(key)
+        except ClusterValueError:
+            return
+        if family not in SIDE_FAMILIES:
+            return
+        if self._table(family).pop(item, None) is not None and self.on_side is not None:
+            try:  # the key holds something else now: what it held before is no longer there
+                self.on_side(family, item, None)
+            except Exception:
+                log.exception("cluster: on_side failed")
+        if self.on_side_refused is not None:
+            try:
+                self.on_side_refused(family, item, reason)
+            except Exception:
+                log.exception("cluster: on_side_refused failed")
 
     def assignments(self) -> dict[str, Assignment]:
         return {extension_id: entry.record for extension_id, entry in self.placement.items()}
@@ -569,10 +621,15 @@ async def define_extension(client: aetcd.Client, record: ExtensionRecord) -> str
     return "changed meanwhile; try again"
 
 
-async def undefine_extension(client: aetcd.Client, extension_id: str) -> bool:
+async def undefine_extension(client: aetcd.Client, extension_id: str, removal: Removal | None = None,
+                             lease: int | None = None) -> bool:
     """Remove an extension's definition and free its ports in one transaction (the leader then deletes
-    its placement; its node stops it). False when it did not exist."""
+    its placement; its node stops it). False when it did not exist. ``removal`` (under ``lease``, the
+    removing node's) is written in the same transaction, before the delete: the serving node sees the
+    drain asked for in the same watch revision as the removal."""
     extension_key = key_for(EXTENSIONS, extension_id)
+    drain = ([client.transactions.put(key_for(REMOVALS, extension_id), encode_value(removal), lease=lease)]
+             if removal is not None else [])
     for _attempt in range(5):
         current = await client.get(extension_key)
         if current is None:
@@ -582,7 +639,7 @@ async def undefine_extension(client: aetcd.Client, extension_id: str) -> bool:
         claims = [key for key, _ in _port_claims(record)]
         removed, _ = await client.transaction(
             compare=[tx.mod(extension_key) == current.mod_revision],
-            success=[tx.delete(extension_key), *(tx.delete(key) for key in claims)], failure=[])
+            success=[*drain, tx.delete(extension_key), *(tx.delete(key) for key in claims)], failure=[])
         if removed:
             return True
     raise ConnectionError(f"extension {extension_id} kept changing during its removal")

@@ -29,7 +29,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
 from audiogw.shared.stats_schema import CLUSTER_FIGURES
-from audiogw.supervisor.cluster import NodeAgent, agent_for
+from audiogw.shared.cluster_keys import STATUS, Family
+from audiogw.supervisor.cluster import Entry, NodeAgent, agent_for
+from audiogw.supervisor.cluster_commands import RemoteCommands, forget_removal
+from audiogw.supervisor.cluster_status import StatusPublisher
 from audiogw.supervisor.placement import plan_serving
 
 if TYPE_CHECKING:
@@ -60,6 +63,10 @@ class ClusterServing:
         self.agent: NodeAgent = agent_for(supervisor.config, supervisor.started_at, on_change=self._changed)
         self.agent.on_view = self._view_changed
         self.published = Published()
+        self.status = StatusPublisher(supervisor, self.agent)  # /audiogw/status/ID of what this node serves
+        self.remote = RemoteCommands(supervisor)  # status / restart-extension carried to and from other nodes
+        self.agent.view.on_side = self._side_changed
+        self.agent.view.on_side_refused = self._side_refused
         self.stats: Counter[str] = Counter()
         self._dirty = False
         self._task: asyncio.Task | None = None
@@ -87,6 +94,8 @@ class ClusterServing:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        await self.status.stop()
+        await self.remote.stop()
         await self.agent.stop(revoke=True)
 
     # -- the agent's hooks (on the loop, synchronous: only mark and schedule) ------
@@ -113,6 +122,7 @@ class ClusterServing:
                 log.exception("cluster: reconcile failed; trying again at the next change")
                 self.stats["reconcile_failures"] += 1
         self._view_changed()  # its counters (refused) reach /metrics
+        self.status.changed()  # what it started and stopped (a removal leaves no wake-up of the timers)
 
     async def _apply_once(self) -> None:
         supervisor, agent = self.supervisor, self.agent
@@ -121,11 +131,12 @@ class ClusterServing:
                        if (record := agent.definition(extension_id)) is not None}
         plan = plan_serving(agent.assigned, definitions, running, supervisor.config.base_dir)
         drain = supervisor.config.supervisor.drain_seconds
+        self.status.refusals = dict(plan.refused)
         for extension_id in plan.stop:  # first: at most one host listens, and a moved port is freed
             if (runtime := supervisor.extensions.get(extension_id)) is not None:
                 log.info("cluster: extension %s is no longer this node's (%s): stopping it", extension_id,
                          "moved" if extension_id in agent.view.extensions else "removed")
-                supervisor.remove_in_background(runtime, drain)
+                supervisor.remove_in_background(runtime, self._drain(extension_id, drain))
                 self.stats["stopped"] += 1
         for extension_id, reason in plan.refused:
             self.stats["refused"] += 1
@@ -150,6 +161,32 @@ class ClusterServing:
             log.info("cluster: node %s serves extension %s (epoch %d)", self.name, extension.id,
                      agent.assigned[extension.id].epoch)
 
+    def counters_changed(self) -> None:
+        """A counter of /metrics changed outside the agent's view changes (a refused request): publish."""
+        self._view_changed()
+
+    def _side_refused(self, family: Family, item: str, reason: str) -> None:
+        self.remote.refused(family, item, reason)
+        self._view_changed()  # cluster_values_refused
+
+    def _side_changed(self, family: Family, item: str, entry: Entry | None) -> None:
+        """The view's ``on_side``: a status of this node's gone or overwritten is written again; requests
+        and replies go to the remote commands."""
+        if family is STATUS:
+            if item in self.agent.assigned and (entry is None or entry.record.node != self.name):
+                self.status.changed()
+        else:
+            self.remote.seen(family, item, entry)
+
+    def _drain(self, extension_id: str, default: float) -> float:
+        """The drain of a stop: what the removal asked for (``remove-extension --drain``), else ``default``."""
+        view = self.agent.view
+        entry = view.removals.get(extension_id)
+        if extension_id in view.extensions or entry is None:
+            return default  # moved, or removed without a record (an older node's ctl)
+        self.remote.in_background(forget_removal(self.agent, extension_id, entry))
+        return entry.record.drain
+
     # -- what the HTTP thread reads -------------------------------------------------
     def _publish(self) -> None:
         self._publish_timer = None
@@ -171,6 +208,8 @@ class ClusterServing:
             health["why"] = "etcd unreachable: serving the cached assignments"
         figures = {"cluster_connected": agent.connected, "cluster_leader": agent.is_leader,
                    "cluster_assigned": len(agent.assigned), "cluster_nodes": len(view.nodes),
+                   "cluster_values_refused": view.refused["value"],
+                   "cluster_requests_refused": self.remote.stats["requests_refused"] + self.remote.stats["replies_refused"],
                    "cluster_refused": self.stats["refused"],
                    "cluster_session_failures": agent.stats["session_failures"]}
         assert set(figures) == {spec.key for spec in CLUSTER_FIGURES}

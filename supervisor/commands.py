@@ -198,8 +198,15 @@ async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> An
 
 async def restart_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
     """Restart at once (its calls are dropped: no drain), clearing failed/fatal; answer with the truth."""
-    deadline = _deadline(RESTART_EXTENSION)
-    runtime = _runtime(supervisor, args["id"])
+    if getattr(supervisor, "cluster", None) is not None:  # on the node that serves it, wherever it is
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.restart_extension(supervisor, args)
+    return await restart_here(supervisor, args["id"], _deadline(RESTART_EXTENSION))
+
+
+async def restart_here(supervisor: "Supervisor", extension_id: str, deadline: float) -> dict[str, Any]:
+    """Restart this supervisor's extension; ``deadline`` (monotonic) bounds the wait for its outcome."""
+    runtime = _runtime(supervisor, extension_id)
     async with runtime.lock:
         await supervisor.replace_extension(runtime, runtime.config, drain=0.0)
     failure = await _outcome(runtime, deadline)
@@ -232,6 +239,14 @@ def status_row(runtime: "ExtensionRuntime") -> dict[str, Any]:
 
 
 async def status(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    if getattr(supervisor, "cluster", None) is not None:  # ID: from the node that serves it, wherever it is
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.status(supervisor, args)
+    return await status_here(supervisor, args)
+
+
+async def status_here(supervisor: "Supervisor", args: dict[str, Any]) -> list[dict[str, Any]]:
+    """This supervisor's rows: extension ``args["id"]``'s, or every one's."""
     if "id" in args:
         return [status_row(_runtime(supervisor, args["id"]))]
     return [status_row(runtime) for runtime in supervisor.extensions.values()]
@@ -261,6 +276,9 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 
 async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
+    if getattr(supervisor, "cluster", None) is not None:  # refused: cluster mode has no file definitions to go back to
+        from audiogw.supervisor import cluster_commands
+        return await cluster_commands.reset(supervisor, args)
     deadline = _deadline(RESET)
     extension_id = args["id"]
     try:

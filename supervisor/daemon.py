@@ -303,6 +303,8 @@ class Supervisor:
             for runtime in list(self.extensions.values()):
                 self._act(runtime, runtime.lifecycle.tick(now))
             self._notify_ready_if_all_serving()  # an exit, a ready, a busy port, an add or a removal woke us
+            if self.cluster is not None:  # the other nodes read the states of what this node serves from etcd
+                self.cluster.status.changed()
             deadlines = [d for d in (r.lifecycle.next_deadline() for r in self.extensions.values()) if d is not None]
             timeout = min(deadlines) - time.monotonic() if deadlines else 3600.0
             self._wake.clear()

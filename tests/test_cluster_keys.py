@@ -11,6 +11,11 @@ from audiogw.shared.cluster_keys import (
     EXTENSIONS, FAMILIES, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord,
     LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key, prefix_range,
 )
+from audiogw.shared.cluster_keys import (
+    REMOVALS, REPLIES, REQUESTS, STATUS, CommandReply, CommandRequest, Removal, ServingStatus, request_key,
+)
+
+REQUEST_ID = "0123456789abcdef0123456789abcdef"
 from audiogw.shared.config import ExtensionConfig
 
 RECORDS = [
@@ -21,14 +26,24 @@ RECORDS = [
     (key_for(PLACEMENT, "1201"), Assignment(node="gw1", epoch=3, standby="gw2", leader="gw2")),
     (key_for(LEADER), LeaderRecord(name="gw2")),
     (key_for(PORTS, "30001"), PortRecord(extension="1201", leg="retorno")),
+    (key_for(STATUS, "1201"), ServingStatus(node="gw2", state="running", epoch=3, defined=17, pid=4242,
+                                            reason="exited with code 1")),
+    (request_key("gw2", REQUEST_ID), CommandRequest(asker="gw1", command="restart-extension", wait=12.0,
+                                                    args={"id": "1201"})),
+    (key_for(REPLIES, REQUEST_ID), CommandReply(node="gw2", ok=True, result=[{"id": "1201", "state": "running"}])),
+    (key_for(REMOVALS, "1201"), Removal(drain=0.0)),
 ]
 
 
 def test_the_layout():
-    assert [family.name for family in FAMILIES] == ["extensions", "nodes", "placement", "leader", "ports"]
+    assert [family.name for family in FAMILIES] == ["extensions", "nodes", "placement", "leader", "ports", "status",
+                                                    "requests", "replies", "removals"]
     assert [key for key, _ in RECORDS] == [b"/audiogw/extensions/1201", b"/audiogw/nodes/gw1",
-                                          b"/audiogw/placement/1201", b"/audiogw/leader", b"/audiogw/ports/30001"]
-    assert {family.name for family in FAMILIES if family.leased} == {"nodes", "leader"}
+                                          b"/audiogw/placement/1201", b"/audiogw/leader", b"/audiogw/ports/30001",
+                                          b"/audiogw/status/1201", f"/audiogw/requests/gw2/{REQUEST_ID}".encode(),
+                                          f"/audiogw/replies/{REQUEST_ID}".encode(), b"/audiogw/removals/1201"]
+    assert {family.name for family in FAMILIES if family.leased} == {"nodes", "leader", "status", "requests",
+                                                                     "replies", "removals"}
     assert all(family.prefix.startswith(PREFIX) for family in FAMILIES)
 
 
@@ -70,6 +85,24 @@ def test_unknown_fields_from_another_version_are_ignored():
     (b"/audiogw/nodes/", b"{}", "not in the audiogw layout"),
     (b"/audiogw/nodes/a/b", b"{}", "not in the audiogw layout"),
     (b"/elsewhere", b"{}", "not in the audiogw layout"),
+    (b"/audiogw/status/1201", b'{"node": "gw1", "state": "dancing", "epoch": 1}', "state 'dancing' is not one of"),
+    (b"/audiogw/status/1201", b'{"node": "gw1", "state": "running", "epoch": 1, "pid": 0}', "pid"),
+    (b"/audiogw/status/12x", b'{"node": "gw1", "state": "running", "epoch": 1}', "is not an extension id"),
+    (f"/audiogw/requests/gw1/{REQUEST_ID}".encode(), b'{"asker": "gw2", "command": "stop", "wait": 3}',
+     "command 'stop' is not carried to another node"),
+    (f"/audiogw/requests/gw1/{REQUEST_ID}".encode(), b'{"asker": "gw2", "command": "status", "wait": 3600}',
+     "wait"),
+    (f"/audiogw/requests/gw1/{REQUEST_ID}".encode(), b'{"asker": "gw2", "command": "status", "wait": 3, '
+     b'"args": []}', "args"),
+    (b"/audiogw/requests/gw1/not-an-id", b'{"asker": "gw2", "command": "status", "wait": 3}',
+     "is not NODE/REQUEST-ID"),
+    (f"/audiogw/requests/{REQUEST_ID}".encode(), b"{}", "not in the audiogw layout"),
+    (f"/audiogw/replies/{REQUEST_ID}".encode(), b'{"node": "gw1", "ok": true, "error": "both"}',
+     "ok without an error, or refused with one"),
+    (f"/audiogw/replies/{REQUEST_ID}".encode(), b'{"node": "gw1", "ok": false}', "refused with one"),
+    (b"/audiogw/replies/xyz", b'{"node": "gw1", "ok": true}', "is not a request id"),
+    (b"/audiogw/removals/1201", b'{"drain": -1}', "drain"),
+    (b"/audiogw/removals/1201", b'{"drain": 1e9}', "drain"),
 ])
 def test_bad_values_are_refused_with_a_reason(key, raw, reason):
     with pytest.raises(ClusterValueError) as info:

@@ -724,6 +724,17 @@ def _restarted(result: Any, args: Mapping[str, Any]) -> str:
     return text
 
 
+def _status_text(result: Any, args: Mapping[str, Any]) -> str:
+    """The status table; in cluster mode (rows name their ``host``) without ID, a note that they are one node's."""
+    rows = _rows(result)
+    text = format_status_table(rows)
+    hosts = sorted({str(row["host"]) for row in rows if row.get("host")})
+    if "id" not in args and hosts:
+        text += (f"\n(cluster mode: the extensions node {', '.join(hosts)} serves; "
+                 "`ctl list` shows the whole cluster, `ctl status ID` asks the node serving ID)")
+    return text
+
+
 def _dialplan_text(result: Any, args: Mapping[str, Any]) -> str:
     text = result.get("text") if isinstance(result, Mapping) else result
     return "" if text is None else str(text)
@@ -738,7 +749,7 @@ HUMAN: dict[CommandSpec, Human] = {
                          if isinstance(result, dict) and result.get("drain") else ""),
     RESTART_EXTENSION: _restarted,
     LIST: lambda result, args: format_list_table(_rows(result)),
-    STATUS: lambda result, args: format_status_table(_rows(result)),
+    STATUS: lambda result, args: _status_text(result, args),
     RELOAD: lambda result, args: format_reload(_mapping(result)),
     STOP: lambda result, args: "supervisor stopping" + (f" (drain {args['drain']:g} s)" if "drain" in args else ""),
     DIALPLAN: _dialplan_text,

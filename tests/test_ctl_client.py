@@ -671,3 +671,13 @@ def test_list_table_and_empty_tables():
     assert lines[0].index("APP") == lines[1].index("echo") == lines[2].index("bridge")
     assert format_list_table([]) == "no extensions"
     assert format_status_table([]) == "no extensions"
+
+
+def test_status_without_id_in_cluster_mode_says_the_rows_are_one_nodes():
+    from audiogw.client.ctl import HUMAN
+    from audiogw.shared.commands import STATUS
+
+    rows = [{"id": "1201", "state": "running", "host": "gw2"}]
+    assert "(cluster mode: the extensions node gw2 serves;" in HUMAN[STATUS](rows, {})
+    assert "cluster mode" not in HUMAN[STATUS](rows, {"id": "1201"})
+    assert "cluster mode" not in HUMAN[STATUS]([{"id": "1201", "state": "running"}], {})

@@ -1,6 +1,6 @@
 """Cluster benchmark (#15): failover after a host's kill -9, and ``ctl add-extension`` -> serving.
 
-`python -m audiogw.bench.cluster [--kills 10] [--adds 20] [--lease-ttl 3] [--json]` starts a 3-member etcd
+`python -m audiogw.bench.cluster [--kills 10] [--adds 20] [--cuts 0] [--lease-ttl 3] [--json]` starts a 3-member etcd
 and three ``[cluster]`` supervisors on 127.0.0.2-4 in a temporary folder (``bench/cluster_rig.py``) and prints:
 
 - failover: the node serving a probe extension is killed (``kill -9`` of its process group); a client
@@ -9,7 +9,11 @@ and three ``[cluster]`` supervisors on 127.0.0.2-4 in a temporary folder (``benc
   over the kills, and the calls refused meanwhile (no route, connection refused or no answer). The node
   is started again (it rejoins) before the next kill;
 - add: ``ctl add-extension`` on a node in turn -> its first frame on the host ``/route/ID`` names, p50/p95
-  (and the ctl reply alone).
+  (and the ctl reply alone);
+- cuts (``--cuts N``; every node then reaches etcd through relays, ``bench/partition.py``): the node
+  serving the probe is cut off from etcd (a black hole) while the others reach it; the time from the
+  cut to the first frame of a call on another host, p50/max, and how many samples (every 10 ms, each
+  node's address) found two hosts listening for the probe (the SPEC says never). Healed before the next.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import click
 import orjson
 
 from audiogw.bench.cluster_rig import ClusterNode, make_nodes, start_cluster
+from audiogw.bench.partition import links_to
 from audiogw.shared.net import free_port_block
 
 PROBE = "1700"
@@ -44,9 +49,9 @@ def first_frame(host: str, port: int, timeout: float = ATTEMPT_TIMEOUT) -> bool:
 
 
 def call_until_served(nodes: list[ClusterNode], extension_id: str, timeout: float,
-                      since: float) -> tuple[float | None, int]:
-    """Seconds from ``since`` (monotonic) until a call routed by a live node gets a first frame, and the
-    attempts refused before."""
+                      since: float, not_on: str | None = None) -> tuple[float | None, int]:
+    """Seconds from ``since`` (monotonic) until a call routed by a live node (to another host than
+    ``not_on``) gets a first frame, and the attempts refused before."""
     refused, start, index = 0, since, 0
     while time.monotonic() - start < timeout:
         node = nodes[index % len(nodes)]
@@ -55,7 +60,7 @@ def call_until_served(nodes: list[ClusterNode], extension_id: str, timeout: floa
             route = node.route(extension_id)
         except OSError:
             route = None
-        if route is not None and first_frame(route["host"], route["ia_port"]):
+        if route is not None and route["host"] != not_on and first_frame(route["host"], route["ia_port"]):
             return time.monotonic() - start, refused
         refused += 1
         time.sleep(0.02)
@@ -85,12 +90,57 @@ def wait_serving(nodes: list[ClusterNode], extension_id: str, timeout: float = 2
     raise RuntimeError(f"extension {extension_id} not served within {timeout} s")
 
 
-def run(kills: int, adds: int, lease_ttl: int, root: Path) -> dict:
+def listening(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def cut_once(nodes: list[ClusterNode], links: dict[str, list], lease_ttl: int) -> tuple[float, int, int]:
+    """Cut the probe's host off from etcd: seconds until another host serves it, samples, samples with two listening."""
+    victim = wait_serving(nodes, PROBE)
+    port = victim.local()[PROBE]["ia_port"]
+    others = [node for node in nodes if node is not victim]
+    for link in links[victim.name]:
+        link.cut()
+    cut = time.monotonic()
+    samples = double = 0
+    took = None
+    try:
+        while time.monotonic() - cut < lease_ttl + 20:
+            if sum(listening(node.address, port) for node in nodes) > 1:
+                double += 1
+            samples += 1
+            if took is None:
+                route = others[samples % 2].route(PROBE)
+                if route is not None and route["host"] != victim.address and first_frame(route["host"], port):
+                    took = time.monotonic() - cut
+            elif time.monotonic() - cut > took + 2.0:  # watched 2 s past the move
+                break
+            time.sleep(0.01)
+    finally:
+        for link in links[victim.name]:
+            link.heal()
+    if took is None:
+        raise RuntimeError(f"{PROBE} not served elsewhere within {lease_ttl + 20} s of the cut")
+    deadline = time.monotonic() + 20
+    while (health := victim.cluster_health()) is None or health.get("status") != "ok":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node {victim.name} not back on etcd within 20 s of the heal")
+        time.sleep(0.05)
+    return took, samples, double
+
+
+def run(kills: int, adds: int, lease_ttl: int, root: Path, cuts: int = 0) -> dict:
     etcd_binary = shutil.which("etcd")
     if etcd_binary is None:
         raise click.ClickException("no etcd binary: `apt-get install etcd-server` (Debian)")
     etcd = start_cluster(root, binary=etcd_binary)
     nodes = make_nodes(root, etcd.client_urls, free_port_block(40), lease_ttl=lease_ttl)
+    links = {node.name: links_to(etcd.client_urls) for node in nodes} if cuts else {}
+    for node in nodes:
+        if cuts:
+            node.etcd = [link.url for link in links[node.name]]
     try:
         for node in nodes:
             node.start()
@@ -121,6 +171,12 @@ def run(kills: int, adds: int, lease_ttl: int, root: Path) -> dict:
             failover.append(took)
             refused.append(refusals)
             victim.start()
+        cut_served, cut_samples, cut_double = [], [], []
+        for _cut in range(cuts):
+            took, samples, double = cut_once(nodes, links, lease_ttl)
+            cut_served.append(took)
+            cut_samples.append(samples)
+            cut_double.append(double)
         return {
             "nodes": len(nodes), "lease_ttl": lease_ttl, "kills": kills,
             "failover_p50_s": round(statistics.median(failover), 3) if failover else None,
@@ -131,23 +187,33 @@ def run(kills: int, adds: int, lease_ttl: int, root: Path) -> dict:
             "add_served_p50_ms": round(1000 * statistics.median(add_served), 1) if add_served else None,
             "add_served_p95_ms": round(1000 * percentile(add_served, 0.95), 1) if add_served else None,
             "add_reply_p50_ms": round(1000 * statistics.median(add_reply), 1) if add_reply else None,
+            "cuts": cuts,
+            "cut_served_elsewhere_p50_s": round(statistics.median(cut_served), 3) if cut_served else None,
+            "cut_served_elsewhere_max_s": round(max(cut_served), 3) if cut_served else None,
+            "cut_samples": cut_samples,
+            "cut_samples_two_hosts_listening": cut_double,
         }
     finally:
         for node in nodes:
             node.stop()
         etcd.stop_all()
+        for group in links.values():
+            for link in group:
+                link.close()
 
 
 @click.command()
 @click.option("--kills", default=10, show_default=True, help="Host kills (failover measurements).")
 @click.option("--adds", default=20, show_default=True, help="ctl add-extension measurements.")
+@click.option("--cuts", default=0, show_default=True,
+              help="Partitions: the probe's host cut off from etcd (every node then reaches etcd through relays).")
 @click.option("--lease-ttl", default=3, show_default=True, help="[cluster] lease_ttl of every node.")
 @click.option("--keep", is_flag=True, help="Keep the temporary folder (logs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def main(kills: int, adds: int, lease_ttl: int, keep: bool, as_json: bool) -> None:
+def main(kills: int, adds: int, cuts: int, lease_ttl: int, keep: bool, as_json: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="audiogw-bench-cluster-"))
     try:
-        result = run(kills, adds, lease_ttl, root)
+        result = run(kills, adds, lease_ttl, root, cuts)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -161,6 +227,11 @@ def main(kills: int, adds: int, lease_ttl: int, keep: bool, as_json: bool) -> No
                f"meanwhile per kill: {result['refused_attempts_per_kill']}")
     click.echo(f"ctl add-extension -> first frame on its host ({adds} adds): p50 {result['add_served_p50_ms']} ms, "
                f"p95 {result['add_served_p95_ms']} ms (ctl reply p50 {result['add_reply_p50_ms']} ms)")
+    if cuts:
+        click.echo(f"partition (the serving host cut off from etcd, {cuts} cuts): served on another host after "
+                   f"p50 {result['cut_served_elsewhere_p50_s']} s, max {result['cut_served_elsewhere_max_s']} s; "
+                   f"samples with two hosts listening: {sum(result['cut_samples_two_hosts_listening'])} of "
+                   f"{sum(result['cut_samples'])}")
 
 
 if __name__ == "__main__":

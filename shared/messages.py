@@ -14,6 +14,10 @@ Three channels, each JSON over ZeroMQ, each with one ``encode_*`` and one
   :class:`DialStatus`, :class:`HangupLeg`. Its own socket because the bus is read in
   batches (idle supervisor) while a call-control request must be handled at once; one
   message per call event, never per frame.
+- supervisor <-> supervisor in ``[cluster]`` mode (HTTP ``GET /cluster/peer``, JSON, not
+  ZeroMQ): :class:`PeerReport`, what a node says of itself to a node that lost etcd or that is
+  taking over an extension (``supervisor/fencing.py``). Another version may answer (a rolling
+  upgrade), so unknown fields are ignored.
 
 Every decode validates the whole message (orjson decodes, msgspec checks the
 object against the struct) and raises :class:`MessageError` naming what is wrong. The bus is
@@ -27,6 +31,8 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 import orjson
+
+from audiogw.shared.settings import NODE_NAME_PATTERN
 
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -199,6 +205,25 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
         return cls(id=request_id, ok=False, error=error)
 
 
+# -- supervisor <-> supervisor ([cluster] mode) ------------------------------------
+NodeName = Annotated[str, msgspec.Meta(pattern=NODE_NAME_PATTERN.pattern)]
+
+
+class PeerReport(msgspec.Struct, frozen=True):
+    """``GET /cluster/peer``: a node's own word on etcd and on what it listens for (``supervisor/fencing.py``).
+
+    ``contact_age``: seconds since its last reply from etcd (None: never); ``nodes``: the live
+    nodes in its view of etcd; ``serving``: the extensions it listens for now (none while it stops
+    or is fenced).
+    """
+
+    node: NodeName
+    etcd_connected: bool
+    contact_age: Annotated[float, msgspec.Meta(ge=0)] | None
+    nodes: list[NodeName]
+    serving: list[NonEmpty]
+
+
 # -- codecs ---------------------------------------------------------------------
 # orjson is the JSON codec; msgspec validates the decoded objects against the structs.
 # (msgspec's own JSON decoder was 2-3x faster per message, 8 vs 15-23 us for a full
@@ -283,6 +308,15 @@ def decode_reply(raw: bytes) -> Reply:
     return reply
 
 
+def encode_peer_report(report: PeerReport) -> bytes:
+    return _encode(report)
+
+
+def decode_peer_report(raw: bytes) -> PeerReport:
+    """A peer's ``/cluster/peer`` answer, validated (it comes over the network from another host)."""
+    return _decode(PeerReport, raw, "peer report")
+
+
 def _id_of(raw: bytes) -> str | None:
     """The ``id`` of a message refused for another field (the error path only: a second parse)."""
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -298,6 +332,7 @@ def _id_of(raw: bytes) -> str | None:
 __all__ = [
     "MAX_MESSAGE_BYTES", "MessageError", "Ready", "Heartbeat", "Stopping", "Failed", "WorkerMessage", "Drain", "Stop",
     "WorkerCommand", "Request", "Reply", "encode_worker_message", "decode_worker_message",
+    "PeerReport", "encode_peer_report", "decode_peer_report",
     "encode_worker_command", "decode_worker_command", "encode_request", "decode_request",
     "encode_reply", "decode_reply", "LegStarted", "LegEnded", "Dial", "SendDtmf", "HangupRemote",
     "CallRequest", "DialStatus", "HangupLeg", "CallEvent", "DIAL_STATUSES", "encode_call_message",

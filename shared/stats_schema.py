@@ -228,6 +228,13 @@ CLUSTER_FIGURES: tuple[Field, ...] = (
           "reply to one of its own (logged with the reason)."),
     Field("cluster_session_failures", "audiogw_cluster_session_failures", "counter",
           "etcd sessions that ended on an error (the agent then tries the next endpoint)."),
+    Field("cluster_fenced", "audiogw_cluster_fenced", "gauge",
+          "1 while this node is fenced: cut off from an etcd that a peer reaches, so its lease is gone and it "
+          "listens for nothing until etcd is back."),
+    Field("cluster_held_starts", "audiogw_cluster_held_starts", "counter",
+          "Starts of an extension held back because the node it moved off still answered that it listens for it."),
+    Field("cluster_peer_refused", "audiogw_cluster_peer_refused", "counter",
+          "Answers of other nodes to GET /cluster/peer refused as invalid (logged with the reason)."),
 )
 SUPERVISOR_FIGURES: tuple[Field, ...] = (
     BUILD_INFO,

@@ -22,13 +22,15 @@ One :class:`NodeAgent` per supervisor:
   nothing; the watch brings the news and the plan runs again).
 - **assignments**: what placement gives this node (with a definition) is :attr:`assigned`.
   When etcd cannot be reached it stays as it was (the node keeps serving what it has) and
-  :attr:`connected` says so.
+  :attr:`connected` says so, unless a peer proves this node's lease gone (``supervisor/fencing.py``):
+  then :attr:`fenced` names that peer and nothing is assigned until etcd is back.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +46,9 @@ from audiogw.shared.cluster_keys import (
 from audiogw.shared.cluster_keys import REMOVALS, REPLIES, REQUESTS, STATUS
 from audiogw.shared.config import Config
 from audiogw.shared.version import audiogw_version
+from audiogw.supervisor import cluster_cache
+from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed, lease_gone
+from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import batches, plan_placement, score
 
 log = logging.getLogger("audiogw.supervisor.cluster")
@@ -53,7 +58,10 @@ __all__ = ["Entry", "ClusterView", "NodeAgent", "EtcdUnavailable", "parse_endpoi
 
 TXN_BATCH = 100  # placement keys per transaction: etcd's --max-txn-ops is 128 (compares and ops alike)
 _LEADER_KEY = key_for(LEADER)
+_NODES_PREFIX = NODES.prefix.encode()
 _RETRY_MAX = 1.0  # seconds between two rounds over every endpoint, at most
+CACHE_DELAY = 1.0  # seconds from a change of the view to its write on disk (a burst writes once)
+DEPARTED_KEEP = 60.0  # seconds a node gone from etcd is still asked before one of its extensions starts here
 # The session's first read returns all of /audiogw/ at once: ~350 bytes an extension (definition,
 # placement, two port claims), so 10 000 extensions are ~3.5 MB, near gRPC's default 4 MiB limit.
 _CHANNEL_OPTIONS = {"grpc.max_receive_message_length": 64 << 20}
@@ -183,6 +191,18 @@ class ClusterView:
             except Exception:
                 log.exception("cluster: on_side_refused failed")
 
+    def key_values(self) -> list[tuple[bytes, bytes, int, int, int]]:
+        """Every entry as (key, value, mod revision, create revision, lease): what ``cluster_cache`` writes."""
+        rows = []
+        for family in (EXTENSIONS, NODES, PLACEMENT, PORTS):
+            for item, entry in self._table(family).items():
+                rows.append((key_for(family, item), encode_value(entry.record), entry.mod_revision or 0,
+                             entry.create_revision, entry.lease))
+        if self.leader is not None:
+            rows.append((key_for(LEADER), encode_value(self.leader.record), self.leader.mod_revision or 0,
+                         self.leader.create_revision, self.leader.lease))
+        return rows
+
     def assignments(self) -> dict[str, Assignment]:
         return {extension_id: entry.record for extension_id, entry in self.placement.items()}
 
@@ -213,7 +233,7 @@ class NodeAgent:
 
     def __init__(self, record: NodeRecord, urls: Sequence[str], lease_ttl: int, *,
                  on_change: Callable[["NodeAgent"], None] | None = None, rebalance: bool = False,
-                 spread: bool = True, settle: float | None = None) -> None:
+                 spread: bool = True, settle: float | None = None, cache_path: str | None = None) -> None:
         if not urls:
             raise ValueError("no etcd URL")
         self.record = record
@@ -231,6 +251,13 @@ class NodeAgent:
         self.lease_id: int | None = None
         self.last_contact: float | None = None  # monotonic time of the last etcd reply
         self.stats: Counter[str] = Counter()
+        self.fenced: str | None = None  # the peer whose view proved this node's lease gone (fencing.py)
+        self.departed: dict[str, tuple[NodeRecord, float]] = {}  # nodes gone from etcd: record, when (monotonic)
+        self._guard_task: asyncio.Task | None = None
+        self.cache_path = cache_path  # cluster_cache: the view on disk, for a start while etcd is down
+        self._cached_start = False  # the view came from the cache: serve it once the peers prove nothing
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._save_task: asyncio.Task | None = None
         self.changed = asyncio.Event()  # set at every on_change (tests and the supervisor may wait on it)
         # Nodes start on different endpoints (by name), so one etcd member's death is one node's reconnect,
         # not everyone's; ``spread=False`` starts at the first URL.
@@ -280,16 +307,48 @@ class NodeAgent:
     def start(self) -> None:
         """Join the cluster in the background (the loop is never held: see ``connected``)."""
         if self._task is None:
+            self._load_cache()
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"cluster-{self.name}")
+
+    def _load_cache(self) -> None:
+        loaded = cluster_cache.load(self.cache_path, self.name) if self.cache_path else None
+        if loaded is None:
+            return
+        revision, kvs, age = loaded
+        self.view.load(kvs, revision)
+        self._cached_start = True
+        log.info("cluster: node %s loaded its view of etcd from %s (%.0f s old, revision %d): %d extension(s), %d "
+                 "placed here; served only if etcd stays unreachable and no peer reaches it", self.name,
+                 self.cache_path, age, revision, len(self.view.extensions), len(self._mine()))
+
+    def _save_soon(self) -> None:
+        if self.cache_path and self.connected and self._save_timer is None and not self._stopping:
+            self._save_timer = asyncio.get_running_loop().call_later(CACHE_DELAY, self._save)
+
+    def _save(self) -> None:
+        self._save_timer = None
+        if self._save_task is not None and not self._save_task.done():
+            self._save_soon()  # one write at a time: the next one after it
+            return
+        assert self.cache_path is not None
+        view = cluster_cache.snapshot(self.name, self.view.revision, self.view.key_values())
+        self._save_task = asyncio.ensure_future(asyncio.to_thread(cluster_cache.save, self.cache_path, view))
+        self._save_task.add_done_callback(self._saved)
+
+    def _saved(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.stats["cache_write_failures"] += 1
+            log.error("cluster: could not write the cached view %s: %s", self.cache_path, task.exception())
 
     async def stop(self, *, revoke: bool = True) -> None:
         """Leave: with ``revoke`` the lease goes at once (this node's key and, if it leads, the
         leader key with it), so the others move its extensions now rather than after the TTL.
         ``revoke=False`` leaves as a crash would (tests)."""
         self._stopping = True
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-            self._settle_timer = None
+        for timer in (self._settle_timer, self._save_timer):
+            if timer is not None:
+                timer.cancel()
+        self._settle_timer = self._save_timer = None
         client, lease_id = self._client, self.lease_id
         if revoke and client is not None and lease_id is not None:
             try:
@@ -297,7 +356,7 @@ class NodeAgent:
             except (aetcd.ClientError, OSError, TimeoutError) as error:
                 log.warning("cluster: could not revoke this node's lease (it expires in %d s): %s", self.lease_ttl,
                             error)
-        for task in (self._plan_task, self._task, *self._background):
+        for task in (self._plan_task, self._task, self._guard_task, *self._background):
             if task is not None and not task.done():
                 task.cancel()
                 try:
@@ -333,6 +392,7 @@ class NodeAgent:
                 await asyncio.sleep(min(_RETRY_MAX, 0.1 * 2 ** min(self._failures, 4)))
 
     def _view_changed(self) -> None:
+        self._save_soon()
         if self.on_view is not None:
             try:
                 self.on_view()
@@ -349,11 +409,62 @@ class NodeAgent:
         else:
             log.debug("cluster: etcd at %s: %s", url, what)
         self._set(connected=False)
+        if self._guard_task is None or self._guard_task.done():
+            self._guard_task = asyncio.ensure_future(self._guard())
+
+    # -- fencing (supervisor/fencing.py) ---------------------------------------------
+    def peers(self) -> dict[str, str]:
+        """The other live nodes of the view with an HTTP listener: name -> ``HOST:PORT``."""
+        return {name: entry.record.http for name, entry in self.view.nodes.items()
+                if name != self.name and entry.record.http}
+
+    def departed_peers(self) -> dict[str, str]:
+        """Nodes gone from etcd in the last ``DEPARTED_KEEP`` s that may still answer: name -> ``HOST:PORT``."""
+        now = time.monotonic()
+        for name in [name for name, (_, at) in self.departed.items() if now - at > DEPARTED_KEEP]:
+            del self.departed[name]
+        return {name: record.http for name, (record, _) in self.departed.items() if record.http}
+
+    def _note_departures(self, before: dict[str, Entry]) -> None:
+        now = time.monotonic()
+        for name, entry in before.items():
+            if name not in self.view.nodes and name != self.name:
+                self.departed[name] = (entry.record, now)
+        for name in self.view.nodes:
+            self.departed.pop(name, None)
+
+    async def _guard(self) -> None:
+        """While etcd is out of reach: ask the peers whether it is for them too; fence on proof it is not."""
+        while not self.connected and not self._stopping:
+            peers = self.peers()
+            reports = await ask_peers(peers, PROBE_TIMEOUT, self.stats) if peers else {}
+            if self.connected or self._stopping:
+                return
+            witness = lease_gone(self.name, reports.values(), self.lease_ttl)
+            if witness is None and self._cached_start:
+                self._cached_start = False
+                mine = self._mine()
+                taken = claimed(mine, reports)  # moved while this node was away: another serves it now
+                log.warning("cluster: etcd unreachable at start and no peer reaches it (%d of %d answered): node %s "
+                            "serves %d assignment(s) of its cached view%s", len(reports), len(peers), self.name,
+                            len(mine) - len(taken), f", not {len(taken)} another node serves" if taken else "")
+                self._set(assigned={e: a for e, a in mine.items() if e not in taken})
+            if witness is not None and self.fenced is None:
+                self.stats["fenced"] += 1
+                log.error("cluster: node %s is cut off from etcd, which node %s reaches: this node's lease is gone "
+                          "and its %d extension(s) move elsewhere; it stops listening for them until etcd is back",
+                          self.name, witness, len(self.assigned))
+                self.lease_id = None  # gone in etcd: the next session grants a new one
+                self._cached_start = False
+                self._set(fenced=witness, term=None, assigned={})
+            await asyncio.sleep(PROBE_INTERVAL)
 
     async def _session(self, client: aetcd.Client) -> None:
         await self._ensure_lease(client)
         snapshot = await client.get_prefix(PREFIX.encode())
+        before = dict(self.view.nodes)
         self.view.load(list(snapshot), snapshot.header.revision)
+        self._note_departures(before)
         self.last_contact = time.monotonic()
         self._view_changed()
         watch = await client.watch_prefix(PREFIX.encode(), start_revision=self.view.revision + 1)
@@ -362,7 +473,8 @@ class NodeAgent:
         if self._joined_at is None:
             self._joined_at = time.monotonic()
         self._check_leader()
-        self._set(connected=True, assigned=self._mine())  # a reconnect's fresh read may have moved some
+        self._cached_start = False
+        self._set(connected=True, fenced=None, assigned=self._mine())  # a reconnect's fresh read may have moved some
         if self.view.leader is None:
             await self._campaign(client)
         self._plan_soon()
@@ -415,9 +527,12 @@ class NodeAgent:
         async for event in watch:
             self.last_contact = time.monotonic()
             pending = self._pending_confirmation(event)
+            before = dict(self.view.nodes) if event.kind != "PUT" and event.kv.key.startswith(_NODES_PREFIX) else None
             family = self.view.apply(event.kind == "PUT", event.kv)
             if family is None:
                 continue
+            if family is NODES:
+                self._note_departures(before if before is not None else self.view.nodes)
             self._view_changed()
             if family is LEADER:
                 self._check_leader()
@@ -570,15 +685,18 @@ class NodeAgent:
 
     _UNSET: Any = object()
 
-    def _set(self, *, connected: Any = _UNSET, term: Any = _UNSET, assigned: Any = _UNSET) -> None:
-        before = (self.connected, self.term, self.assigned)
+    def _set(self, *, connected: Any = _UNSET, term: Any = _UNSET, assigned: Any = _UNSET,
+             fenced: Any = _UNSET) -> None:
+        before = (self.connected, self.term, self.assigned, self.fenced)
         if connected is not self._UNSET:
             self.connected = connected
         if term is not self._UNSET:
             self.term = term
         if assigned is not self._UNSET:
             self.assigned = assigned
-        if (self.connected, self.term, self.assigned) != before:
+        if fenced is not self._UNSET:
+            self.fenced = fenced
+        if (self.connected, self.term, self.assigned, self.fenced) != before:
             self.changed.set()
             if self.on_change is not None:
                 try:
@@ -665,4 +783,5 @@ def node_record(config: Config, started: float) -> NodeRecord:
 def agent_for(config: Config, started: float, on_change: Callable[[NodeAgent], None] | None = None) -> NodeAgent:
     """The node agent ``[cluster]`` describes (not started: ``agent.start()`` on the supervisor's loop)."""
     assert config.cluster.etcd is not None
-    return NodeAgent(node_record(config, started), config.cluster.etcd, config.cluster.lease_ttl, on_change=on_change)
+    return NodeAgent(node_record(config, started), config.cluster.etcd, config.cluster.lease_ttl, on_change=on_change,
+                     cache_path=os.path.join(config.supervisor.state_dir, cluster_cache.CACHE_FILE))

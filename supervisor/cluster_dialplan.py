@@ -3,7 +3,8 @@ nodes in turn (``CURL()``), dials the host it names through the AudioSocket chan
 on ``CHANUNAVAIL`` (that host is gone or does not listen) asks the next node; after a round with
 no host it waits a second and starts again, for up to ``ROUNDS`` rounds (a failover takes the
 lease TTL + 2 s). An extension keeps its ports on every node, so only the host is read from the
-route: the 4th ``"``-separated field of ``{"host":"H","ia_port":N,"retorno_port":N}``.
+route: the 4th ``"``-separated field of ``{"host":"H","ia_port":N,"retorno_port":N}``; an answer whose 2nd
+field is not ``host`` (a 404 or a fenced node's 503 ``{"error": ...}``, or none) sends the leg to the next node.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def cluster_dialplan_for(extension_id: str, app: str, ia_port: int, retorno_port
         " same => n,Set(CURLOPT(httptimeout)=2)",
         f" same => n,Set(LOCAL(route)=${{CURL(http://${{node}}/route/{extension_id})}})",
         " same => n,Set(LOCAL(host)=${CUT(route,\\\",4)})",
-        " same => n,GotoIf($[\"${host}\" = \"\"]?next)",
+        " same => n,Set(LOCAL(field)=${CUT(route,\\\",2)})",
+        " same => n,GotoIf($[\"${field}\" != \"host\"]?next)",
         " same => n,Dial(AudioSocket/${host}:${ARG2}/${ARG1}/c(slin))",
         " same => n,GotoIf($[\"${DIALSTATUS}\" = \"CHANUNAVAIL\"]?next)",
         " same => n,Return()",

@@ -14,7 +14,10 @@ and turns its changes into the existing lifecycle:
   answers (``/route/ID``, ``/sd``, the cluster part of ``/healthz`` and ``/metrics``) as one
   immutable :class:`Published`, swapped whole: the HTTP thread never waits for etcd nor the loop;
 - ``stop()``: the supervisor closes every listener first, then the lease is revoked (the standby
-  takes over at once, not after the TTL), then the calls drain.
+  takes over at once, not after the TTL), then the calls drain;
+- at most one host listens (``supervisor/fencing.py``): :meth:`peer_report` is this node's answer to
+  ``GET /cluster/peer`` (read live, from the HTTP thread), and a start of an extension that moved off
+  a node still answering that it listens for it is held until that node lets go.
 
 The local state file's extensions (and the config file's ``[[extension]]``) are not served in
 cluster mode: etcd is the one source of definitions. They are named in a warning at start.
@@ -23,16 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
-from audiogw.shared.stats_schema import CLUSTER_FIGURES
 from audiogw.shared.cluster_keys import STATUS, Family
+from audiogw.shared.messages import PeerReport
+from audiogw.shared.stats_schema import CLUSTER_FIGURES
 from audiogw.supervisor.cluster import Entry, NodeAgent, agent_for
 from audiogw.supervisor.cluster_commands import RemoteCommands, forget_removal
 from audiogw.supervisor.cluster_status import StatusPublisher
+from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed
+from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import plan_serving
 
 if TYPE_CHECKING:
@@ -53,6 +60,7 @@ class Published:
     sd: tuple[dict[str, Any], ...] = ()
     health: Mapping[str, Any] | None = None
     figures: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # CLUSTER_FIGURES, by key
+    fenced: str | None = None  # /route/ID's 503: why this node's view is not to be trusted
 
 
 class ClusterServing:
@@ -72,6 +80,8 @@ class ClusterServing:
         self._task: asyncio.Task | None = None
         self._publish_timer: asyncio.TimerHandle | None = None
         self._refused_logged: set[tuple[str, str]] = set()
+        self._held_logged: set[tuple[str, str]] = set()
+        self._held_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
     @property
@@ -86,8 +96,9 @@ class ClusterServing:
     async def stop(self) -> None:
         """Leave the cluster: the reconcile task ends, the lease is revoked (the caller closed the listeners)."""
         self._stopping = True
-        if self._publish_timer is not None:
-            self._publish_timer.cancel()
+        for timer in (self._publish_timer, self._held_timer):
+            if timer is not None:
+                timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -145,6 +156,7 @@ class ClusterServing:
                 self._refused_logged.add(key)
                 log.error("cluster: extension %s not served on node %s: %s", extension_id, self.name, reason)
         await asyncio.sleep(0)  # the removals' first step (their listeners closed) before a start binds
+        held = await self._held(plan.start)
         for extension in plan.replace:
             if (runtime := supervisor.extensions.get(extension.id)) is not None:
                 async with runtime.lock:
@@ -153,7 +165,7 @@ class ClusterServing:
                     runtime.source = SOURCE_CLUSTER
                     self.stats["replaced"] += 1
         for extension in plan.start:
-            if extension.id in supervisor.extensions or supervisor.stopping:
+            if extension.id in supervisor.extensions or supervisor.stopping or extension.id in held:
                 continue
             runtime = supervisor.add_runtime(extension)
             runtime.source = SOURCE_CLUSTER
@@ -187,6 +199,41 @@ class ClusterServing:
         self.remote.in_background(forget_removal(self.agent, extension_id, entry))
         return entry.record.drain
 
+    async def _held(self, starts) -> dict[str, str]:
+        """The starts to hold (extension -> node): a node gone from etcd still answers that it listens for them.
+
+        Asked again every ``PROBE_INTERVAL`` until it lets go (a node cut off from etcd fences itself
+        once a peer shows it its lease is gone) or stops answering (dead, or cut off from us too)."""
+        ids = [extension.id for extension in starts if extension.id not in self.supervisor.extensions]
+        departed = self.agent.departed_peers() if ids else {}
+        if not departed:
+            return {}
+        reports = await ask_peers(departed, PROBE_TIMEOUT, self.agent.stats)
+        held = claimed(ids, reports)
+        for extension_id, node in held.items():
+            self.stats["held_starts"] += 1
+            if (extension_id, node) not in self._held_logged and len(self._held_logged) < _REFUSED_LOGGED_MAX:
+                self._held_logged.add((extension_id, node))
+                log.warning("cluster: extension %s not started on node %s yet: node %s, gone from etcd, still listens "
+                            "for it (asking again every %.1f s)", extension_id, self.name, node, PROBE_INTERVAL)
+        if held and self._held_timer is None and not self._stopping:
+            self._held_timer = asyncio.get_running_loop().call_later(PROBE_INTERVAL, self._held_again)
+        return held
+
+    def _held_again(self) -> None:
+        self._held_timer = None
+        self._changed(self.agent)
+
+    def peer_report(self) -> PeerReport:
+        """``GET /cluster/peer`` (any thread: plain reads of the loop's state): what this node listens for now."""
+        agent, supervisor = self.agent, self.supervisor
+        contact = agent.last_contact
+        listening = not (self._stopping or supervisor.stopping or agent.fenced)
+        return PeerReport(node=self.name, etcd_connected=agent.connected,
+                          contact_age=None if contact is None else max(0.0, time.monotonic() - contact),
+                          nodes=sorted(list(agent.view.nodes)),
+                          serving=sorted(list(supervisor.extensions)) if listening else [])
+
     # -- what the HTTP thread reads -------------------------------------------------
     def _publish(self) -> None:
         self._publish_timer = None
@@ -198,23 +245,30 @@ class ClusterServing:
                 routes[extension_id] = route
         health = {
             "node": self.name,
-            "status": "ok" if agent.connected else "degraded",
+            "status": "ok" if agent.connected else "fenced" if agent.fenced else "degraded",
             "etcd_connected": agent.connected,
             "leader": agent.is_leader,
             "assigned": len(agent.assigned),
             "nodes": sorted(view.nodes),
         }
-        if not agent.connected:
+        fenced = None
+        if agent.fenced:
+            fenced = health["why"] = (f"cut off from etcd, which node {agent.fenced} reaches: this node's lease is gone, "
+                                      "its extensions moved; listening for none until etcd is back")
+        elif not agent.connected:
             health["why"] = "etcd unreachable: serving the cached assignments"
         figures = {"cluster_connected": agent.connected, "cluster_leader": agent.is_leader,
                    "cluster_assigned": len(agent.assigned), "cluster_nodes": len(view.nodes),
                    "cluster_values_refused": view.refused["value"],
-                   "cluster_requests_refused": self.remote.stats["requests_refused"] + self.remote.stats["replies_refused"],
+                   "cluster_requests_refused": sum(self.remote.stats[key] for key in ("requests_refused",
+                                                                                      "replies_refused")),
                    "cluster_refused": self.stats["refused"],
-                   "cluster_session_failures": agent.stats["session_failures"]}
+                   "cluster_session_failures": agent.stats["session_failures"],
+                   "cluster_fenced": agent.fenced is not None, "cluster_held_starts": self.stats["held_starts"],
+                   "cluster_peer_refused": agent.stats["peer_refused"]}
         assert set(figures) == {spec.key for spec in CLUSTER_FIGURES}
         self.published = Published(MappingProxyType(routes), tuple(view.http_sd()), MappingProxyType(health),
-                                   MappingProxyType({key: float(value) for key, value in figures.items()}))
+                                   MappingProxyType({key: float(value) for key, value in figures.items()}), fenced)
         self.supervisor.metrics_publish()
 
     def figures(self) -> Mapping[str, float]:

@@ -2,7 +2,12 @@
 
 - ``GET /route/ID``: 200 ``{"host", "ia_port", "retorno_port"}`` (SPEC "Beyond one host"), the node that
   serves extension ID and its ports, or 404 when it is not placed on a live node;
-- ``GET /sd``: Prometheus ``http_sd_configs`` JSON, every live node's metrics address.
+- ``GET /sd``: Prometheus ``http_sd_configs`` JSON, every live node's metrics address;
+- ``GET /cluster/peer``: this node's :class:`~audiogw.shared.messages.PeerReport`, for the other nodes
+  (``supervisor/fencing.py``: who may listen when etcd is out of reach of some).
+
+A fenced node (cut off from an etcd its peers reach) answers ``/route/ID`` 503 with the reason: its
+view is stale, so Asterisk asks the next node.
 
 Both answer from :attr:`ClusterServing.published` (built on the loop, swapped whole): the HTTP thread
 never waits for etcd nor the event loop. Any node answers for every extension.
@@ -13,6 +18,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from audiogw.shared.messages import encode_peer_report
+from audiogw.supervisor.fencing import PEER_PATH
 
 if TYPE_CHECKING:
     from audiogw.supervisor.cluster_wiring import ClusterServing
@@ -31,7 +39,7 @@ def cluster_routes(cluster: "ClusterServing") -> Callable[[dict[str, Any], Calla
 
     def routes(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes] | None:
         path = environ.get("PATH_INFO") or "/"
-        if path != "/sd" and not path.startswith(ROUTE_PREFIX):
+        if path not in ("/sd", PEER_PATH) and not path.startswith(ROUTE_PREFIX):
             return None
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
@@ -40,6 +48,11 @@ def cluster_routes(cluster: "ClusterServing") -> Callable[[dict[str, Any], Calla
         published = cluster.published
         if path == "/sd":
             body = _reply(start_response, "200 OK", orjson.dumps(list(published.sd)))
+        elif path == PEER_PATH:
+            body = _reply(start_response, "200 OK", encode_peer_report(cluster.peer_report()))
+        elif published.fenced is not None:
+            body = _reply(start_response, "503 Service Unavailable",
+                          orjson.dumps({"error": f"node {cluster.name}: {published.fenced}; ask another node"}))
         else:
             route = published.routes.get(path[len(ROUTE_PREFIX):])
             if route is None:

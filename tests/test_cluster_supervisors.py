@@ -228,6 +228,13 @@ def test_etcd_leader_killed_then_all_etcd_stopped_nodes_keep_serving(nodes, etcd
     assert result.error is None and result.frames_received >= 10, result
     with pytest.raises(CtlRefused, match="etcd"):
         nodes[0].ctl("remove-extension", {"id": extension_id}, timeout=10)
+    # A node restarted while etcd is still down serves its view cached on disk (STATE/cluster-view.json).
+    restarted = max(nodes, key=lambda node: sum(1 for name in before.values() if name == node.name))
+    restarted.stop()
+    restarted.start(connected=False)
+    wait_for(lambda: serving(nodes, IDS) == before, 10, what="the restarted node serving its cached assignments")
+    assert "served only if etcd stays unreachable" in restarted.log()
+    assert restarted.cluster_health()["status"] == "degraded"
 
 
 # -- through the real Asterisk (tests/asterisk_fixture.py): the --cluster dialplan -------------------------

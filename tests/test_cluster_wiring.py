@@ -10,12 +10,10 @@ import orjson
 from audiogw.client.ctl import format_list_table
 from audiogw.shared.commands import DIALPLAN, LIST
 from audiogw.shared.stats_schema import CLUSTER_FIGURES, SUPERVISOR_FIGURES
+from audiogw.shared.messages import PeerReport, decode_peer_report
 from audiogw.supervisor.cluster_dialplan import cluster_dialplan_for
+from audiogw.supervisor.cluster_wiring import Published
 from audiogw.supervisor.routes import cluster_routes
-
-
-class Published(SimpleNamespace):
-    pass
 
 
 def get(routes, path: str, method: str = "GET"):
@@ -32,7 +30,9 @@ def get(routes, path: str, method: str = "GET"):
 
 def test_route_and_sd_answer_from_the_published_view_and_leave_other_paths_alone():
     route = {"host": "127.0.0.3", "ia_port": 32000, "retorno_port": 32001}
-    cluster = SimpleNamespace(published=Published(routes=MappingProxyType({"1201": route}),
+    report = PeerReport(node="gw1", etcd_connected=True, contact_age=0.2, nodes=["gw1", "gw2"], serving=["1201"])
+    cluster = SimpleNamespace(name="gw1", peer_report=lambda: report,
+                              published=Published(routes=MappingProxyType({"1201": route}),
                                                   sd=({"targets": ["127.0.0.2:9464"], "labels": {"node": "gw1"}},)))
     routes = cluster_routes(cluster)
     assert get(routes, "/route/1201") == ("200 OK", orjson.dumps(route))
@@ -42,8 +42,15 @@ def test_route_and_sd_answer_from_the_published_view_and_leave_other_paths_alone
     assert get(routes, "/route/1201", "HEAD") == ("200 OK", b"")
     assert get(routes, "/route/1201", "POST")[0] == "405 Method Not Allowed"
     assert get(routes, "/metrics") is None and get(routes, "/healthz") is None  # the built-in ones answer
+    status, body = get(routes, "/cluster/peer")
+    assert status == "200 OK" and decode_peer_report(body) == report
     cluster.published = Published(routes=MappingProxyType({}), sd=())  # a new view, swapped whole
     assert get(routes, "/route/1201")[0] == "404 Not Found"
+    # Fenced (cut off from an etcd its peers reach): its view is stale, so every route is 503 with the reason.
+    cluster.published = Published(routes=MappingProxyType({"1201": route}), fenced="cut off from etcd")
+    status, body = get(routes, "/route/1201")
+    assert status == "503 Service Unavailable" and orjson.loads(body)["error"] == (
+        "node gw1: cut off from etcd; ask another node")
 
 
 def test_cluster_dialplan_asks_every_node_and_retries_on_chanunavail():
@@ -54,6 +61,8 @@ def test_cluster_dialplan_asks_every_node_and_retries_on_chanunavail():
     assert "Gosub(audiogw-1201-dial,s,1(${EXTEN},32001))" in text
     assert "Dial(AudioSocket/${host}:${ARG2}/${ARG1}/c(slin))" in text
     assert '"${DIALSTATUS}" = "CHANUNAVAIL"]?next' in text
+    # An answer that is not a route (404, a fenced node's 503: {"error": ...}) goes to the next node.
+    assert 'Set(LOCAL(field)=${CUT(route,\\",2)})' in text and '"${field}" != "host"]?next' in text
 
 
 def test_ctl_list_shows_the_host_only_in_cluster_mode_and_list_rows_decode_it():

@@ -43,7 +43,7 @@ from audiogw.shared.cluster_keys import (
     EXTENSIONS, LEADER, NODES, PLACEMENT, PORTS, PREFIX, Assignment, ClusterValueError, ExtensionRecord, Family,
     LeaderRecord, NodeRecord, PortRecord, decode_value, encode_value, key_for, parse_key,
 )
-from audiogw.shared.cluster_keys import REMOVALS, REPLIES, REQUESTS, STATUS
+from audiogw.shared.cluster_keys import REMOVALS, REPLIES, REQUESTS, STATUS, Removal
 from audiogw.shared.config import Config
 from audiogw.shared.version import audiogw_version
 from audiogw.supervisor import cluster_cache

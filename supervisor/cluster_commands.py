@@ -53,6 +53,7 @@ STATUS_WAIT = 3.0  # seconds `status ID` waits for another node's reply (ctl wai
 ASK_MARGIN = 1.0  # seconds of a remote command's wait kept for the etcd round trips (request, reply)
 PLACED_POLL = 0.02
 GONE_POLL = 0.2  # seconds between two looks whether the asked node is still alive
+REMOVAL_KEEP = 30.0  # seconds a removal's record stays at most (the serving node reads it at once)
 MAX_SERVED = 64  # requests this node runs for others at once; more are refused (busy)
 _LOGGED_MAX = 1000
 FAILED_STATES = frozenset({"backoff", "failed", "fatal"})  # a start that went wrong (with its reason)
@@ -204,12 +205,23 @@ async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> An
     calls drain for ``drain`` s)."""
     extension_id = args["id"]
     agent = supervisor.cluster.agent
-    removal = Removal(drain=args["drain"])
+    node = _placed_node(supervisor, extension_id)
+    # No record for an extension nobody serves: nobody would take it (or delete it).
+    removal = Removal(drain=args["drain"]) if node is not None and node in agent.view.nodes else None
     removed = await _call(supervisor, lambda client: undefine_extension(client, extension_id, removal,
                                                                         agent.lease_id), ETCD_WAIT)
     if not removed:
         raise CommandRefused(f"unknown extension {extension_id}")
+    if removal is not None:  # the serving node deletes it once it has read it; this is the backstop
+        supervisor.cluster.remote.in_background(_forget_removal_later(agent, extension_id, removal))
     return {"id": extension_id, "drain": args["drain"]}
+
+
+async def _forget_removal_later(agent, extension_id: str, removal: Removal) -> None:
+    """The serving node reads a removal's record as it sees the definition go (the same watch revision);
+    one it could not read (it died meanwhile) goes after ``REMOVAL_KEEP`` s."""
+    await asyncio.sleep(REMOVAL_KEEP)
+    await forget_removal(agent, extension_id, removal)
 
 
 async def list_extensions(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
@@ -235,13 +247,13 @@ async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
                          "so there is no runtime change to drop; use remove-extension / add-extension")
 
 
-async def forget_removal(agent, extension_id: str, entry: Entry) -> None:
-    """The serving node has taken the drain of a removal: its record goes (unless a newer one replaced it)."""
+async def forget_removal(agent, extension_id: str, removal: Removal) -> None:
+    """The serving node has taken the drain of a removal: its record goes (unless another one replaced it)."""
     key = key_for(REMOVALS, extension_id)
 
     async def delete(client):
         tx = client.transactions
-        return await client.transaction(compare=[tx.value(key) == encode_value(entry.record)],
+        return await client.transaction(compare=[tx.value(key) == encode_value(removal)],
                                         success=[tx.delete(key)], failure=[])
     try:
         await agent.call(delete, ETCD_WAIT)

@@ -196,7 +196,7 @@ class ClusterServing:
         entry = view.removals.get(extension_id)
         if extension_id in view.extensions or entry is None:
             return default  # moved, or removed without a record (an older node's ctl)
-        self.remote.in_background(forget_removal(self.agent, extension_id, entry))
+        self.remote.in_background(forget_removal(self.agent, extension_id, entry.record))
         return entry.record.drain
 
     async def _held(self, starts) -> dict[str, str]:

@@ -276,7 +276,7 @@ async def dialplan(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 
 async def reset(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
-    if getattr(supervisor, "cluster", None) is not None:  # refused: cluster mode has no file definitions to go back to
+    if getattr(supervisor, "cluster", None) is not None:  # refused: no file definitions in cluster mode
         from audiogw.supervisor import cluster_commands
         return await cluster_commands.reset(supervisor, args)
     deadline = _deadline(RESET)

@@ -233,7 +233,8 @@ def test_supervisor_figures_are_declared_in_the_schema():
             "audiogw_last_heartbeat_timestamp_seconds", "audiogw_control_refused", "audiogw_build_info",
             "audiogw_ami_connected", "audiogw_dial_outcomes", "audiogw_calls_refused", "audiogw_rest_requests",
             "audiogw_cluster_connected", "audiogw_cluster_leader", "audiogw_cluster_assigned_extensions",
-            "audiogw_cluster_nodes", "audiogw_cluster_refused", "audiogw_cluster_session_failures",
+            "audiogw_cluster_nodes", "audiogw_cluster_refused", "audiogw_cluster_values_refused",
+            "audiogw_cluster_requests_refused", "audiogw_cluster_session_failures",
             "audiogw_cluster_fenced", "audiogw_cluster_held_starts", "audiogw_cluster_peer_refused"} == names
 
 

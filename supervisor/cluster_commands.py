@@ -174,6 +174,7 @@ async def _served(supervisor: "Supervisor", extension_id: str, deadline: float) 
     says running), else why not: the serving node's failure, or that no answer came in time."""
     cluster = supervisor.cluster
     while True:
+        cluster.status_seen.clear()  # before the look: a status arriving after it wakes the wait below
         view = cluster.agent.view
         placed = view.placement.get(extension_id)
         if placed is not None and placed.record.node in view.nodes:
@@ -196,7 +197,10 @@ async def _served(supervisor: "Supervisor", extension_id: str, deadline: float) 
             entry = _remote_status(supervisor, extension_id)
             said = f"it says {entry.record.state}" if entry is not None else "it has not said how it is doing"
             return f"not serving in time on node {placed.record.node} ({said})"
-        await asyncio.sleep(PLACED_POLL)
+        try:
+            await asyncio.wait_for(cluster.status_seen.wait(), PLACED_POLL)
+        except TimeoutError:
+            pass
 
 
 async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:

@@ -8,8 +8,8 @@ extension. ``ctl add-extension`` and ``ctl list`` on any node read them (supervi
 Never one write per frame or heartbeat, and never on the supervisor loop's path: the supervisor
 calls :meth:`StatusPublisher.changed` whenever it has woken for a lifecycle change (its timers'
 wake-up, supervisor/daemon.py) and the cluster wiring after each reconcile; that only sets a flag.
-One task at a time then waits ``STATUS_DELAY`` (a failover that starts hundreds of workers
-coalesces), compares what this node serves with the view of etcd (fed by the agent's watch) and
+One task at a time then (at once after a quiet spell, else ``STATUS_DELAY`` after its previous
+round: a failover that starts hundreds of workers coalesces) compares what this node serves with the view of etcd (fed by the agent's watch) and
 writes only the difference, in transactions of at most ``TXN_BATCH`` operations. A key whose value
 is not what this node wants (lost with an old lease, deleted by hand, written by a stale incarnation)
 differs from the view, so it is written again at the next change: the view is the memory.
@@ -34,7 +34,7 @@ log = logging.getLogger("audiogw.supervisor.cluster")
 
 __all__ = ["STATUS_DELAY", "runtime_status", "refused_status", "status_changes", "StatusPublisher"]
 
-STATUS_DELAY = 0.05  # seconds: the changes of a burst (hundreds of starts at a failover) go out together
+STATUS_DELAY = 0.02  # seconds between two write rounds: a burst's changes (a failover's hundreds of starts) go together
 WRITE_WAIT = 5.0  # seconds one batch may wait for etcd; then the next change tries again
 
 
@@ -107,8 +107,10 @@ class StatusPublisher:
         return wanted
 
     async def _run(self) -> None:
+        delay = 0.0  # the first change after a quiet spell goes out at once (an add waits for it) ...
         while self._dirty and not self._stopping:
-            await asyncio.sleep(STATUS_DELAY)
+            await asyncio.sleep(delay)
+            delay = STATUS_DELAY  # ... and a burst's next ones at most once per STATUS_DELAY
             self._dirty = False
             try:
                 await self._write()

@@ -74,6 +74,7 @@ class ClusterServing:
         self.status = StatusPublisher(supervisor, self.agent)  # /audiogw/status/ID of what this node serves
         self.remote = RemoteCommands(supervisor)  # status / restart-extension carried to and from other nodes
         self.agent.view.on_side = self._side_changed
+        self.status_seen = asyncio.Event()  # set at each status change in the view (an add waits for one)
         self.agent.view.on_side_refused = self._side_refused
         self.stats: Counter[str] = Counter()
         self._dirty = False
@@ -185,6 +186,7 @@ class ClusterServing:
         """The view's ``on_side``: a status of this node's gone or overwritten is written again; requests
         and replies go to the remote commands."""
         if family is STATUS:
+            self.status_seen.set()
             if item in self.agent.assigned and (entry is None or entry.record.node != self.name):
                 self.status.changed()
         else:

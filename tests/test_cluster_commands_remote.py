@@ -97,6 +97,10 @@ def test_add_list_status_restart_on_one_node_reach_the_serving_node(nodes):
         asker.ctl("add-extension", {"id": bad, "app": "playback", "options": {"file": "door.wav"}}, timeout=20)
     for node in nodes:
         assert bad not in {row["id"] for row in node.ctl("list")}
+    url = nodes[0].etcd[0]
+    assert not asyncio.run(etcd_keys(url, f"/audiogw/extensions/{bad}"))
+    ports = {orjson.loads(value)["extension"] for _key, value in asyncio.run(etcd_keys(url, "/audiogw/ports/"))}
+    assert ports == {good}, "the failed extension's ports are free again"
     wait_for(lambda: not asyncio.run(etcd_keys(nodes[0].etcd[0], f"/audiogw/status/{bad}")), 10,
              what="the failed extension's status key gone")
 

@@ -200,3 +200,35 @@ def test_a_bad_request_to_this_node_is_answered_with_the_reason():
     assert key == key_for(REPLIES, REQUEST_ID) and lease == LEASE
     assert b'"ok":false' in value and b"command 'stop' is not carried to another node" in value
     assert remote.stats["requests_refused"] == 1 and agent.view.refused["value"] == 2
+
+
+# -- what `ctl list` shows of an extension another node serves ----------------------------------
+def listed_state(status: ServingStatus | None, *, node_alive: bool = True) -> tuple:
+    from audiogw.shared.cluster_keys import EXTENSIONS, NODES, PLACEMENT, ExtensionRecord, NodeRecord
+    from audiogw.supervisor.cluster_commands import _row
+
+    view = ClusterView()
+    view.apply(True, kv(key_for(EXTENSIONS, "1201"), encode_value(ExtensionRecord(
+        id="1201", ia_port=30000, retorno_port=30001, app="echo")), revision=9))
+    view.apply(True, kv(key_for(PLACEMENT, "1201"), encode_value(Assignment(node="gw2", epoch=2)), revision=10))
+    for name in ("gw1", "gw2") if node_alive else ("gw1",):
+        view.apply(True, kv(key_for(NODES, name), encode_value(NodeRecord(name=name, advertise="127.0.0.1"))))
+    if status is not None:
+        view.apply(True, kv(key_for(STATUS, "1201"), encode_value(status), revision=11))
+    supervisor = SimpleNamespace(cluster=SimpleNamespace(name="gw1", agent=SimpleNamespace(view=view)),
+                                 extensions={})
+    row = _row(supervisor, "1201")
+    return row["host"], row["state"], row["pid"], row["reason"]
+
+
+def test_list_shows_the_serving_nodes_word_only_when_it_is_about_the_current_placement():
+    assert listed_state(None) == ("gw2", "placed", None, None)
+    assert listed_state(ServingStatus(node="gw2", state="backoff", epoch=2, defined=9, reason="exited with code 1")) \
+        == ("gw2", "backoff", None, "exited with code 1")
+    assert listed_state(ServingStatus(node="gw2", state="running", epoch=2, defined=9, pid=77)) == (
+        "gw2", "running", 77, None)
+    for stale in (ServingStatus(node="gw3", state="running", epoch=1, defined=9, pid=5),  # the node it moved off
+                  ServingStatus(node="gw2", state="running", epoch=1, defined=9, pid=5),  # an older placement
+                  ServingStatus(node="gw2", state="running", epoch=2, defined=3, pid=5)):  # an earlier extension 1201
+        assert listed_state(stale) == ("gw2", "placed", None, None)
+    assert listed_state(running(), node_alive=False)[1] == "unplaced"

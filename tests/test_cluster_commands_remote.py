@@ -5,6 +5,7 @@ serving node's outcome, list shows its state, status and restart-extension reach
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import aetcd
 import orjson
@@ -104,6 +105,23 @@ def test_add_list_status_restart_on_one_node_reach_the_serving_node(nodes):
     wait_for(lambda: not asyncio.run(etcd_keys(nodes[0].etcd[0], f"/audiogw/status/{bad}")), 10,
              what="the failed extension's status key gone")
 
+    # A port some other program holds on the serving node's address: its worker cannot listen there.
+    [busy_id] = ids_placed_on(server.name, [node.name for node in nodes], 1, start=int(bad) + 1)
+    with socket.socket() as squatter:
+        squatter.bind((server.address, server.base_port + 30))
+        squatter.listen()
+        with pytest.raises(CtlRefused, match=rf"on node {server.name}: cannot listen on {server.address}:"
+                                             rf"{server.base_port + 30}"):
+            asker.ctl("add-extension", {"id": busy_id, "app": "echo", "ia_port": server.base_port + 30}, timeout=20)
+    assert busy_id not in {row["id"] for row in asker.ctl("list")}
+
+    # The same commands about an extension the asking node serves itself stay local.
+    [mine] = ids_placed_on(asker.name, [node.name for node in nodes], 1)
+    first = asker.ctl("add-extension", {"id": mine, "app": "echo"}, timeout=20)
+    again = asker.ctl("restart-extension", {"id": mine}, timeout=20)
+    assert first["host"] == again["host"] == asker.name and again["pid"] != first["pid"]
+    assert asker.ctl("status", {"id": mine})[0]["pid"] == again["pid"] == asker.local()[mine]["pid"]
+
     with pytest.raises(CtlRefused, match="cluster mode serves etcd's definitions"):
         asker.ctl("reset", {"id": good}, timeout=20)
     with pytest.raises(CtlRefused, match="unknown extension 1699"):
@@ -185,3 +203,19 @@ async def etcd_keys(url: str, prefix: str) -> list[tuple[bytes, bytes]]:
     host, port = parse_endpoint(url)
     async with aetcd.Client(host=host, port=port, timeout=2) as client:
         return [(item.key, item.value) for item in await client.get_prefix(prefix.encode())]
+
+
+def test_after_a_failover_the_asking_node_shows_the_new_nodes_word(nodes):
+    asker, server = nodes[ASKER], nodes[SERVER]
+    [extension_id] = ids_placed_on(server.name, [node.name for node in nodes], 1, start=1750)
+    asker.ctl("add-extension", {"id": extension_id, "app": "echo"}, timeout=20)
+    server.kill()  # no revoke: its statuses go with its lease
+    heir = wait_for(lambda: serving([asker, nodes[2]], [extension_id]), TTL + 10, what="served elsewhere")[extension_id]
+    heir_node = next(node for node in nodes if node.name == heir)
+    pid = heir_node.local()[extension_id]["pid"]
+    row = wait_for(lambda: next((row for row in asker.ctl("list") if row["id"] == extension_id and
+                                 row["state"] == "running"), None), 10, what="the new node's status listed")
+    assert (row["host"], row["pid"]) == (heir, pid)
+    assert asker.ctl("status", {"id": extension_id})[0]["pid"] == pid
+    statuses = asyncio.run(etcd_keys(asker.etcd[0], "/audiogw/status/"))
+    assert [orjson.loads(value)["node"] for _key, value in statuses] == [heir]

@@ -232,3 +232,69 @@ def test_list_shows_the_serving_nodes_word_only_when_it_is_about_the_current_pla
                   ServingStatus(node="gw2", state="running", epoch=2, defined=3, pid=5)):  # an earlier extension 1201
         assert listed_state(stale) == ("gw2", "placed", None, None)
     assert listed_state(running(), node_alive=False)[1] == "unplaced"
+
+
+# -- the writes: batched, only the difference -----------------------------------------------------
+class Compare:
+    def __eq__(self, other):  # what aetcd's compare objects do: build the compare, not answer
+        return ("value ==", other)
+
+
+class RecordingAgent:
+    """What StatusPublisher talks to: a view, assignments, and an etcd recording each transaction."""
+
+    def __init__(self, assigned: dict[str, Assignment]) -> None:
+        self.name, self.lease_id, self.connected = "gw2", LEASE, True
+        self.assigned = assigned
+        self.view = ClusterView()
+        self.transactions: list[tuple[int, int]] = []  # (compares, operations)
+
+    async def call(self, operation, timeout):
+        agent = self
+
+        class Client:
+            transactions = SimpleNamespace(put=lambda key, value, lease=None: ("put", key, value, lease),
+                                           delete=lambda key: ("delete", key),
+                                           value=lambda key: Compare())
+
+            async def transaction(self, compare, success, failure):
+                agent.transactions.append((len(compare), len(success)))
+                return True, []
+
+        return await operation(Client())
+
+
+def test_a_failovers_hundreds_of_starts_go_out_in_transactions_of_at_most_txn_batch():
+    from audiogw.supervisor.cluster import TXN_BATCH
+    from audiogw.supervisor.cluster_status import StatusPublisher
+
+    async def scenario():
+        ids = [str(2000 + index) for index in range(250)]
+        agent = RecordingAgent({extension_id: Assignment(node="gw2", epoch=2) for extension_id in ids})
+        runtimes = {extension_id: SimpleNamespace(state="starting", pid=None, reason=None, outcome=None)
+                    for extension_id in ids}
+        publisher = StatusPublisher(SimpleNamespace(extensions=runtimes), agent)
+        for _ in range(100):  # a burst of wake-ups: one write round
+            publisher.changed()
+        await publisher._task
+        first = list(agent.transactions)
+        publisher.changed()  # nothing changed since: nothing written
+        await publisher._task
+        unchanged = len(agent.transactions) - len(first)
+        runtimes["2000"].state, runtimes["2000"].pid = "running", 99
+        publisher.changed()
+        await publisher._task
+        changed = agent.transactions[len(first):]
+        status = agent.view.status["2000"].record
+        for extension_id in ids[:60]:  # no longer served here: their statuses go, value compared
+            del agent.assigned[extension_id], runtimes[extension_id]
+        before = len(agent.transactions)
+        publisher.changed()
+        await publisher._task
+        return first, unchanged, changed, status, agent.transactions[before:], len(agent.view.status)
+
+    first, unchanged, changed, status, deleted, left = asyncio.run(scenario())
+    assert first == [(0, TXN_BATCH), (0, TXN_BATCH), (0, 50)]
+    assert unchanged == 0
+    assert changed == [(0, 1)] and (status.state, status.pid) == ("running", 99)
+    assert deleted == [(TXN_BATCH // 2, TXN_BATCH // 2), (10, 10)] and left == 190

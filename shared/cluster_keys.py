@@ -39,11 +39,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from audiogw.shared.commands import MAX_DRAIN_SECONDS, REMOTE_COMMANDS
+from audiogw.shared.commands import EXTENSION_STATES, MAX_DRAIN_SECONDS, REMOTE_COMMANDS
 from audiogw.shared.config import EXTENSION_ID_PATTERN
 from audiogw.shared.messages import MAX_MESSAGE_BYTES, MessageError, Pid, _decode, _encode
 from audiogw.shared.settings import NODE_NAME_PATTERN
-from audiogw.supervisor.lifecycle import PUBLIC_STATE
 
 __all__ = [
     "PREFIX", "ClusterValueError", "ExtensionRecord", "NodeRecord", "Assignment", "LeaderRecord", "PortRecord",
@@ -63,7 +62,7 @@ Epoch = Annotated[int, msgspec.Meta(ge=1)]
 REQUEST_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex: unique without asking anyone
 RequestId = Annotated[str, msgspec.Meta(pattern=REQUEST_ID_PATTERN.pattern)]
 # The states a serving node reports: the names ``ctl list`` shows locally (lifecycle's one mapping).
-SERVING_STATES: frozenset[str] = frozenset(PUBLIC_STATE.values())
+SERVING_STATES: frozenset[str] = frozenset(EXTENSION_STATES)
 MAX_REQUEST_WAIT = 60.0  # seconds: the longest command deadline a request may carry
 
 

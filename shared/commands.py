@@ -19,6 +19,7 @@ import msgspec
 from audiogw.shared.config import ConfigError, parse_option, validate_extension_id, validate_port
 
 __all__ = [
+    "EXTENSION_STATES",
     "ArgumentInvalid", "ConfigDefault", "Arg", "CommandSpec", "DECLARATIONS",
     "ADD_EXTENSION", "REMOVE_EXTENSION", "RESTART_EXTENSION", "LIST", "STATUS", "RELOAD", "STOP", "DIALPLAN",
     "RESET", "REMOTE_COMMANDS", "Extension", "Removed", "Reloaded", "Override", "Reset", "Stopping", "Dialplan",
@@ -235,6 +236,11 @@ class CommandSpec:
 # -- result types (what ``--json`` prints, field for field) -------------------------------
 
 
+# An extension's state as ctl shows it (and another node reads it in etcd, shared/cluster_keys.py):
+# supervisor/lifecycle.py's PUBLIC_STATE maps each worker state onto one of these.
+EXTENSION_STATES: tuple[str, ...] = ("starting", "running", "backoff", "failed", "fatal", "stopping")
+
+
 class Extension(msgspec.Struct):
     """An extension as ``list``, ``add-extension`` and ``restart-extension`` answer it."""
 
@@ -243,7 +249,7 @@ class Extension(msgspec.Struct):
     retorno_port: int
     app: str
     options: dict[str, Any]
-    state: str  # starting, running, backoff, failed, fatal, stopping (supervisor/lifecycle.py PUBLIC_STATE)
+    state: str  # one of EXTENSION_STATES
     pid: int | None
     source: str = "file"  # "file" (the config file) or "runtime" (ctl add-extension), see ctl reset
     reason: str | None = None  # the last failure: exit status or signal, missed heartbeats, a busy port...

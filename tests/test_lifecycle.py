@@ -589,6 +589,8 @@ def test_last_failure_names_a_kill_and_every_state_has_one_public_name():
 
     assert set(PUBLIC_STATE) == set(S)
     assert set(PUBLIC_STATE.values()) == {"starting", "running", "backoff", "failed", "fatal", "stopping"}
+    from audiogw.shared.commands import EXTENSION_STATES
+    assert set(PUBLIC_STATE.values()) == set(EXTENSION_STATES)  # what ctl and the cluster's status keys accept
     policy = RestartPolicy(heartbeat_timeout=2.0)
     life = running(policy)
     assert life.last_failure is None

@@ -234,9 +234,9 @@ def _encode(message: msgspec.Struct) -> bytes:
     return orjson.dumps(msgspec.to_builtins(message))
 
 
-def _decode(kind: Any, raw: bytes, what: str) -> Any:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise MessageError(f"{what} of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+def _decode(kind: Any, raw: bytes, what: str, limit: int = MAX_MESSAGE_BYTES) -> Any:
+    if len(raw) > limit:
+        raise MessageError(f"{what} of {len(raw)} bytes exceeds {limit}")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as error:

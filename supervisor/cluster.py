@@ -50,6 +50,7 @@ from audiogw.supervisor import cluster_cache
 from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed, lease_gone
 from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import batches, plan_placement, score
+from audiogw.supervisor.tasks import cancel_and_wait
 
 log = logging.getLogger("audiogw.supervisor.cluster")
 
@@ -355,12 +356,7 @@ class NodeAgent:
                 log.warning("cluster: could not revoke this node's lease (it expires in %d s): %s", self.lease_ttl,
                             error)
         for task in (self._plan_task, self._task, self._guard_task, *self._background):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+            await cancel_and_wait(task)
         self._task = self._plan_task = None
 
     async def _run(self) -> None:

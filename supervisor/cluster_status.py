@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from audiogw.shared.cluster_keys import STATUS, Assignment, ServingStatus, encode_value, key_for
 from audiogw.supervisor.cluster import TXN_BATCH, Entry, EtcdUnavailable, NodeAgent
 from audiogw.supervisor.placement import batches
+from audiogw.supervisor.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -85,12 +86,7 @@ class StatusPublisher:
     async def stop(self) -> None:
         """No more writes (the lease's revocation then removes every status of this node)."""
         self._stopping = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     def wanted(self) -> dict[str, ServingStatus]:
         """The status of every extension placement gives this node: its runtime's, or its refusal."""

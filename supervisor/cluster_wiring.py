@@ -41,6 +41,7 @@ from audiogw.supervisor.cluster_status import StatusPublisher
 from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed
 from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import plan_serving
+from audiogw.supervisor.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -100,12 +101,7 @@ class ClusterServing:
         for timer in (self._publish_timer, self._held_timer):
             if timer is not None:
                 timer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         await self.status.stop()
         await self.remote.stop()
         await self.agent.stop(revoke=True)

@@ -290,3 +290,12 @@ def not_served_warning(supervisor: "Supervisor") -> str | None:
     return (f"cluster mode: the {len(local)} extension(s) of the config file and state file are not served "
             f"({', '.join(local[:10])}{' ...' if len(local) > 10 else ''}): extensions come from etcd; "
             "add them with `audiogw ctl add-extension` on any node")
+
+
+def no_http_warning(supervisor: "Supervisor") -> str | None:
+    """Cluster mode without an HTTP listener: this node answers no ``/route/ID`` and no peer question."""
+    if supervisor.config.supervisor.metrics_port:
+        return None
+    return ("cluster mode without supervisor.metrics: this node answers no GET /route/ID (Asterisk) and no "
+            "GET /cluster/peer, so the other nodes cannot ask it whether it still listens, nor it them when it "
+            "loses etcd (supervisor/fencing.py); set supervisor.metrics on every node")

@@ -606,10 +606,11 @@ class Supervisor:
         this node; the file's and the state file's extensions are not served (named in a warning)."""
         if self.config.cluster.etcd is None:
             return False
-        from audiogw.supervisor.cluster_wiring import ClusterServing, not_served_warning
+        from audiogw.supervisor.cluster_wiring import ClusterServing, no_http_warning, not_served_warning
 
-        if (warning := not_served_warning(self)) is not None:
-            log.warning(warning)
+        for warning in (not_served_warning(self), no_http_warning(self)):
+            if warning is not None:
+                log.warning(warning)
         self.cluster = ClusterServing(self)
         if self.metrics_server is not None:
             from audiogw.supervisor.routes import cluster_routes

@@ -79,3 +79,13 @@ def test_ctl_list_shows_the_host_only_in_cluster_mode_and_list_rows_decode_it():
 def test_cluster_figures_are_supervisor_figures():
     assert set(CLUSTER_FIGURES) <= set(SUPERVISOR_FIGURES)
     assert {field.name for field in CLUSTER_FIGURES} >= {"audiogw_cluster_connected", "audiogw_cluster_leader"}
+
+
+def test_a_node_without_http_is_warned_that_nobody_can_ask_it():
+    from audiogw.supervisor.cluster_wiring import no_http_warning
+
+    def supervisor(port: int):
+        return SimpleNamespace(config=SimpleNamespace(supervisor=SimpleNamespace(metrics_port=port)))
+
+    assert "answers no GET /route/ID" in no_http_warning(supervisor(0))
+    assert no_http_warning(supervisor(9464)) is None

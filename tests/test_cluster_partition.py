@@ -1,7 +1,8 @@
-"""A node cut off from etcd while the others reach it (#15, SPEC "Beyond one host": at most one host
-listens for an extension). Real etcd, three real supervisors; the cut node reaches etcd through
-relays (``audiogw.bench.partition``) that the test turns into a black hole, while its HTTP server
-stays reachable by the others (supervisor/fencing.py).
+"""At most one host listens for an extension when etcd is out of reach of some nodes (#15, SPEC "Beyond
+one host"; supervisor/fencing.py). Real etcd, three real supervisors: a node cut off from etcd while
+the others reach it (it reaches etcd through relays, ``audiogw.bench.partition``, that the test turns
+into a black hole, while its HTTP server stays reachable by the others), and a node started from its
+cached view while all of etcd is down.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from audiogw.bench.partition import links_to
 from audiogw.shared.net import free_port_block
 from conftest import wait_for
 from etcd_fixture import etcd_cluster  # noqa: F401  (the fixture)
-from test_cluster_supervisors import TTL, listening, scrape, serving
+from test_cluster_supervisors import TTL, listening, nodes, scrape, serving  # noqa: F401  (nodes: the fixture)
 
 IDS = [str(1700 + index) for index in range(6)]
 
@@ -99,3 +100,28 @@ def test_a_node_cut_off_from_etcd_fences_itself_and_nobody_double_serves(cut_nod
         watcher.halt.set()
         watcher.join(5)
     assert watcher.double == [], f"two hosts listened for one extension: {watcher.double[:10]}"
+
+
+def test_a_node_started_from_its_cache_while_etcd_is_down_leaves_what_moved_to_others(nodes, etcd_cluster):
+    """Killed while etcd lived (its extensions moved), started again once all of etcd is down: its cached
+    view still places them on it, but the peers say they serve them, so it serves none of them."""
+    ids = []
+    for extension_id in IDS:
+        nodes[1].ctl("add-extension", {"id": extension_id, "app": "echo"}, timeout=20)
+        ids.append(extension_id)
+    before = wait_for(lambda: serving(nodes, ids), 20, what="every extension running on exactly one node")
+    victim = max(nodes, key=lambda node: sum(1 for name in before.values() if name == node.name))
+    lost = sorted(e for e, name in before.items() if name == victim.name)
+    survivors = [node for node in nodes if node is not victim]
+    time.sleep(1.5)  # its cached view (written 1 s after a change) places them on it
+    victim.kill()
+    after = wait_for(lambda: serving(survivors, ids), TTL + 10, interval=0.05, what="its extensions moved")
+    etcd_cluster.stop_all()
+    wait_for(lambda: not any(node.cluster_health()["etcd_connected"] for node in survivors), 10,
+             what="every node sees etcd gone")
+    victim.start(connected=False)
+    wait_for(lambda: "cached view, not" in victim.log(), 10, what="the restarted node's decision on its cache")
+    time.sleep(0.5)
+    assert f"serves 0 assignment(s) of its cached view, not {len(lost)} another node serves" in victim.log()
+    assert victim.local() == {} and serving(nodes, ids) == after
+    assert victim.cluster_health()["status"] == "degraded"

@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import orjson
 
-from audiogw.bench.cluster_rig import ClusterNode, make_nodes, start_cluster
+from audiogw.bench.cluster_rig import ClusterNode, listening, make_nodes, start_cluster
 from audiogw.bench.partition import links_to
 from audiogw.shared.net import free_port_block
 
@@ -90,12 +90,6 @@ def wait_serving(nodes: list[ClusterNode], extension_id: str, timeout: float = 2
     raise RuntimeError(f"extension {extension_id} not served within {timeout} s")
 
 
-def listening(host: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
 def cut_once(nodes: list[ClusterNode], links: dict[str, list], lease_ttl: int) -> tuple[float, int, int]:
     """Cut the probe's host off from etcd: seconds until another host serves it, samples, samples with two listening."""
     victim = wait_serving(nodes, PROBE)
@@ -108,7 +102,7 @@ def cut_once(nodes: list[ClusterNode], links: dict[str, list], lease_ttl: int) -
     took = None
     try:
         while time.monotonic() - cut < lease_ttl + 20:
-            if sum(listening(node.address, port) for node in nodes) > 1:
+            if sum(listening(node.address, port, timeout=0.5) for node in nodes) > 1:
                 double += 1
             samples += 1
             if took is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +185,13 @@ def start_cluster(tmp_path: Path, size: int = 3, binary: str = "etcd") -> EtcdCl
         cluster.stop_all()
         raise
     return cluster
+
+
+def listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts a TCP connection on ``host:port`` now (a node's listener for an extension)."""
+    with socket.socket() as probe:
+        probe.settimeout(timeout)
+        return probe.connect_ex((host, port)) == 0
 
 
 METRICS_OFFSET = 39  # the HTTP port, the last of a node block of 40 ports (the same on every node's address)

@@ -48,6 +48,7 @@ from audiogw.shared.config import Config
 from audiogw.shared.version import audiogw_version
 from audiogw.supervisor import cluster_cache
 from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed, lease_gone
+from audiogw.supervisor.log_once import FirstSeen
 from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import batches, plan_placement, score
 from audiogw.supervisor.tasks import cancel_and_wait
@@ -121,7 +122,7 @@ class ClusterView:
         self.leader: Entry | None = None
         self.revision = 0
         self.refused: Counter[str] = Counter()  # bad values by family
-        self._logged: set[tuple[bytes, int]] = set()
+        self._first = FirstSeen()  # (key, mod revision): logged once
 
     def _table(self, family: Family) -> dict[str, Entry]:
         return {EXTENSIONS.name: self.extensions, NODES.name: self.nodes, PLACEMENT.name: self.placement,
@@ -145,8 +146,7 @@ class ClusterView:
             record = decode_value(kv.key, kv.value) if put else None
         except ClusterValueError as error:
             self.refused["value"] += 1
-            if (kv.key, kv.mod_revision) not in self._logged and len(self._logged) < 1000:
-                self._logged.add((kv.key, kv.mod_revision))
+            if self._first((kv.key, kv.mod_revision)):
                 log.warning("cluster: ignored %s", error)
             self._side_refused(kv.key, str(error))
             return None
@@ -451,6 +451,7 @@ class NodeAgent:
                 self.lease_id = None  # gone in etcd: the next session grants a new one
                 self._cached_start = False
                 self._set(fenced=witness, term=None, assigned={})
+                return  # nothing more to learn from the peers: the next session clears the fence
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _session(self, client: aetcd.Client) -> None:
@@ -526,7 +527,7 @@ class NodeAgent:
             if family is None:
                 continue
             if family is NODES:
-                self._note_departures(before if before is not None else self.view.nodes)
+                self._note_departures(before or {})  # a put: nothing left, the node (back) in view
             self._view_changed()
             if family is LEADER:
                 self._check_leader()

@@ -42,6 +42,7 @@ from audiogw.shared.config import ConfigError, ExtensionConfig, allocate_ports
 from audiogw.supervisor.cluster import Entry, EtcdUnavailable, define_extension, undefine_extension
 from audiogw.supervisor.cluster_dialplan import cluster_dialplan_for
 from audiogw.supervisor.commands import CommandRefused, _outcome, explicit_ports, restart_here, status_here
+from audiogw.supervisor.log_once import FirstSeen
 
 if TYPE_CHECKING:
     from audiogw.supervisor.daemon import Supervisor
@@ -55,7 +56,6 @@ PLACED_POLL = 0.02
 GONE_POLL = 0.2  # seconds between two looks whether the asked node is still alive
 REMOVAL_KEEP = 30.0  # seconds a removal's record stays at most (the serving node reads it at once)
 MAX_SERVED = 64  # requests this node runs for others at once; more are refused (busy)
-_LOGGED_MAX = 1000
 FAILED_STATES = frozenset({"backoff", "failed", "fatal"})  # a start that went wrong (with its reason)
 
 
@@ -350,7 +350,7 @@ class RemoteCommands:
         self._pending: dict[str, asyncio.Future[CommandReply]] = {}
         self._served: set[str] = set()  # request items ("NODE/REQID") run or running here
         self._tasks: set[asyncio.Task] = set()
-        self._logged: set[str] = set()
+        self._first = FirstSeen()  # where a refusal was: logged once
         self._stopping = False
 
     @property
@@ -394,7 +394,7 @@ class RemoteCommands:
                 raise
         finally:
             self._pending.pop(request_id, None)
-            self._in_background(self._forget(key, request_id))
+            self.in_background(self._forget(key, request_id))
 
     async def _forget(self, key: bytes, request_id: str) -> None:
         """Delete the request and its reply (the replying node deletes its reply too once the request goes)."""
@@ -417,7 +417,7 @@ class RemoteCommands:
               and REQUEST_ID_PATTERN.match(item.split("/")[1])):
             self._refuse("requests_refused", item, reason)
             self._served.add(item)
-            self._in_background(self._reply(item, CommandReply(node=self.agent.name, ok=False,
+            self.in_background(self._reply(item, CommandReply(node=self.agent.name, ok=False,
                                                                 error=f"bad request: {reason}"), known=False))
 
     # -- answering -------------------------------------------------------------------------
@@ -437,7 +437,7 @@ class RemoteCommands:
             self._served.discard(item)
             reply = self.agent.view.replies.get(request_id)
             if reply is not None and reply.record.node == self.agent.name:
-                self._in_background(self._delete_reply(request_id))
+                self.in_background(self._delete_reply(request_id))
             return
         if item in self._served or self._stopping:
             return
@@ -445,10 +445,10 @@ class RemoteCommands:
         self._served.add(item)
         if sum(1 for task in self._tasks if task.get_name().startswith("request-")) >= MAX_SERVED:
             self._refuse("requests_refused", item, f"node {self.agent.name} is busy ({MAX_SERVED} requests at once)")
-            self._in_background(self._reply(item, CommandReply(node=self.agent.name, ok=False, error=(
+            self.in_background(self._reply(item, CommandReply(node=self.agent.name, ok=False, error=(
                 f"node {self.agent.name} is busy with {MAX_SERVED} requests; try again"))))
             return
-        self._in_background(self._serve(item, entry.record), name=f"request-{request_id}")
+        self.in_background(self._serve(item, entry.record), name=f"request-{request_id}")
 
     async def _serve(self, item: str, request: CommandRequest) -> None:
         supervisor = self.supervisor
@@ -500,15 +500,11 @@ class RemoteCommands:
     def _refuse(self, counter: str, where: str, reason: str) -> None:
         self.stats[counter] += 1
         self.supervisor.cluster.counters_changed()
-        if where not in self._logged and len(self._logged) < _LOGGED_MAX:
-            self._logged.add(where)
+        if self._first(where):
             log.warning("cluster: refused %s: %s", where, reason)
 
     def in_background(self, work, name: str | None = None) -> None:
         """Run ``work`` as a task kept until it ends (cancelled at stop)."""
-        self._in_background(work, name)
-
-    def _in_background(self, work, name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

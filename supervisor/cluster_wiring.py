@@ -39,6 +39,7 @@ from audiogw.supervisor.cluster import Entry, NodeAgent, agent_for
 from audiogw.supervisor.cluster_commands import RemoteCommands, forget_removal
 from audiogw.supervisor.cluster_status import StatusPublisher
 from audiogw.supervisor.fencing import PROBE_INTERVAL, PROBE_TIMEOUT, claimed
+from audiogw.supervisor.log_once import FirstSeen
 from audiogw.supervisor.peers import ask_peers
 from audiogw.supervisor.placement import plan_serving
 from audiogw.supervisor.tasks import cancel_and_wait
@@ -50,7 +51,6 @@ log = logging.getLogger("audiogw.supervisor.cluster")
 
 SOURCE_CLUSTER = "cluster"  # ctl list's source of an extension defined in etcd
 PUBLISH_DELAY = 0.02  # seconds: a burst of watch events (a node's loss moves hundreds) publishes once
-_REFUSED_LOGGED_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ class ClusterServing:
         self._dirty = False
         self._task: asyncio.Task | None = None
         self._publish_timer: asyncio.TimerHandle | None = None
-        self._refused_logged: set[tuple[str, str]] = set()
-        self._held_logged: set[tuple[str, str]] = set()
+        self._first = FirstSeen()  # (extension, reason or node): a refusal or a held start logged once
         self._held_timer: asyncio.TimerHandle | None = None
         self._stopping = False
 
@@ -149,8 +148,7 @@ class ClusterServing:
         for extension_id, reason in plan.refused:
             self.stats["refused"] += 1
             key = (extension_id, reason)
-            if key not in self._refused_logged and len(self._refused_logged) < _REFUSED_LOGGED_MAX:
-                self._refused_logged.add(key)
+            if self._first(key):
                 log.error("cluster: extension %s not served on node %s: %s", extension_id, self.name, reason)
         await asyncio.sleep(0)  # the removals' first step (their listeners closed) before a start binds
         held = await self._held(plan.start)
@@ -210,8 +208,7 @@ class ClusterServing:
         held = claimed(ids, reports)
         for extension_id, node in held.items():
             self.stats["held_starts"] += 1
-            if (extension_id, node) not in self._held_logged and len(self._held_logged) < _REFUSED_LOGGED_MAX:
-                self._held_logged.add((extension_id, node))
+            if self._first(("held", extension_id, node)):
                 log.warning("cluster: extension %s not started on node %s yet: node %s, gone from etcd, still listens "
                             "for it (asking again every %.1f s)", extension_id, self.name, node, PROBE_INTERVAL)
         if held and self._held_timer is None and not self._stopping:

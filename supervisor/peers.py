@@ -14,12 +14,13 @@ from collections.abc import Mapping
 
 from audiogw.shared.messages import MAX_MESSAGE_BYTES, MessageError, PeerReport, decode_peer_report
 from audiogw.supervisor.fencing import PEER_PATH
+from audiogw.supervisor.log_once import FirstSeen
 
 log = logging.getLogger("audiogw.supervisor.cluster")
 
 __all__ = ["ask_peers", "split_address"]
 
-_logged: set[tuple[str, str]] = set()
+_first = FirstSeen()  # (node, reason): logged once
 
 
 def split_address(http: str) -> tuple[str, int]:
@@ -68,9 +69,7 @@ async def ask_peers(peers: Mapping[str, str], timeout: float, stats: Counter[str
             reports[name] = answer
         elif isinstance(answer, MessageError):
             stats["peer_refused"] += 1
-            key = (name, answer.reason)
-            if key not in _logged and len(_logged) < 1000:
-                _logged.add(key)
+            if _first((name, answer.reason)):
                 log.warning("cluster: node %s's %s answer refused: %s", name, PEER_PATH, answer.reason)
         elif isinstance(answer, (OSError, TimeoutError, ValueError)):
             stats["peer_unreachable"] += 1  # gone, or cut off from this node too: no word either way

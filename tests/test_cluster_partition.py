@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from audiogw.bench.cluster_rig import make_nodes
+from audiogw.bench.cluster_rig import listening, make_nodes
 from audiogw.bench.partition import links_to
 from audiogw.shared.net import free_port_block
 from conftest import wait_for
 from etcd_fixture import etcd_cluster  # noqa: F401  (the fixture)
-from test_cluster_supervisors import TTL, listening, nodes, scrape, serving  # noqa: F401  (nodes: the fixture)
+from test_cluster_supervisors import TTL, nodes, scrape, serving  # noqa: F401  (nodes: the fixture)
 
 IDS = [str(1700 + index) for index in range(6)]
 

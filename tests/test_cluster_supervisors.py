@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import uuid
 import aetcd
 import pytest
 
-from audiogw.bench.cluster_rig import ClusterNode, make_nodes
+from audiogw.bench.cluster_rig import ClusterNode, listening, make_nodes
 from audiogw.client.ctl import CtlRefused
 from audiogw.client.softphone import place_call
 from audiogw.shared.cluster_keys import EXTENSIONS, ExtensionRecord, encode_value, key_for
@@ -51,12 +50,6 @@ def serving(nodes: list[ClusterNode], ids) -> dict[str, str] | None:
     if sorted(found) != sorted(ids) or any(len(names) != 1 for names in found.values()):
         return None
     return {extension_id: names[0] for extension_id, names in found.items()}
-
-
-def listening(address: str, port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(1.0)
-        return probe.connect_ex((address, port)) == 0
 
 
 def scrape(node: ClusterNode) -> str:

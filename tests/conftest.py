@@ -112,6 +112,18 @@ def raw_connect(port: int, *, send_uuid: bool = True, call_uuid: uuid.UUID | Non
     return sock
 
 
+def hang_up(sock: socket.socket) -> None:
+    """Hang up as Asterisk does: half-close, read until the worker closes, then close.
+
+    Closing with the worker's frames unread makes the kernel send a reset, and the
+    leg then rightly ends as ``connection_lost``, not ``peer_closed``.
+    """
+    sock.shutdown(socket.SHUT_WR)
+    closed = peer_closed(sock)
+    sock.close()
+    assert closed, "the worker did not close the leg after the caller's half-close"
+
+
 def read_frames(sock: socket.socket, seconds: float) -> list[tuple[int, bytes]]:
     """Read whole frames for ``seconds`` (or until the peer closes)."""
     from audiogw.shared.audiosocket import Kind

@@ -10,7 +10,7 @@ import msgspec
 from audiogw.shared.audiosocket import encode_audio, encode_dtmf
 from audiogw.shared.net import free_port_block
 from audiogw.shared.records import LegRecord, leg_records_file, read_leg_records_folder
-from conftest import raw_connect, wait_for
+from conftest import hang_up, raw_connect, wait_for
 from supervisor_fixture import SupervisorProcess, write_config
 
 
@@ -18,7 +18,7 @@ def _calls_on_both_legs(gateway: SupervisorProcess, extension_index: int) -> Non
     for port in (gateway.base_port + 2 * extension_index, gateway.base_port + 2 * extension_index + 1):
         sock = raw_connect(port)
         sock.sendall(encode_dtmf("4") + encode_audio(bytes(320)) * 3)
-        sock.close()
+        hang_up(sock)
 
 
 def test_supervisor_run_workers_write_a_record_per_ended_leg(tmp_path) -> None:

@@ -10,7 +10,7 @@ import uuid
 import numpy
 
 from audiogw.shared.audiosocket import Kind, encode_audio, encode_dtmf
-from conftest import peer_closed, raw_connect, read_frames, wait_for
+from conftest import hang_up, peer_closed, raw_connect, read_frames, wait_for
 
 
 def _tone_frames(count: int) -> list[bytes]:
@@ -31,7 +31,7 @@ def test_echo_returns_the_callers_audio_paced(start_worker):
     assert all(len(payload) == 320 for payload in audio)
     echoed = b"".join(p for p in audio if any(p))
     assert echoed == b"".join(payloads), "every frame comes back once, in order"
-    sock.close()
+    hang_up(sock)
     [record] = worker.wait_legs(extension="1201", leg="ia")
     assert record.frames_received == 25 and record.reason == "peer_closed"
     assert record.frames_sent > 0 and record.dropped == {"inbound_flood": 0, "latency": 0}

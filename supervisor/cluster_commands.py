@@ -165,8 +165,17 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
         except EtcdUnavailable as error:
             raise CommandRefused(f"extension {extension_id} failed: {failure}; and it is still defined in the "
                                  f"cluster ({error}): remove-extension {extension_id}") from None
+        await _seen_gone(supervisor, extension_id)
         raise CommandRefused(f"extension {extension_id} failed: {failure or 'removed meanwhile'}; not added")
     return row
+
+
+async def _seen_gone(supervisor: "Supervisor", extension_id: str) -> None:
+    """Wait (at most ``ETCD_WAIT`` s) until this node's view has the definition's delete, so that a
+    ``list`` asked of this node after the reply no longer shows it (the others see it a watch later)."""
+    deadline = time.monotonic() + ETCD_WAIT
+    while extension_id in supervisor.cluster.agent.view.extensions and time.monotonic() < deadline:
+        await asyncio.sleep(PLACED_POLL)
 
 
 async def _served(supervisor: "Supervisor", extension_id: str, deadline: float) -> str | None:
@@ -218,6 +227,7 @@ async def remove_extension(supervisor: "Supervisor", args: dict[str, Any]) -> An
         raise CommandRefused(f"unknown extension {extension_id}")
     if removal is not None:  # the serving node deletes it once it has read it; this is the backstop
         supervisor.cluster.remote.in_background(_forget_removal_later(agent, extension_id, removal))
+    await _seen_gone(supervisor, extension_id)
     return {"id": extension_id, "drain": args["drain"]}
 
 

@@ -96,8 +96,9 @@ def test_add_list_status_restart_on_one_node_reach_the_serving_node(nodes):
     # A playback file the asking node has but the serving node lacks: the serving node's reason, nothing left.
     with pytest.raises(CtlRefused, match=rf"on node {server.name}: cannot serve it on node {server.name}: .*door\.wav"):
         asker.ctl("add-extension", {"id": bad, "app": "playback", "options": {"file": "door.wav"}}, timeout=20)
-    for node in nodes:
-        assert bad not in {row["id"] for row in node.ctl("list")}
+    assert bad not in {row["id"] for row in asker.ctl("list")}, "the asking node's list follows its reply"
+    for node in nodes:  # the others within a watch event
+        wait_for(lambda: bad not in {row["id"] for row in node.ctl("list")}, 5, what=f"{bad} gone on {node.name}")
     url = nodes[0].etcd[0]
     assert not asyncio.run(etcd_keys(url, f"/audiogw/extensions/{bad}"))
     ports = {orjson.loads(value)["extension"] for _key, value in asyncio.run(etcd_keys(url, "/audiogw/ports/"))}

@@ -298,3 +298,29 @@ def test_a_failovers_hundreds_of_starts_go_out_in_transactions_of_at_most_txn_ba
     assert unchanged == 0
     assert changed == [(0, 1)] and (status.state, status.pid) == ("running", 99)
     assert deleted == [(TXN_BATCH // 2, TXN_BATCH // 2), (10, 10)] and left == 190
+
+
+def test_remove_extension_answers_once_this_nodes_view_has_the_delete():
+    """Read your writes: a ``list`` asked of the removing node after its reply must not show the extension,
+    though etcd's watch brings the delete a moment after the transaction's answer."""
+    from audiogw.shared.cluster_keys import EXTENSIONS, ExtensionRecord
+    from audiogw.supervisor.cluster_commands import remove_extension
+
+    async def scenario():
+        view = ClusterView()
+        view.apply(True, kv(key_for(EXTENSIONS, "1201"), encode_value(ExtensionRecord(
+            id="1201", ia_port=30000, retorno_port=30001, app="echo")), revision=9))
+
+        async def call(operation, timeout):  # etcd answers the delete; the watch event comes 0.15 s later
+            asyncio.get_running_loop().call_later(0.15, view.apply, False, kv(key_for(EXTENSIONS, "1201")))
+            return True
+
+        agent = SimpleNamespace(view=view, call=call, lease_id=LEASE)
+        supervisor = SimpleNamespace(cluster=SimpleNamespace(agent=agent, name="gw1"))
+        started = time.monotonic()
+        reply = await remove_extension(supervisor, {"id": "1201", "drain": 0})
+        return reply, time.monotonic() - started, dict(view.extensions)
+
+    reply, took, left = asyncio.run(scenario())
+    assert reply == {"id": "1201", "drain": 0} and left == {}
+    assert took >= 0.15

@@ -106,6 +106,7 @@ def test_placement_ctl_route_call_and_removal_from_any_node(nodes):
     # Removal from another node than the serving one: gone everywhere, not listened for any more.
     remover = next(node for node in nodes if node.name != by_node[extension_id])
     remover.ctl("remove-extension", {"id": extension_id})
+    assert extension_id not in {row["id"] for row in remover.ctl("list")}, "the remover's list follows its reply"
     wait_for(lambda: all(extension_id not in {row["id"] for row in node.ctl("list")} and
                          node.route(extension_id) is None for node in nodes), 10, what="the removal seen everywhere")
     wait_for(lambda: not listening(route["host"], route["ia_port"]), 10, what="its port closed on its host")

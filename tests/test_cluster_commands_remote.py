@@ -180,7 +180,8 @@ def test_bad_values_under_the_new_keys_are_refused_counted_and_nobody_falls(node
         assert answer["ok"] is False and answer["node"] == server.name and reason in answer["error"], answer
     wait_for(lambda: counter(server, "audiogw_cluster_requests_refused_total") >= refused_before + 3, 5,
              what="the refused requests counted")
-    assert all(counter(node, "audiogw_cluster_values_refused_total") >= 4 for node in nodes)
+    wait_for(lambda: all(counter(node, "audiogw_cluster_values_refused_total") >= 4 for node in nodes), 5,
+             what="every node's watch refused and counted the bad values")
     assert "cluster: refused" in server.log() and "cluster: ignored" in asker.log()
     for node in nodes:
         node.check_alive()

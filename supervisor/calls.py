@@ -14,7 +14,7 @@ request is handled the moment it arrives (the heartbeat bus stays batched).
   two halves of that Local channel (their ids are set by the Originate's ``ChannelId``
   / ``OtherChannelId``): ``DialBegin``/``DialState`` -> ``ringing``, ``DialEnd`` ->
   ``answered`` / ``busy`` / ``no_answer`` / ``failed``, ``OriginateResponse`` failure ->
-  ``failed``, the ``Hangup`` of the originated channel -> ``hangup``. Each status goes
+  ``failed`` (after ``ORIGINATE_SETTLE``, unless Dial()'s own events decide first), the ``Hangup`` of the originated channel -> ``hangup``. Each status goes
   to the worker that asked, as a ``DialStatus``. No AMI, AMI down, a refused
   Originate, no outcome in time: ``failed`` with the reason, never a hang.
 - The conversation's last ``LegEnded`` (or a REST hangup) while the resident still rings
@@ -59,6 +59,7 @@ READ_BATCH = 64  # messages taken per wake-up before yielding to the loop once
 MAX_CONVERSATIONS = 100_000  # registry bound: a worker flooding LegStarted cannot grow it forever
 ORIGINATE_MARGIN = 5.0  # the Originate waits this much longer than Dial(), so Dial's NOANSWER wins
 GUARD_MARGIN = 15.0  # no final status this long after the dial's timeout: failed
+ORIGINATE_SETTLE = 0.5  # seconds a failed OriginateResponse waits for Dial()'s own outcome (see on_ami_event)
 FORGET_AFTER = 30.0  # an answered dial whose conversation has no leg left is forgotten this much later
 DTMF_DURATION_MS = 250
 DTMF_PAUSE = 0.5  # a 'w' in the digits
@@ -96,7 +97,7 @@ class PendingDial:
     answered: bool = False
     final: bool = False
     cancelled: bool = False  # audiogw hung it up while ringing (HangupRemote, REST, the visitor left)
-    guard: asyncio.TimerHandle | None = None
+    guard: asyncio.TimerHandle | None = None  # no outcome in time; or a failed OriginateResponse held (settle)
 
 
 class CallControl:
@@ -335,6 +336,11 @@ class CallControl:
             dial.guard = asyncio.get_running_loop().call_later(timeout + ORIGINATE_MARGIN + GUARD_MARGIN,
                                                                self._guard, dial)
 
+    def _settle(self, dial: PendingDial, status: str, reason: str) -> None:
+        dial.guard = None
+        if not dial.final and not dial.answered:
+            self._status(dial, status, reason)
+
     def _guard(self, dial: PendingDial) -> None:
         dial.guard = None
         if not dial.final and not dial.answered:
@@ -377,11 +383,17 @@ class CallControl:
             except ValueError:
                 code = 0
             if code == 5:
-                self._status(dial, "busy")
+                outcome = ("busy", "")
             elif code == 3:
-                self._status(dial, "no_answer")
+                outcome = ("no_answer", "")
             else:
-                self._status(dial, "failed", f"originate failed: {_ORIGINATE_REASONS.get(code, f'reason {code}')}")
+                outcome = ("failed", f"originate failed: {_ORIGINATE_REASONS.get(code, f'reason {code}')}")
+            # Asterisk sends OriginateResponse straight from the originating thread, while Dial()'s events
+            # come through Stasis: a busy resident's OriginateResponse (Reason 0) can overtake its DialEnd
+            # BUSY. Dial()'s word, if it comes within ORIGINATE_SETTLE, decides; else this one.
+            if dial.guard is not None:
+                dial.guard.cancel()
+            dial.guard = asyncio.get_running_loop().call_later(ORIGINATE_SETTLE, self._settle, dial, *outcome)
             return
         if name not in ("DialBegin", "DialState", "DialEnd"):
             return

@@ -237,6 +237,41 @@ def test_two_destinations_one_busy_one_answers_and_the_originate_fields(tmp_path
     context.term()
 
 
+def test_dials_own_outcome_wins_over_an_originate_response_that_overtook_it(tmp_path):
+    """Seen through the real Asterisk under load: a busy resident's OriginateResponse (Reason 0, sent
+    straight from the originating thread) arrived before Dial()'s DialEnd BUSY (through Stasis)."""
+    from audiogw.supervisor.calls import ORIGINATE_SETTLE
+
+    context, ami, calls, worker = dial_setup(tmp_path)
+    busy, failing = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def main() -> None:
+        calls.handle(b"1201:7", encode_call_message(Dial(extension="1201", uuid=busy, timeout=20)))
+        await until(lambda: busy in calls.dials)
+        dial = calls.dials[busy]
+        calls.on_ami_event(event(Event="DialBegin", Uniqueid=dial.other_id))
+        calls.on_ami_event(event(Event="OriginateResponse", ActionID=dial.action_id, Response="Failure", Reason="0"))
+        await asyncio.sleep(ORIGINATE_SETTLE / 5)
+        calls.on_ami_event(event(Event="DialEnd", Uniqueid=dial.other_id, DialStatus="BUSY"))
+        # An Originate that fails with no Dial() to say otherwise fails after the settle.
+        calls.handle(b"1201:7", encode_call_message(Dial(extension="1201", uuid=failing, timeout=20)))
+        await until(lambda: failing in calls.dials)
+        dial = calls.dials[failing]
+        calls.on_ami_event(event(Event="OriginateResponse", ActionID=dial.action_id, Response="Failure", Reason="0"))
+        await asyncio.sleep(ORIGINATE_SETTLE * 2)
+
+    asyncio.run(main())
+    events = []
+    while worker.poll(200):
+        events.append(decode_call_event(worker.recv()))
+    assert [(e.uuid, e.status) for e in events] == [(busy, "ringing"), (busy, "busy"), (failing, "failed")], events
+    assert events[-1].reason == "originate failed: cannot create the channel (no such extension or context?)"
+    assert not calls.dials and not calls.dial_by_id
+    worker.close(0)
+    calls.socket.close(0)
+    context.term()
+
+
 def test_a_refused_originate_and_a_lost_connection_fail_the_dial(tmp_path):
     context, ami, calls, worker = dial_setup(tmp_path)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())

@@ -14,9 +14,10 @@ request is handled the moment it arrives (the heartbeat bus stays batched).
   two halves of that Local channel (their ids are set by the Originate's ``ChannelId``
   / ``OtherChannelId``): ``DialBegin``/``DialState`` -> ``ringing``, ``DialEnd`` ->
   ``answered`` / ``busy`` / ``no_answer`` / ``failed``, ``OriginateResponse`` failure ->
-  ``failed`` (after ``ORIGINATE_SETTLE``, unless Dial()'s own events decide first), the ``Hangup`` of the originated channel -> ``hangup``. Each status goes
-  to the worker that asked, as a ``DialStatus``. No AMI, AMI down, a refused
-  Originate, no outcome in time: ``failed`` with the reason, never a hang.
+  ``failed`` (after ``ORIGINATE_SETTLE``, unless Dial()'s own events decide first), the
+  ``Hangup`` of the originated channel -> ``hangup``. Each status goes to the worker that
+  asked, as a ``DialStatus``. No AMI, AMI down, a refused Originate, no outcome in time:
+  ``failed`` with the reason, never a hang.
 - The conversation's last ``LegEnded`` (or a REST hangup) while the resident still rings
   hangs the ringing resident up: nobody is left to talk to.
 - ``SendDtmf`` / ``HangupRemote``: AMI ``PlayDTMF`` / ``Hangup`` on that leg's channel,

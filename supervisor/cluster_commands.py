@@ -53,6 +53,7 @@ ETCD_WAIT = 5.0  # seconds a command without a declared wait gives etcd (remove-
 STATUS_WAIT = 3.0  # seconds `status ID` waits for another node's reply (ctl waits 5 s by default)
 ASK_MARGIN = 1.0  # seconds of a remote command's wait kept for the etcd round trips (request, reply)
 PLACED_POLL = 0.02
+SEEN_WAIT = 1.0  # seconds a reply waits for this node's watch to bring its own write (milliseconds, normally)
 GONE_POLL = 0.2  # seconds between two looks whether the asked node is still alive
 REMOVAL_KEEP = 30.0  # seconds a removal's record stays at most (the serving node reads it at once)
 MAX_SERVED = 64  # requests this node runs for others at once; more are refused (busy)
@@ -171,9 +172,9 @@ async def add_extension(supervisor: "Supervisor", args: dict[str, Any]) -> Any:
 
 
 async def _seen_gone(supervisor: "Supervisor", extension_id: str) -> None:
-    """Wait (at most ``ETCD_WAIT`` s) until this node's view has the definition's delete, so that a
+    """Wait (at most ``SEEN_WAIT`` s) until this node's view has the definition's delete, so that a
     ``list`` asked of this node after the reply no longer shows it (the others see it a watch later)."""
-    deadline = time.monotonic() + ETCD_WAIT
+    deadline = time.monotonic() + SEEN_WAIT
     while extension_id in supervisor.cluster.agent.view.extensions and time.monotonic() < deadline:
         await asyncio.sleep(PLACED_POLL)
 

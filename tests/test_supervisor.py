@@ -13,7 +13,7 @@ import pytest
 
 from audiogw.client.ctl import CtlRefused
 from audiogw.client.softphone import place_call
-from conftest import wait_for
+from conftest import assert_clock_kept, wait_for
 from supervisor_fixture import supervisor_process
 
 
@@ -43,7 +43,7 @@ def test_killed_worker_is_restarted_and_other_extension_keeps_its_audio(supervis
     assert new_pid != pids["1201"]
     assert result.error is None
     assert abs(result.frames_received - result.frames_sent) <= 2
-    assert result.pacing().gaps_over_40ms == 0, result.pacing()
+    assert_clock_kept(result)  # the other worker's clock ran on through the kill and the respawn
     assert supervisor.pids()["1202"] == pids["1202"], "the other worker was not touched"
     # The restarted extension serves calls again on the same port (the supervisor kept the socket).
     again = asyncio.run(place_call("127.0.0.1", supervisor.base_port, seconds=0.5))

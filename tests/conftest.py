@@ -113,10 +113,11 @@ def raw_connect(port: int, *, send_uuid: bool = True, call_uuid: uuid.UUID | Non
 
 
 def hang_up(sock: socket.socket) -> None:
-    """Hang up as Asterisk does: half-close, read until the worker closes, then close.
+    """Hang up with nothing left unread: half-close, read until the worker closes, then close.
 
     Closing with the worker's frames unread makes the kernel send a reset, and the
-    leg then rightly ends as ``connection_lost``, not ``peer_closed``.
+    leg then rightly ends as ``connection_lost``, not ``peer_closed``. (Asterisk
+    reads every frame as it comes, so its close at a call's end meets an empty buffer.)
     """
     sock.shutdown(socket.SHUT_WR)
     closed = peer_closed(sock)

@@ -21,6 +21,7 @@ The conversion is a pure function (:func:`build_families`) of plain
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import socketserver
 import threading
@@ -357,7 +358,9 @@ def health(samples: Iterable[ExtensionSample], *, now: float, heartbeat_timeout:
     late = []
     if heartbeat_interval is not None:
         limit = heartbeat_late_after(heartbeat_interval)
-        late = [{"extension": sample.id, "seconds_since_heartbeat": round(now - sample.last_heartbeat, 3),
+        # Rounded up to the ms: a silence just past the limit must not read as equal to it.
+        late = [{"extension": sample.id,
+                 "seconds_since_heartbeat": math.ceil((now - sample.last_heartbeat) * 1000) / 1000,
                  "late_after_seconds": limit}
                 for sample in samples
                 if sample.running and sample.last_heartbeat is not None and now - sample.last_heartbeat > limit]

@@ -32,6 +32,10 @@ def test_health_names_a_late_heartbeat_before_the_timeout() -> None:
                     "late": [{"extension": "2", "seconds_since_heartbeat": round(limit + 0.1, 3),
                               "late_after_seconds": limit}]}
     assert health([on_time], now=now, heartbeat_timeout=LONG_TIMEOUT, heartbeat_interval=INTERVAL)[0] == 200
+    # Just past the limit reads as past it, not as equal (CI saw "0.4 > 0.4" with round()).
+    just = ExtensionSample(id="4", running=True, last_heartbeat=now - limit - 0.0002)
+    [reported] = health([just], now=now, heartbeat_timeout=LONG_TIMEOUT, heartbeat_interval=INTERVAL)[1]["late"]
+    assert reported["seconds_since_heartbeat"] > reported["late_after_seconds"] == limit, reported
     # A worker that is not running is "down", never "late".
     assert health([stopped], now=now, heartbeat_timeout=LONG_TIMEOUT, heartbeat_interval=INTERVAL)[1] == {
         "status": "degraded", "down": ["3"]}
